@@ -1,0 +1,143 @@
+"""Backend availability and per-call dispatch.
+
+Every op has three implementations: ``reference`` (plain PyTorch, the spec), ``triton`` and
+``cuda``. Each op builds an :class:`OpDispatcher` that knows, per backend, why it may refuse a
+call; the dispatcher picks the first capable backend in the op's preference order, or raises
+an error listing the reasons when the user forced one that cannot take the call.
+
+The backend is chosen, first match wins, by the ``backend=`` argument of the call, by the
+innermost ``with vtkernels.use_backend(name)`` block, by the ``VTKERNELS_BACKEND`` environment
+variable, and otherwise automatically: on a CUDA tensor the op's preferred GPU backend that can
+take the call, on a CPU tensor the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib
+import os
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+
+BACKENDS = ("reference", "triton", "cuda")
+ENV_VAR = "VTKERNELS_BACKEND"
+
+_context_backend: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "vtkernels_backend", default=None
+)
+
+
+class BackendError(RuntimeError):
+    """A forced backend cannot take a call, or no backend can."""
+
+
+def _validate_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: Optional[str]) -> Iterator[None]:
+    """Force a backend for every op called inside the block (``None`` restores automatic)."""
+    token = _context_backend.set(None if name is None else _validate_name(name))
+    try:
+        yield
+    finally:
+        _context_backend.reset(token)
+
+
+def requested_backend(per_call: Optional[str] = None) -> Optional[str]:
+    """The backend the user asked for, or ``None`` for automatic choice."""
+    for choice in (per_call, _context_backend.get(), os.environ.get(ENV_VAR) or None):
+        if choice is not None:
+            return _validate_name(choice)
+    return None
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _import_failure(module: str) -> Optional[str]:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - any failure is a reason to report
+        return f"import {module} failed: {type(exc).__name__}: {exc}"
+    return None
+
+
+def extension_failure() -> Optional[str]:
+    """Why the compiled extension ``vtkernels._C`` cannot be used, or ``None``."""
+    reason = _import_failure("vtkernels._C")
+    if reason and "No module named 'vtkernels._C'" in reason:
+        return "the CUDA extension vtkernels._C was not built (needs torch with CUDA and nvcc; see README)"
+    return reason
+
+
+def backend_unavailable(name: str, device: torch.device) -> Optional[str]:
+    """Why backend ``name`` cannot run on ``device`` at all, or ``None`` if it can."""
+    if name == "reference":
+        return None
+    if name == "triton":
+        reason = _import_failure("triton")
+        if reason:
+            return reason
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and triton_interpreter_enabled():
+            return None
+        return f"Triton needs a CUDA tensor (got {device.type}; set TRITON_INTERPRET=1 to interpret on the CPU)"
+    if name == "cuda":
+        if device.type != "cuda":
+            return f"the CUDA backend needs a CUDA tensor (got {device.type})"
+        return extension_failure()
+    raise ValueError(f"unknown backend {name!r}")
+
+
+# A check receives the call's keyword arguments and returns the reasons a backend refuses it.
+SupportCheck = Callable[..., Sequence[str]]
+
+
+class OpDispatcher:
+    """Chooses the backend for one op.
+
+    ``gpu_preference`` is the automatic order on CUDA tensors (fastest measured first); the
+    reference always comes last. ``checks`` maps a backend to a function of the call's
+    keyword arguments returning the reasons that backend cannot take the call.
+    """
+
+    def __init__(self, op: str, gpu_preference: Sequence[str], checks: dict[str, SupportCheck]):
+        self.op = op
+        self.gpu_preference = tuple(gpu_preference)
+        self.checks = checks
+
+    def refusals(self, backend: str, device: torch.device, **call) -> list[str]:
+        reason = backend_unavailable(backend, device)
+        if reason:
+            return [reason]
+        check = self.checks.get(backend)
+        return list(check(**call)) if check else []
+
+    def choose(self, device: torch.device, backend: Optional[str] = None, **call) -> str:
+        forced = requested_backend(backend)
+        if forced is not None:
+            reasons = self.refusals(forced, device, **call)
+            if reasons:
+                raise BackendError(f"{self.op}: backend {forced!r} cannot take this call: " + "; ".join(reasons))
+            return forced
+        if device.type == "cuda":
+            for candidate in self.gpu_preference:
+                if not self.refusals(candidate, device, **call):
+                    return candidate
+        return "reference"
+
+
+def describe_backends() -> list[tuple[str, Optional[str]]]:
+    """(backend, reason it is unavailable or None) on the default device, for ``info``."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return [(name, backend_unavailable(name, device)) for name in BACKENDS]

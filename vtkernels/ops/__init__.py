@@ -1,0 +1,1 @@
+"""Functional ops: validation, backend dispatch, autograd and torch.library registration."""

@@ -1,0 +1,152 @@
+"""LayerNorm and RMSNorm (with the optional fused residual add): validation, dispatch, autograd.
+
+The kernel backends run behind two ``torch.library`` custom ops, ``vtkernels::norm_fwd`` and
+``vtkernels::norm_bwd``, tied together by ``register_autograd``; their fake implementations let
+``torch.compile(fullgraph=True)`` trace a call without a graph break. The reference backend is
+plain PyTorch and gets its gradients from autograd directly.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from vtkernels.backend import OpDispatcher
+from vtkernels.ops import checks
+from vtkernels.reference import norm as reference_norm
+
+MAX_COLS = 8192
+
+
+def _kernel_refusals(backend: str, x: Tensor, **_) -> list[str]:
+    reasons = checks.dtype_refusals(x, backend)
+    if x.shape[-1] > MAX_COLS:
+        reasons.append(f"normalized size {x.shape[-1]} > {MAX_COLS} (one row must fit on chip)")
+    return reasons
+
+
+dispatcher = OpDispatcher(
+    "layer_norm",
+    # TODO(bench): order by the measured H100 results once a GPU run lands in benchmarks/results.
+    gpu_preference=("cuda", "triton"),
+    checks={name: (lambda name=name, **call: _kernel_refusals(name, **call)) for name in ("triton", "cuda")},
+)
+
+
+def _kernels(backend: str):
+    if backend == "triton":
+        from vtkernels.triton import norm as triton_norm
+
+        return triton_norm.forward, triton_norm.backward
+    from vtkernels._extension import load_extension
+
+    ext = load_extension()
+    return ext.norm_fwd, ext.norm_bwd
+
+
+@torch.library.custom_op("vtkernels::norm_fwd", mutates_args=())
+def norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor],
+             eps: float, rms: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """x, residual: (rows, cols). Returns y, h (empty without residual), mean (empty for RMS), rstd."""
+    forward, _ = _kernels(backend)
+    return tuple(forward(x, residual, weight, bias, eps, rms))
+
+
+@norm_fwd.register_fake
+def _(x, residual, weight, bias, eps, rms, backend):
+    rows, cols = x.shape
+    y = x.new_empty(rows, cols)
+    h = x.new_empty(rows, cols) if residual is not None else x.new_empty(0)
+    mean = x.new_empty(0 if rms else rows, dtype=torch.float32)
+    return y, h, mean, x.new_empty(rows, dtype=torch.float32)
+
+
+@torch.library.custom_op("vtkernels::norm_bwd", mutates_args=())
+def norm_bwd(dy: Tensor, dh: Optional[Tensor], h: Tensor, weight: Optional[Tensor], mean: Tensor,
+             rstd: Tensor, rms: bool, has_bias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns dx (which includes dh), dweight (empty without weight), dbias (empty without bias)."""
+    _, backward = _kernels(backend)
+    return tuple(backward(dy, dh, h, weight, mean, rstd, rms, has_bias))
+
+
+@norm_bwd.register_fake
+def _(dy, dh, h, weight, mean, rstd, rms, has_bias, backend):
+    dw = h.new_empty(h.shape[1]) if weight is not None else h.new_empty(0)
+    db = h.new_empty(h.shape[1]) if has_bias else h.new_empty(0)
+    return h.new_empty(h.shape), dw.to(weight.dtype if weight is not None else h.dtype), db
+
+
+def _setup_context(ctx, inputs, output):
+    x, residual, weight, bias, eps, rms, backend = inputs
+    _, h, mean, rstd = output
+    ctx.save_for_backward(h if residual is not None else x, weight, mean, rstd)
+    ctx.rms, ctx.backend = rms, backend
+    ctx.has_residual, ctx.has_bias = residual is not None, bias is not None
+
+
+def _backward(ctx, dy, dh, _dmean, _drstd):
+    h, weight, mean, rstd = ctx.saved_tensors
+    dh = dh if ctx.has_residual else None
+    dx, dw, db = norm_bwd(dy.contiguous(), None if dh is None else dh.contiguous(), h, weight, mean, rstd,
+                          ctx.rms, ctx.has_bias, ctx.backend)
+    return (dx, dx if ctx.has_residual else None, dw if weight is not None else None,
+            db if ctx.has_bias else None, None, None, None)
+
+
+norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _validate(x, residual, weight, bias, eps):
+    checks.check_tensor("x", x)
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise ValueError(f"x must have a non-empty last (normalized) dimension, got shape {tuple(x.shape)}")
+    checks.check_positive("eps", eps)
+    for name, t in (("residual", residual), ("weight", weight), ("bias", bias)):
+        if t is not None:
+            checks.check_tensor(name, t)
+    checks.check_same_device("x", x, residual=residual, weight=weight, bias=bias)
+    checks.check_same_dtype("x", x, residual=residual, weight=weight, bias=bias)
+    checks.check_shape("residual", residual, tuple(x.shape))
+    checks.check_shape("weight", weight, (x.shape[-1],))
+    checks.check_shape("bias", bias, (x.shape[-1],))
+
+
+def _rows(t: Optional[Tensor], cols: int) -> Optional[Tensor]:
+    """(..., cols) -> (rows, cols) with unit column stride, a view where strides allow."""
+    if t is None:
+        return None
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    return t.reshape(-1, cols)
+
+
+def _norm(x, weight, bias, eps, residual, rms, backend):
+    _validate(x, residual, weight, bias, eps)
+    chosen = dispatcher.choose(x.device, backend, x=x)
+    if chosen == "reference":
+        if rms:
+            return reference_norm.rms_norm(x, weight, eps, residual)
+        return reference_norm.layer_norm(x, weight, bias, eps, residual)
+    cols = x.shape[-1]
+    y, h, _, _ = norm_fwd(_rows(x, cols), _rows(residual, cols), weight, bias, float(eps), rms, chosen)
+    y = y.view(x.shape)
+    return y if residual is None else (y, h.view(x.shape))
+
+
+def layer_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5,
+               residual: Optional[Tensor] = None, backend: Optional[str] = None):
+    """LayerNorm over the last dimension, statistics in fp32.
+
+    With ``residual``: computes ``h = x + residual`` and returns ``(layer_norm(h), h)`` in one pass.
+    Gradients flow to x, residual, weight and bias. A tensor with zero rows gives an empty result.
+    """
+    return _norm(x, weight, bias, eps, residual, False, backend)
+
+
+def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-5,
+             residual: Optional[Tensor] = None, backend: Optional[str] = None):
+    """RMSNorm (iGPT): ``x / sqrt(mean(x^2) + eps) * weight``; ``residual`` as in :func:`layer_norm`."""
+    return _norm(x, weight, None, eps, residual, True, backend)
+

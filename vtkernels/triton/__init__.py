@@ -1,0 +1,1 @@
+"""Triton kernels, one file per op; imported lazily by the ops."""

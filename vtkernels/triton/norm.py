@@ -1,0 +1,165 @@
+"""Triton LayerNorm / RMSNorm, forward and backward, with the optional fused residual add.
+
+Layout: the input is viewed as (rows, cols) with unit column stride; a program owns a tile of
+``BLOCK_ROWS`` whole rows (``BLOCK_N`` >= cols, so a row's statistics never leave registers).
+Statistics in fp32. The backward is persistent: each program walks row tiles with a stride of
+the grid size, writes dx per row and keeps its share of dweight / dbias in registers, then
+stores one partial row; the partials are summed afterwards (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_COLS = 8192
+
+
+@triton.jit
+def norm_fwd_kernel(
+    X, R, W, B, Y, H, Mean, Rstd,
+    n_rows, n_cols, stride_x, stride_r, stride_y, stride_h, eps,
+    IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    row_ids = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    cols = tl.arange(0, BLOCK_N)
+    row_ok = row_ids < n_rows
+    col_ok = cols < n_cols
+    ok = row_ok[:, None] & col_ok[None, :]
+    rows = row_ids.to(tl.int64)[:, None]  # 64-bit offsets: rows * stride can pass 2^31
+
+    x = tl.load(X + rows * stride_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        x += tl.load(R + rows * stride_r + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        tl.store(H + rows * stride_h + cols[None, :], x.to(H.dtype.element_ty), mask=ok)
+    if IS_RMS:
+        centered = x
+    else:
+        mean = tl.sum(x, axis=1) / n_cols
+        tl.store(Mean + row_ids, mean, mask=row_ok)
+        centered = tl.where(ok, x - mean[:, None], 0.0)
+    rstd = tl.math.rsqrt(tl.sum(centered * centered, axis=1) / n_cols + eps)
+    tl.store(Rstd + row_ids, rstd, mask=row_ok)
+
+    y = centered * rstd[:, None]
+    if HAS_WEIGHT:
+        y *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        y += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + rows * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def norm_bwd_kernel(
+    DY, DH, H, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL,
+    n_rows, n_cols, n_programs, tiles_per_program, stride_dy, stride_dh, stride_h, stride_dx,
+    IS_RMS: tl.constexpr, HAS_DH: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_ok = cols < n_cols
+    if HAS_WEIGHT:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    else:
+        w = 1.0
+    dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+
+    for i in range(tiles_per_program):
+        # Tiles pid, pid + n_programs, ...; the last round may run past n_rows and is masked off.
+        row_ids = (pid + i * n_programs) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+        row_ok = row_ids < n_rows
+        ok = row_ok[:, None] & col_ok[None, :]
+        rows = row_ids.to(tl.int64)[:, None]
+
+        h = tl.load(H + rows * stride_h + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows * stride_dy + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        rstd = tl.load(Rstd + row_ids, mask=row_ok, other=0.0)[:, None]
+        if IS_RMS:
+            xhat = h * rstd
+        else:
+            mean = tl.load(Mean + row_ids, mask=row_ok, other=0.0)[:, None]
+            xhat = tl.where(ok, (h - mean) * rstd, 0.0)
+        wdy = dy * w
+        # d/dh of norm: rstd * (wdy - xhat * mean(wdy * xhat) [- mean(wdy) for LayerNorm])
+        dx = wdy - xhat * (tl.sum(wdy * xhat, axis=1) / n_cols)[:, None]
+        if not IS_RMS:
+            dx -= (tl.sum(wdy, axis=1) / n_cols)[:, None]
+        dx *= rstd
+        if HAS_DH:
+            dx += tl.load(DH + rows * stride_dh + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        tl.store(DX + rows * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=ok)
+        if HAS_WEIGHT:
+            dw_acc += tl.sum(dy * xhat, axis=0)
+        if HAS_BIAS:
+            db_acc += tl.sum(dy, axis=0)
+
+    if HAS_WEIGHT:
+        tl.store(DW_PARTIAL + pid * n_cols + cols, dw_acc, mask=col_ok)
+    if HAS_BIAS:
+        tl.store(DB_PARTIAL + pid * n_cols + cols, db_acc, mask=col_ok)
+
+
+def launch_config(n_cols: int, backward: bool = False) -> dict:
+    """Tile shape and warps for a row length; also what the ahead-of-time compile check uses."""
+    block_n = triton.next_power_of_2(n_cols)
+    elements = 2048 if backward else 4096  # per program: enough bytes in flight, few registers
+    block_rows = max(1, elements // block_n)
+    num_warps = min(16, max(4, block_rows * block_n // 1024))
+    return {"BLOCK_ROWS": block_rows, "BLOCK_N": block_n, "num_warps": num_warps}
+
+
+def _persistent_programs(device: torch.device, tiles: int) -> int:
+    if device.type == "cuda":
+        slots = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        slots = 4  # the interpreter runs programs one after another
+    return max(1, min(tiles, slots))
+
+
+def forward(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor],
+            bias: Optional[torch.Tensor], eps: float, rms: bool):
+    """x, residual: (rows, cols) with unit column stride. Returns (y, h, mean, rstd)."""
+    n_rows, n_cols = x.shape
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    h = torch.empty_like(y) if residual is not None else y.new_empty(0)
+    mean = x.new_empty(0 if rms else n_rows, dtype=torch.float32)
+    rstd = x.new_empty(n_rows, dtype=torch.float32)
+    if n_rows == 0:
+        return y, h, mean, rstd
+    cfg = launch_config(n_cols)
+    grid = (triton.cdiv(n_rows, cfg["BLOCK_ROWS"]),)
+    norm_fwd_kernel[grid](
+        x, residual, weight, bias, y, h, mean, rstd,
+        n_rows, n_cols, x.stride(0), residual.stride(0) if residual is not None else 0,
+        y.stride(0), h.stride(0) if residual is not None else 0, eps,
+        IS_RMS=rms, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None, **cfg,
+    )
+    return y, h, mean, rstd
+
+
+def backward(dy: torch.Tensor, dh: Optional[torch.Tensor], h: torch.Tensor, weight: Optional[torch.Tensor],
+             mean: torch.Tensor, rstd: torch.Tensor, rms: bool, has_bias: bool):
+    """Returns (dx, dweight or empty, dbias or empty); dx already includes ``dh``."""
+    n_rows, n_cols = h.shape
+    dx = torch.empty_like(h, memory_format=torch.contiguous_format)
+    cfg = launch_config(n_cols, backward=True)
+    tiles = triton.cdiv(n_rows, cfg["BLOCK_ROWS"])
+    programs = _persistent_programs(h.device, tiles)
+    dw_partial = h.new_zeros((programs, n_cols) if weight is not None else 0, dtype=torch.float32)
+    db_partial = h.new_zeros((programs, n_cols) if has_bias else 0, dtype=torch.float32)
+    if n_rows > 0:
+        norm_bwd_kernel[(programs,)](
+            dy, dh, h, weight, mean, rstd, dx, dw_partial, db_partial,
+            n_rows, n_cols, programs, triton.cdiv(tiles, programs), dy.stride(0), dh.stride(0) if dh is not None else 0, h.stride(0), dx.stride(0),
+            IS_RMS=rms, HAS_DH=dh is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, **cfg,
+        )
+    dw = dw_partial.sum(0).to(weight.dtype) if weight is not None else h.new_empty(0)
+    db = db_partial.sum(0).to(h.dtype) if has_bias else h.new_empty(0)
+    return dx, dw, db
