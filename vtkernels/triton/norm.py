@@ -163,3 +163,27 @@ def backward(dy: torch.Tensor, dh: Optional[torch.Tensor], h: torch.Tensor, weig
     dw = dw_partial.sum(0).to(weight.dtype) if weight is not None else h.new_empty(0)
     db = db_partial.sum(0).to(h.dtype) if has_bias else h.new_empty(0)
     return dx, dw, db
+
+
+def aot_configs():
+    """(kernel, signature, constexprs, options) for every variant launched at the benchmark
+    shapes (hidden 512, 768, 1024, 1280), for the ahead-of-time sm_90 compile check."""
+    for n_cols in (512, 768, 1024, 1280):
+        for dtype in ("bf16", "fp16", "fp32"):
+            for backward in (False, True):
+                cfg = launch_config(n_cols, backward)
+                options = {"num_warps": cfg.pop("num_warps")}
+                flags = {"IS_RMS": False, "HAS_WEIGHT": True, "HAS_BIAS": True}
+                if backward:
+                    sig = {"DY": f"*{dtype}", "DH": f"*{dtype}", "H": f"*{dtype}", "W": f"*{dtype}",
+                           "Mean": "*fp32", "Rstd": "*fp32", "DX": f"*{dtype}", "DW_PARTIAL": "*fp32",
+                           "DB_PARTIAL": "*fp32", "n_rows": "i32", "n_cols": "i32", "n_programs": "i32",
+                           "tiles_per_program": "i32", "stride_dy": "i32", "stride_dh": "i32",
+                           "stride_h": "i32", "stride_dx": "i32"}
+                    yield norm_bwd_kernel, sig, {**flags, "HAS_DH": True, **cfg}, options
+                else:
+                    sig = {"X": f"*{dtype}", "R": f"*{dtype}", "W": f"*{dtype}", "B": f"*{dtype}",
+                           "Y": f"*{dtype}", "H": f"*{dtype}", "Mean": "*fp32", "Rstd": "*fp32",
+                           "n_rows": "i32", "n_cols": "i32", "stride_x": "i32", "stride_r": "i32",
+                           "stride_y": "i32", "stride_h": "i32", "eps": "fp32"}
+                    yield norm_fwd_kernel, sig, {**flags, "HAS_RESIDUAL": True, **cfg}, options

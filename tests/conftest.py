@@ -1,0 +1,33 @@
+"""Test setup: the Triton interpreter on machines without a GPU; GPU tests skip cleanly.
+
+Mark a test ``@pytest.mark.gpu`` when it needs a CUDA device. Without one, Triton kernels run
+under ``TRITON_INTERPRET=1`` (set here, before triton is imported), in float32 and float16.
+"""
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def device():
+    return torch.device("cuda" if HAS_CUDA else "cpu")

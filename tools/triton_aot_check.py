@@ -1,0 +1,74 @@
+"""Ahead-of-time compile of every Triton kernel for Hopper (sm_90), on a machine without a GPU.
+
+Each module in vtkernels/triton/ that defines ``aot_configs()`` yields
+``(kernel, signature, constexprs, options)`` for the configurations the library launches.
+Compiles each with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``, then
+reports registers, spills and shared memory (from the cubin, via the cuobjdump shipped with
+Triton) and whether the PTX uses wgmma. Exits non-zero on any compile error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+import vtkernels.triton
+
+TARGET = GPUTarget("cuda", 90, 32)
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers, spill bytes) read from the cubin's resource usage table."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", text)
+    stack = re.search(r"STACK:(\d+)", text)
+    return int(regs.group(1)) if regs else -1, int(stack.group(1)) if stack else -1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="compile only modules whose name contains this")
+    args = parser.parse_args()
+    failures, count = 0, 0
+    print(f"{'kernel':34} {'constexprs':60} {'warps':>5} {'regs':>5} {'stack':>5} {'smem':>7} wgmma")
+    for info in pkgutil.iter_modules(vtkernels.triton.__path__):
+        if args.only and args.only not in info.name:
+            continue
+        module = importlib.import_module(f"vtkernels.triton.{info.name}")
+        if not hasattr(module, "aot_configs"):
+            continue
+        for kernel, signature, constexprs, options in module.aot_configs():
+            count += 1
+            name = f"{info.name}.{kernel.fn.__name__}"
+            shown = ",".join(f"{k}={v}" for k, v in constexprs.items() if k.isupper())[:60]
+            sig = {**signature, **{k: "constexpr" for k in constexprs}}
+            try:
+                compiled = triton.compile(ASTSource(kernel, sig, constexprs), target=TARGET, options=options)
+            except Exception as exc:  # noqa: BLE001 - report every failure, then fail
+                failures += 1
+                print(f"{name:34} {shown:60} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                continue
+            regs, stack = resource_usage(compiled.asm["cubin"])
+            wgmma = "yes" if "wgmma" in compiled.asm["ptx"] else "-"
+            print(f"{name:34} {shown:60} {options.get('num_warps', 4):>5} {regs:>5} {stack:>5} "
+                  f"{compiled.metadata.shared:>7} {wgmma}")
+    print(f"triton AOT sm_90: {count - failures} compiled, {failures} failed")
+    return 1 if failures or count == 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
