@@ -50,6 +50,9 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
         _context_backend.reset(token)
 
 
+# torch.compile evaluates the two lookups below once, while tracing, and bakes the answer into the
+# graph: a compiled function keeps the backend it was compiled with.
+@torch.compiler.assume_constant_result
 def requested_backend(per_call: Optional[str] = None) -> Optional[str]:
     """The backend the user asked for, or ``None`` for automatic choice."""
     for choice in (per_call, _context_backend.get(), os.environ.get(ENV_VAR) or None):
@@ -79,22 +82,23 @@ def extension_failure() -> Optional[str]:
     return reason
 
 
-def backend_unavailable(name: str, device: torch.device) -> Optional[str]:
-    """Why backend ``name`` cannot run on ``device`` at all, or ``None`` if it can."""
+@torch.compiler.assume_constant_result
+def backend_unavailable(name: str, device_type: str) -> Optional[str]:
+    """Why backend ``name`` cannot run on a ``device_type`` tensor at all, or ``None`` if it can."""
     if name == "reference":
         return None
     if name == "triton":
         reason = _import_failure("triton")
         if reason:
             return reason
-        if device.type == "cuda":
+        if device_type == "cuda":
             return None
-        if device.type == "cpu" and triton_interpreter_enabled():
+        if device_type == "cpu" and triton_interpreter_enabled():
             return None
-        return f"Triton needs a CUDA tensor (got {device.type}; set TRITON_INTERPRET=1 to interpret on the CPU)"
+        return f"Triton needs a CUDA tensor (got {device_type}; set TRITON_INTERPRET=1 to interpret on the CPU)"
     if name == "cuda":
-        if device.type != "cuda":
-            return f"the CUDA backend needs a CUDA tensor (got {device.type})"
+        if device_type != "cuda":
+            return f"the CUDA backend needs a CUDA tensor (got {device_type})"
         return extension_failure()
     raise ValueError(f"unknown backend {name!r}")
 
@@ -117,7 +121,7 @@ class OpDispatcher:
         self.checks = checks
 
     def refusals(self, backend: str, device: torch.device, **call) -> list[str]:
-        reason = backend_unavailable(backend, device)
+        reason = backend_unavailable(backend, device.type)
         if reason:
             return [reason]
         check = self.checks.get(backend)
@@ -139,5 +143,5 @@ class OpDispatcher:
 
 def describe_backends() -> list[tuple[str, Optional[str]]]:
     """(backend, reason it is unavailable or None) on the default device, for ``info``."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return [(name, backend_unavailable(name, device)) for name in BACKENDS]
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return [(name, backend_unavailable(name, device_type)) for name in BACKENDS]

@@ -150,3 +150,37 @@ def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-5,
     """RMSNorm (iGPT): ``x / sqrt(mean(x^2) + eps) * weight``; ``residual`` as in :func:`layer_norm`."""
     return _norm(x, weight, None, eps, residual, True, backend)
 
+
+
+
+def selfcheck_cases():
+    """Small Triton-vs-reference checks (forward and every gradient) for `python -m vtkernels selfcheck`."""
+    from vtkernels.testing import assert_close, grads, upcast
+
+    def run(x, weight, bias, residual, rms, backend):
+        out = _norm(x, weight, bias, 1e-5, residual, rms, backend)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    def check(rms, with_residual, dtype, shape=(6, 197, 96)):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+        def rand(*size):
+            return torch.randn(size, device=device).to(dtype).requires_grad_()
+
+        inputs = [rand(*shape), rand(shape[-1]), None if rms else rand(shape[-1]),
+                  rand(*shape) if with_residual else None]
+        out = run(*inputs, rms, "triton")
+        ref_inputs = upcast(*inputs)
+        ref_out = run(*ref_inputs, rms, "reference")
+        assert_close(out, ref_out, dtype)
+        cot = [torch.randn_like(o) for o in out]
+        kept = [i for i, t in enumerate(inputs) if t is not None]
+        ours, theirs = grads(out, inputs, cot), grads(ref_out, ref_inputs, cot)
+        assert_close([ours[i] for i in kept], [theirs[i] for i in kept], dtype,
+                     tol=None if dtype == torch.float32 else 2e-2)
+
+    for rms in (False, True):
+        for with_residual in (False, True):
+            for dtype in (torch.float32, torch.float16):
+                name = f"{'rms_norm' if rms else 'layer_norm'}{' + residual' if with_residual else ''} {dtype}"
+                yield name, (lambda rms=rms, r=with_residual, d=dtype: check(rms, r, d))

@@ -1,0 +1,213 @@
+"""Benchmark harness: cases, timing, hardware floors, long-format records, tables and plots.
+
+An op's benchmark module (benchmarks/ops/<op>.py, benchmarks/models/<name>.py) defines
+``cases(quick: bool) -> Iterable[BenchCase]``. Each case names its op, shape, mode and provider
+and builds its own inputs lazily (``make()`` returns the zero-argument function to time), so a
+failing or missing peer costs one record, not the run. Times come from
+``triton.testing.do_bench`` (median, p20, p80 over repeats, after warm-up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+
+@dataclasses.dataclass
+class BenchCase:
+    op: str          # "layer_norm", "attention", ...
+    shape: str       # human label, e.g. "ViT-B 256x197x768"
+    mode: str        # "fwd", "bwd" or "fwd+bwd"
+    provider: str    # "vtkernels-triton", "torch", "torch.compile", ...
+    make: Callable[[], Callable[[], Any]]
+    bytes: Optional[float] = None   # minimal bytes moved (floor = bytes / copy bandwidth)
+    flops: Optional[float] = None   # useful FLOPs (floor = flops / bf16 matmul rate)
+    baseline: str = "torch"         # provider the ratio is taken against
+    dtype: str = "bf16"
+    grad_to_none: Optional[Callable[[], list]] = None  # tensors whose .grad is reset between reps
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Record:
+    op: str
+    provider: str
+    mode: str
+    shape: str
+    dtype: str
+    metric: str
+    median: Optional[float]
+    p20: Optional[float]
+    p80: Optional[float]
+    tbps: Optional[float] = None
+    tflops: Optional[float] = None
+    pct_of_floor: Optional[float] = None
+    ratio_vs_baseline: Optional[float] = None
+    baseline: str = ""
+    error: str = ""
+    extra: dict = dataclasses.field(default_factory=dict)
+    gpu: str = ""
+    versions: dict = dataclasses.field(default_factory=dict)
+    timestamp: str = ""
+
+
+def environment() -> dict:
+    import triton
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+           "cuda": torch.version.cuda or "none"}
+    env["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return env
+
+
+def time_ms(fn: Callable[[], Any], grad_to_none=None, warmup: int = 25, rep: int = 100) -> tuple[float, float, float]:
+    """(median, p20, p80) milliseconds with triton.testing.do_bench."""
+    from triton.testing import do_bench
+
+    median, p20, p80 = do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none, quantiles=[0.5, 0.2, 0.8])
+    return median, p20, p80
+
+
+def measure_copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second (the memory-bound ceiling)."""
+    n = 1 << 28  # 512 MiB of bf16 each way: far past L2
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    median, _, _ = time_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / (median * 1e-3)
+
+
+def measure_matmul_flops() -> float:
+    """bf16 matmul rate at 8192^3 through torch (cuBLAS), FLOP/s."""
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    median, _, _ = time_ms(lambda: a @ b)
+    return 2 * n**3 / (median * 1e-3)
+
+
+def progress(i: int, total: int, label: str) -> None:
+    width = 30
+    done = int(width * i / max(total, 1))
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{total} {label[:70]:70}")
+    if i == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def run_cases(cases: list[BenchCase], ceilings: dict, env: dict) -> list[Record]:
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    records = []
+    for i, case in enumerate(cases):
+        progress(i, len(cases), f"{case.op} {case.shape} {case.mode} {case.provider}")
+        rec = Record(case.op, case.provider, case.mode, case.shape, case.dtype, "ms", None, None, None,
+                     baseline=case.baseline, extra=dict(case.extra), gpu=env["gpu"],
+                     versions={k: v for k, v in env.items() if k != "gpu"}, timestamp=stamp)
+        try:
+            fn = case.make()
+            grads = case.grad_to_none() if case.grad_to_none else None
+            rec.median, rec.p20, rec.p80 = time_ms(fn, grad_to_none=grads)
+        except Exception as exc:  # noqa: BLE001 - a failing provider is a record, not a crash
+            rec.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        finally:
+            fn = None
+            torch.cuda.empty_cache()
+        if rec.median:
+            seconds = rec.median * 1e-3
+            floors = []
+            if case.bytes:
+                rec.tbps = case.bytes / seconds / 1e12
+                floors.append(case.bytes / ceilings["copy_bytes_per_s"])
+            if case.flops:
+                rec.tflops = case.flops / seconds / 1e12
+                floors.append(case.flops / ceilings["matmul_flops_per_s"])
+            if floors:
+                rec.pct_of_floor = 100 * max(floors) / seconds
+        records.append(rec)
+    progress(len(cases), len(cases), "done")
+    _fill_ratios(records)
+    return records
+
+
+def _fill_ratios(records: list[Record]) -> None:
+    """ratio_vs_baseline = baseline time / this time (> 1: faster than the baseline)."""
+    times = {(r.op, r.shape, r.mode, r.provider): r.median for r in records if r.median}
+    for r in records:
+        base = times.get((r.op, r.shape, r.mode, r.baseline))
+        if r.median and base:
+            r.ratio_vs_baseline = base / r.median
+
+
+def write_results(records: list[Record], ceilings: dict, env: dict, out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    payload = {"environment": env, "ceilings": ceilings, "records": [dataclasses.asdict(r) for r in records]}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(payload, f, indent=1)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(markdown_table(records, ceilings, env))
+    plot(records, out_dir)
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(records: list[Record], ceilings: dict, env: dict) -> str:
+    lines = [f"# Benchmark results: {env['gpu']}", "",
+             f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
+             f"measured copy bandwidth {ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
+             f"bf16 matmul {ceilings['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s", "",
+             "| op | shape | mode | provider | median ms | p20 | p80 | TB/s | TFLOP/s | % of floor | x vs baseline | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        ratio = f"{r.ratio_vs_baseline:.2f} ({r.baseline})" if r.ratio_vs_baseline else ""
+        lines.append(f"| {r.op} | {r.shape} | {r.mode} | {r.provider} | {_fmt(r.median, 4)} | {_fmt(r.p20, 4)} | "
+                     f"{_fmt(r.p80, 4)} | {_fmt(r.tbps, 2)} | {_fmt(r.tflops, 1)} | {_fmt(r.pct_of_floor, 0)} | "
+                     f"{ratio} | {r.error[:80]} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[Record], out_dir: str) -> None:
+    """One PNG per (op, mode): bars of x-vs-baseline per shape and provider."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not importable: no plots")
+        return
+    groups: dict[tuple[str, str], list[Record]] = {}
+    for r in records:
+        if r.ratio_vs_baseline:
+            groups.setdefault((r.op, r.mode), []).append(r)
+    for (op, mode), rows in groups.items():
+        shapes = list(dict.fromkeys(r.shape for r in rows))
+        providers = list(dict.fromkeys(r.provider for r in rows))
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(shapes)), 4))
+        width = 0.8 / len(providers)
+        for j, provider in enumerate(providers):
+            values = [next((r.ratio_vs_baseline for r in rows if r.shape == s and r.provider == provider), 0)
+                      for s in shapes]
+            ax.bar([i + j * width for i in range(len(shapes))], values, width, label=provider)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], shapes, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(f"speed-up vs {rows[0].baseline}")
+        ax.set_title(f"{op} {mode}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, f"{op}_{mode.replace('+', '_')}.png"), dpi=110)
+        plt.close(fig)
+
+
+def default_out_dir(env: dict) -> str:
+    gpu = env["gpu"].replace(" ", "_").replace("/", "_")
+    return os.path.join(os.path.dirname(__file__), "results", f"{time.strftime('%Y-%m-%d')}_{gpu}")

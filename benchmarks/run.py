@@ -1,0 +1,64 @@
+"""Run the benchmark suite on a GPU: python benchmarks/run.py [--ops norm,attention] [--quick] [--out DIR]
+
+Discovers every module in benchmarks/ops/ and benchmarks/models/ that defines ``cases()``,
+measures the copy-bandwidth and bf16-matmul ceilings once, times every case with do_bench, and
+writes results.json (long format), results.md and PNG plots to the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import harness  # noqa: E402
+
+
+def discover(selected: set[str] | None):
+    for package in ("ops", "models"):
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), package)
+        for info in pkgutil.iter_modules([path]):
+            if selected and info.name not in selected:
+                continue
+            module = importlib.import_module(f"benchmarks.{package}.{info.name}")
+            if hasattr(module, "cases"):
+                yield info.name, module
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", help="comma-separated module names (default: all)")
+    parser.add_argument("--quick", action="store_true", help="one shape per op")
+    parser.add_argument("--out", help="output folder (default benchmarks/results/<date>_<gpu>)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks need a CUDA GPU; none found (run `python -m vtkernels selfcheck` for a CPU check)")
+        return 2
+    env = harness.environment()
+    print(f"GPU {env['gpu']}, torch {env['torch']}, triton {env['triton']}")
+    ceilings = {"copy_bytes_per_s": harness.measure_copy_bandwidth(),
+                "matmul_flops_per_s": harness.measure_matmul_flops()}
+    print(f"copy {ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s, bf16 matmul {ceilings['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
+    selected = set(args.ops.split(",")) if args.ops else None
+    cases = []
+    for name, module in discover(selected):
+        try:
+            cases.extend(module.cases(quick=args.quick))
+        except Exception as exc:  # noqa: BLE001 - one broken module must not stop the suite
+            print(f"benchmarks.{name}: cases() failed: {type(exc).__name__}: {exc}")
+    records = harness.run_cases(cases, ceilings, env)
+    out = args.out or harness.default_out_dir(env)
+    harness.write_results(records, ceilings, env, out)
+    print(harness.markdown_table(records, ceilings, env))
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

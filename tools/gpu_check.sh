@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The whole GPU check in one call, for a GPU machine without internet (python 3.12, torch 2.11
+# cu130, triton 3.6, nvcc 13.0, compute-sanitizer):
+#   bash tools/gpu_check.sh [OUT_DIR]        (default: $OUT, else ./gpu_out)
+# 1. builds vtkernels._C in place with all cores        -> build.log
+# 2. python -m vtkernels info                            -> info.log
+# 3. the full test suite on the GPU                      -> tests.log, tests.xml
+# 4. compute-sanitizer memcheck + racecheck over the CUDA kernel tests -> sanitizer_*.log
+# 5. the benchmark suite                                 -> bench/ (results.json, .md, PNGs)
+# and prints a summary table last. Pure-Python peers (Liger-Kernel, Inf-CL) are installed from
+# .whl/ when carried there. Steps: STEPS="build,info,tests,sanitizer,bench" (default all);
+# BENCH_ARGS is passed to benchmarks/run.py (e.g. "--ops norm --quick").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-gpu_out}}
+mkdir -p "$OUT_DIR"
+STEPS=${STEPS:-build,info,tests,sanitizer,bench}
+export MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1 VTKERNELS_CUDA_ARCHS=${VTKERNELS_CUDA_ARCHS:-90}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+declare -A STATUS SECONDS_TAKEN
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/vtk_site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/vtk_site"
+fi
+
+step() {  # step NAME LOG COMMAND...
+  local name=$1 log=$2; shift 2
+  [[ ",$STEPS," == *",$name,"* ]] || { STATUS[$name]="skipped"; return; }
+  local start=$SECONDS
+  echo "== $name: $*"
+  "$@" >"$OUT_DIR/$log" 2>&1
+  local rc=$?
+  SECONDS_TAKEN[$name]=$((SECONDS - start))
+  STATUS[$name]=$([[ $rc == 0 ]] && echo ok || echo "FAILED (rc $rc)")
+  tail -n 5 "$OUT_DIR/$log"
+}
+
+nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1
+step build build.log env FORCE_CUDA=1 python3 setup.py build_ext --inplace
+step info info.log python3 -m vtkernels info
+step tests tests.log python3 -m pytest tests -q -x --junitxml="$OUT_DIR/tests.xml" -p no:cacheprovider
+sanitize() {
+  local tool
+  for tool in memcheck racecheck; do
+    echo "-- $tool"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 7 --target-processes all \
+      python3 -m pytest tests -q -x -m gpu -k "cuda and not compile" -p no:cacheprovider || return $?
+  done
+}
+step sanitizer sanitizer.log sanitize
+step bench bench.log python3 benchmarks/run.py --out "$OUT_DIR/bench" ${BENCH_ARGS:-}
+
+echo
+echo "| step | status | seconds |"
+echo "|---|---|---|"
+for name in build info tests sanitizer bench; do
+  echo "| $name | ${STATUS[$name]} | ${SECONDS_TAKEN[$name]:-} |"
+done
+grep -E "passed|failed" "$OUT_DIR/tests.log" | tail -n 1
+[[ -f "$OUT_DIR/bench/results.md" ]] && head -n 60 "$OUT_DIR/bench/results.md"
+[[ "${STATUS[*]}" != *FAILED* ]]

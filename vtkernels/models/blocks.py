@@ -1,0 +1,171 @@
+"""Transformer pieces shared by every model: activations, the MLP, the pre-norm block, the image
+token embedding, and the block stack that fuses each residual add into the next LayerNorm.
+
+Module names follow timm (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``,
+``mlp.fc2``) so that a timm state_dict loads almost as it is.
+
+The fused residual stream
+-------------------------
+A pre-norm block computes ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``. Written naively
+every residual add is a separate pass over the activations. Here the stream is carried in two
+parts, ``(stream, branch)``, whose sum is the block input: the add is done by the *next*
+LayerNorm, which returns both ``LN(stream + branch)`` and the new ``stream`` in one kernel::
+
+    y, stream = norm1(branch, residual=stream)       # stream += branch; y = LN(stream)
+    y, stream = norm2(attn(y), residual=stream)      # stream += attn;   y = LN(stream)
+    branch = mlp(y)                                  # added by the next block's norm1
+
+The last block's ``branch`` is added by the model's final norm (:func:`final_norm`), or only on the
+rows that are pooled (CLS token, EOT token), so the full residual sum never needs its own pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vtkernels
+from vtkernels.nn import Attention, LayerNorm
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's activation ``x * sigmoid(1.702 x)`` (HF ``quick_gelu``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_activation(name: str) -> nn.Module:
+    if name == "gelu":
+        return nn.GELU()  # exact (erf): timm's default, HF "gelu"
+    if name == "gelu_tanh":
+        return nn.GELU(approximate="tanh")
+    if name == "quick_gelu":
+        return QuickGELU()
+    raise ValueError(f"act must be one of {ACTIVATIONS}, got {name!r}")
+
+
+class Mlp(nn.Module):
+    """fc1 -> activation -> fc2 (plain torch: the GEMMs are cuBLAS's, there is no fused MLP op)."""
+
+    def __init__(self, dim: int, hidden_dim: int, act: str = "gelu", bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
+        self.act = make_activation(act)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))`` (timm names)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, qkv_bias: bool = True, act: str = "gelu",
+                 eps: float = 1e-6, causal: bool = False, backend: Optional[str] = None):
+        super().__init__()
+        self.norm1 = LayerNorm(dim, eps=eps, backend=backend)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, causal=causal, backend=backend)
+        self.norm2 = LayerNorm(dim, eps=eps, backend=backend)
+        self.mlp = Mlp(dim, mlp_dim, act)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """timm semantics: the block's output as one tensor."""
+        branch, stream = self.forward_split(x, None, key_padding_mask)
+        return stream + branch
+
+    def forward_split(self, stream: torch.Tensor, branch: Optional[torch.Tensor],
+                      key_padding_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block on the input ``stream + branch`` (``branch`` None: ``stream`` alone).
+
+        Returns ``(branch, stream)`` whose sum is the block's output (see the module docstring).
+        """
+        if branch is None:
+            y = self.norm1(stream)
+        else:
+            y, stream = self.norm1(branch, residual=stream)
+        y, stream = self.norm2(self.attn(y, key_padding_mask=key_padding_mask), residual=stream)
+        return self.mlp(y), stream
+
+
+def make_blocks(depth: int, dim: int, num_heads: int, mlp_dim: int, *, qkv_bias: bool = True, act: str = "gelu",
+                eps: float = 1e-6, causal: bool = False, backend: Optional[str] = None) -> nn.ModuleList:
+    if dim % num_heads:
+        raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+    return nn.ModuleList(Block(dim, num_heads, mlp_dim, qkv_bias, act, eps, causal, backend) for _ in range(depth))
+
+
+def run_blocks(blocks: Sequence[Block], x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None
+               ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+    """The stack on ``x``: ``(branch, stream)`` whose sum is the output (``branch`` None for depth 0)."""
+    branch, stream = None, x
+    for block in blocks:
+        branch, stream = block.forward_split(stream, branch, key_padding_mask)
+    return branch, stream
+
+
+def final_norm(branch: Optional[torch.Tensor], stream: torch.Tensor, norm: Optional[LayerNorm]) -> torch.Tensor:
+    """``norm(stream + branch)`` with the add fused into the norm (no norm: the plain sum)."""
+    if branch is None:
+        return stream if norm is None else norm(stream)
+    if norm is None:
+        return stream + branch
+    return norm(branch, residual=stream)[0]
+
+
+def set_backend(module: nn.Module, backend: Optional[str]) -> None:
+    """Point every vtkernels submodule (norms, attention, patch embedding) at ``backend``."""
+    if backend is not None:
+        vtkernels.backend._validate_name(backend)
+    for sub in module.modules():
+        if hasattr(sub, "backend"):
+            sub.backend = backend
+
+
+def embed_images(images: torch.Tensor, proj: nn.Conv2d, patch_size: int, cls_token: Optional[torch.Tensor],
+                 pos_embed: torch.Tensor, mean: Optional[Sequence[float]], std: Optional[Sequence[float]],
+                 backend: Optional[str]) -> torch.Tensor:
+    """Patch projection + cls token + position embedding in one fused op.
+
+    Float images are cast to the weights' dtype (as HF does); uint8 images (B, H, W, C) are
+    normalized inside the op with ``mean`` / ``std`` (torchvision ToTensor + Normalize).
+    """
+    weight = proj.weight
+    norm_mean = norm_std = None
+    if images.dtype == torch.uint8:
+        if mean is not None:
+            norm_mean = torch.tensor(mean, device=images.device, dtype=torch.float32)
+        if std is not None:
+            norm_std = torch.tensor(std, device=images.device, dtype=torch.float32)
+    elif images.dtype != weight.dtype:
+        images = images.to(weight.dtype)
+    return vtkernels.patch_embed(images, weight, proj.bias, patch_size, cls_token=cls_token, pos_embed=pos_embed,
+                                 mean=norm_mean, std=norm_std, backend=backend)
+
+
+def init_linear_and_norms(module: nn.Module, std: float = 0.02) -> None:
+    """timm-style init: truncated-normal Linear weights, zero biases, unit LayerNorm."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.trunc_normal_(sub.weight, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.LayerNorm):
+            if sub.weight is not None:
+                nn.init.ones_(sub.weight)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+
+
+def conv_fan_in_init(proj: nn.Conv2d) -> None:
+    """The patch projection initialized like a Linear over the flattened patch (timm/JAX ViT)."""
+    fan_in = proj.weight[0].numel()
+    nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / fan_in))
+    if proj.bias is not None:
+        nn.init.zeros_(proj.bias)

@@ -1,0 +1,133 @@
+"""iGPT colour palette: uint8 images -> token ids (nearest of K colour clusters) and back.
+
+``palette_quantize(image, clusters)`` replaces HF ImageGPTImageProcessor's normalise + colour
+quantize (a (pixels x K) distance matrix in memory) by one pass: uint8 in, ids out.
+``palette_dequantize(tokens, clusters, image_size)`` is its inverse (the HF sampling example's
+``rint(127.5 * (clusters[ids] + 1))``). Neither is differentiable (integers in or out).
+
+The kernel backends run behind the custom ops ``vtkernels::palette_quantize`` and
+``vtkernels::palette_dequantize`` (fake implementations for ``torch.compile``); the reference
+is plain PyTorch.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from vtkernels.backend import OpDispatcher
+from vtkernels.ops import checks
+from vtkernels.reference import palette as reference_palette
+
+LAYOUTS = ("nchw", "nhwc")
+TOKEN_DTYPES = (torch.int64, torch.int32)
+
+
+def _kernel_refusals(backend: str, clusters: Tensor, **_) -> list[str]:
+    if backend == "cuda":
+        return ["palette has no CUDA kernel (Triton only)"]
+    return checks.dtype_refusals(clusters, backend)
+
+
+dispatcher = OpDispatcher(
+    "palette",
+    gpu_preference=("triton",),
+    checks={name: (lambda name=name, **call: _kernel_refusals(name, **call)) for name in ("triton", "cuda")},
+)
+
+
+@torch.library.custom_op("vtkernels::palette_quantize", mutates_args=())
+def palette_quantize_op(pixels: Tensor, clusters: Tensor, backend: str) -> Tensor:
+    """pixels: (B, N, 3) uint8 (any strides); clusters (K, 3) contiguous. Returns (B, N) int64."""
+    from vtkernels.triton import palette as triton_palette
+
+    return triton_palette.quantize(pixels, clusters)
+
+
+@palette_quantize_op.register_fake
+def _(pixels, clusters, backend):
+    return pixels.new_empty(pixels.shape[:2], dtype=torch.int64)
+
+
+@torch.library.custom_op("vtkernels::palette_dequantize", mutates_args=())
+def palette_dequantize_op(tokens: Tensor, clusters: Tensor, channels_first: bool, backend: str) -> Tensor:
+    """tokens (B, N) contiguous; returns uint8 (B, 3, N) if channels_first else (B, N, 3)."""
+    from vtkernels.triton import palette as triton_palette
+
+    batch, n = tokens.shape
+    shape = (batch, 3, n) if channels_first else (batch, n, 3)
+    out = torch.empty(shape, dtype=torch.uint8, device=tokens.device)
+    triton_palette.dequantize(tokens, clusters, out.transpose(1, 2) if channels_first else out)
+    return out
+
+
+@palette_dequantize_op.register_fake
+def _(tokens, clusters, channels_first, backend):
+    batch, n = tokens.shape
+    return tokens.new_empty((batch, 3, n) if channels_first else (batch, n, 3), dtype=torch.uint8)
+
+
+def _check_clusters(clusters: Tensor, reference: Tensor, reference_name: str) -> None:
+    checks.check_tensor("clusters", clusters, ndim=2)
+    if clusters.shape[1] != 3 or clusters.shape[0] == 0:
+        raise ValueError(f"clusters must have shape (K, 3) with K >= 1, got {tuple(clusters.shape)}")
+    checks.check_same_device(reference_name, reference, clusters=clusters)
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+def palette_quantize(image: Tensor, clusters: Tensor, layout: str = "nchw", backend: Optional[str] = None) -> Tensor:
+    """uint8 RGB images -> (B, H*W) int64 ids of the nearest colour cluster (raster order).
+
+    ``image``: uint8 (B, 3, H, W) for ``layout="nchw"`` or (B, H, W, 3) for ``"nhwc"``, any
+    strides. ``clusters``: (K, 3) colours in [-1, 1] (iGPT's 512-colour palette). A pixel ``p``
+    is compared as ``p / 127.5 - 1`` (HF ImageGPTImageProcessor); ties go to the lowest id.
+    """
+    _check_layout(layout)
+    checks.check_tensor("image", image, dtypes=(torch.uint8,), ndim=4)
+    channel_dim = 1 if layout == "nchw" else 3
+    if image.shape[channel_dim] != 3:
+        raise ValueError(f"image must have 3 channels in dim {channel_dim} for layout {layout!r}, got shape {tuple(image.shape)}")
+    _check_clusters(clusters, image, "image")
+    pixels = image.flatten(2).transpose(1, 2) if layout == "nchw" else image.flatten(1, 2)  # (B, N, 3)
+    chosen = dispatcher.choose(image.device, backend, clusters=clusters)
+    if chosen == "reference":
+        return reference_palette.palette_quantize(pixels, clusters)
+    return palette_quantize_op(pixels, clusters.contiguous(), chosen)
+
+
+def _check_token_range(tokens: Tensor, n_clusters: int) -> None:
+    # One host sync; skipped while compiling or capturing a CUDA graph (the sampler's hot loop).
+    if torch.compiler.is_compiling() or tokens.numel() == 0:
+        return
+    if tokens.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= n_clusters:
+        raise ValueError(f"tokens must lie in [0, {n_clusters}) (one id per cluster), got values in [{low}, {high}]")
+
+
+def palette_dequantize(tokens: Tensor, clusters: Tensor, image_size: tuple[int, int], layout: str = "nchw",
+                       backend: Optional[str] = None) -> Tensor:
+    """(B, H*W) cluster ids -> uint8 images (B, 3, H, W) or (B, H, W, 3): ``rint(127.5 * (c + 1))``."""
+    _check_layout(layout)
+    checks.check_tensor("tokens", tokens, dtypes=TOKEN_DTYPES, ndim=2)
+    _check_clusters(clusters, tokens, "tokens")
+    height, width = image_size
+    if height * width != tokens.shape[1]:
+        raise ValueError(f"tokens has {tokens.shape[1]} ids per image but image_size={tuple(image_size)} needs {height * width}")
+    _check_token_range(tokens, clusters.shape[0])
+    batch = tokens.shape[0]
+    chosen = dispatcher.choose(tokens.device, backend, clusters=clusters)
+    if chosen == "reference":
+        pixels = reference_palette.palette_dequantize(tokens, clusters)  # (B, N, 3)
+        if layout == "nchw":
+            return pixels.transpose(1, 2).reshape(batch, 3, height, width)
+        return pixels.reshape(batch, height, width, 3)
+    out = palette_dequantize_op(tokens.contiguous(), clusters.contiguous(), layout == "nchw", chosen)
+    return out.view(batch, 3, height, width) if layout == "nchw" else out.view(batch, height, width, 3)

@@ -1,0 +1,159 @@
+"""Triton attention: launch configurations and the entry points the op calls.
+
+Kernels are in attention_fwd.py (forward) and attention_bwd.py (backward). Every tensor here is
+a logical (B, H, N, d) view with any batch / head / sequence strides and unit stride along d,
+so the (B, N, H, d) layout of a fused qkv projection is read in place (the op passes
+``t.transpose(1, 2)``). ``lse`` is (B, H, Nq) fp32, natural log, +inf on rows with no key.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+
+from vtkernels.triton.attention_bwd import (attention_bwd_delta_kernel, attention_bwd_dkdv_kernel,
+                                            attention_bwd_dq_kernel)
+from vtkernels.triton.attention_fwd import attention_fwd_kernel
+
+HEAD_DIMS = (32, 64, 80, 96, 128)
+LOG2E = 1.4426950408889634
+
+
+def padded_head_dim(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 must be correct (1e-5), so no tf32: exact fp32 products ("ieee").
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n_q: Optional[int] = None) -> dict:
+    """Tile sizes, warps and pipeline stages for ``kernel`` in ("fwd", "dkdv", "dq", "delta")."""
+    d_pad = padded_head_dim(head_dim)
+    wide = d_pad > 64
+    if kernel == "delta":
+        return {"BLOCK_M": 64, "num_warps": 4}
+    if dtype == torch.float32:  # ieee dots run on FMA units: small tiles, correctness first
+        block_m, block_n, warps, stages = 64 if kernel == "fwd" and not wide else 32, 32, 4, 2
+    elif kernel == "fwd":
+        block_m, block_n, warps, stages = 128, 64, 8 if wide else 4, 3
+    elif kernel == "dkdv":
+        block_m, block_n, warps, stages = 32, 64 if wide else 128, 8 if wide else 4, 3
+    else:  # dq
+        block_m, block_n, warps, stages = 64 if wide else 128, 32, 4, 3
+    if kernel == "fwd" and n_q is not None:  # decode (n_q = 1) and short queries: no empty rows
+        block_m = min(block_m, max(16, triton.next_power_of_2(n_q)))
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
+
+
+def _bhn_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _pad_mask_args(key_padding_mask: Optional[torch.Tensor]):
+    if key_padding_mask is None:
+        return None, 0
+    mask = key_padding_mask.view(torch.uint8)  # bool -> uint8 is a reinterpretation, no copy
+    return mask, mask.stride(0)
+
+
+def _common_constexprs(q: torch.Tensor, causal: bool, key_padding_mask) -> dict:
+    head_dim = q.shape[-1]
+    return {"CAUSAL": causal, "HAS_PAD_MASK": key_padding_mask is not None, "HEAD_DIM": head_dim,
+            "D_PAD": padded_head_dim(head_dim), "PRECISION": _precision(q.dtype)}
+
+
+def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> None:
+    """Writes ``out`` (B, H, Nq, d view) and ``lse`` (B, H, Nq) fp32."""
+    batch, heads, n_q, head_dim = q.shape
+    n_kv = k.shape[2]
+    if out.numel() == 0:
+        return
+    mask, stride_mb = _pad_mask_args(key_padding_mask)
+    cfg = launch_config(head_dim, q.dtype, "fwd", n_q)
+    grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), batch * heads)
+    attention_fwd_kernel[grid](
+        q, k, v, mask, out, lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(out),
+        stride_mb, heads, n_q, n_kv, scale * LOG2E, **_common_constexprs(q, causal, key_padding_mask), **cfg,
+    )
+
+
+def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool, scale: float) -> None:
+    """Writes dq, dk, dv (B, H, N, d views) from dout and the forward's out and lse."""
+    batch, heads, n_q, head_dim = q.shape
+    n_kv = k.shape[2]
+    if q.numel() == 0:
+        return
+    mask, stride_mb = _pad_mask_args(key_padding_mask)
+    constexprs = _common_constexprs(q, causal, key_padding_mask)
+
+    delta = torch.empty((batch, heads, n_q), device=q.device, dtype=torch.float32)
+    cfg = launch_config(head_dim, q.dtype, "delta")
+    attention_bwd_delta_kernel[(triton.cdiv(n_q, cfg["BLOCK_M"]), batch * heads)](
+        out, dout, delta, *_bhn_strides(out), *_bhn_strides(dout), heads, n_q,
+        HEAD_DIM=head_dim, D_PAD=constexprs["D_PAD"], **cfg,
+    )
+    operands = (*_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout))
+    sizes = (stride_mb, heads, n_q, n_kv, scale, scale * LOG2E)
+
+    cfg = launch_config(head_dim, q.dtype, "dkdv")
+    attention_bwd_dkdv_kernel[(triton.cdiv(n_kv, cfg["BLOCK_N"]), batch * heads)](
+        q, k, v, mask, dout, lse, delta, dk, dv, *operands, *_bhn_strides(dk), *_bhn_strides(dv), *sizes,
+        **constexprs, **cfg,
+    )
+    cfg = launch_config(head_dim, q.dtype, "dq")
+    attention_bwd_dq_kernel[(triton.cdiv(n_q, cfg["BLOCK_M"]), batch * heads)](
+        q, k, v, mask, dout, lse, delta, dq, *operands, *_bhn_strides(dq), *sizes, **constexprs, **cfg,
+    )
+
+
+def _signature(names: str, dtype: str, pointers: dict) -> dict:
+    """i32 for every scalar name, the given pointer types, fp32 for the scales."""
+    sig = {}
+    for name in names.split():
+        if name in pointers:
+            sig[name] = pointers[name]
+        elif name in ("scale", "qk_scale"):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+_STRIDES = "stride_qb stride_qh stride_qn stride_kb stride_kh stride_kn stride_vb stride_vh stride_vn"
+_FWD_ARGS = f"Q K V PadMask Out Lse {_STRIDES} stride_ob stride_oh stride_on stride_mb n_heads n_q n_kv qk_scale"
+_DKDV_ARGS = (f"Q K V PadMask DOut Lse Delta DK DV {_STRIDES} stride_dob stride_doh stride_don stride_dkb "
+              "stride_dkh stride_dkn stride_dvb stride_dvh stride_dvn stride_mb n_heads n_q n_kv scale qk_scale")
+_DQ_ARGS = (f"Q K V PadMask DOut Lse Delta DQ {_STRIDES} stride_dob stride_doh stride_don stride_dqb stride_dqh "
+            "stride_dqn stride_mb n_heads n_q n_kv scale qk_scale")
+_DELTA_ARGS = "Out DOut Delta stride_ob stride_oh stride_on stride_db stride_dh stride_dn n_heads n_q"
+_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def aot_configs():
+    """Every (kernel, signature, constexprs, options) the benchmark shapes launch (sm_90 check)."""
+    for head_dim in HEAD_DIMS:
+        for name, dtype in _TORCH_DTYPES.items():
+            if dtype == torch.float32 and head_dim not in (64, 80):
+                continue  # fp32 tiles do not depend on head_dim beyond padding; two suffice
+            t = f"*{name}"
+            ptrs = {"Q": t, "K": t, "V": t, "PadMask": "*u8", "Out": t, "DOut": t, "DK": t, "DV": t, "DQ": t,
+                    "Lse": "*fp32", "Delta": "*fp32"}
+            for causal, pad in ((False, True), (True, False)):
+                base = {"CAUSAL": causal, "HAS_PAD_MASK": pad, "HEAD_DIM": head_dim,
+                        "D_PAD": padded_head_dim(head_dim), "PRECISION": _precision(dtype)}
+                for kernel, fn, args in (("fwd", attention_fwd_kernel, _FWD_ARGS),
+                                         ("dkdv", attention_bwd_dkdv_kernel, _DKDV_ARGS),
+                                         ("dq", attention_bwd_dq_kernel, _DQ_ARGS)):
+                    cfg = launch_config(head_dim, dtype, kernel)
+                    options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+                    yield fn, _signature(args, name, ptrs), {**base, **cfg}, options
+            cfg = launch_config(head_dim, dtype, "delta")
+            options = {"num_warps": cfg.pop("num_warps")}
+            yield (attention_bwd_delta_kernel, _signature(_DELTA_ARGS, name, ptrs),
+                   {"HEAD_DIM": head_dim, "D_PAD": padded_head_dim(head_dim), **cfg}, options)
+
+

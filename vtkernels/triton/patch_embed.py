@@ -1,0 +1,329 @@
+"""Triton patch embedding: a GEMM whose A operand is gathered from the image on the fly.
+
+Notation: B images of C x H x W, patch p, grid Hp x Wp = (H // p) x (W // p), N = Hp * Wp patches,
+D = embed dim, P = 1 with a cls token else 0. The convolution is the GEMM
+``tokens[m, d] = sum_k A[m, k] * Wt[k, d]`` with M = B * N rows (one per patch) and
+K = C * p * p, where
+
+    row m -> (b, py, px) = (m // N, (m % N) // Wp, (m % N) % Wp)
+    A[m, k] = image[b, c, py * p + ky, px * p + kx]      Wt[k, d] = weight[d, c, ky, kx]
+
+The image offset splits into a row part ``b*sb + py*p*sh + px*p*sw`` and a column part
+``c*sc + ky*sh + kx*sw``, so a tile's offsets are one broadcast add. The k -> (c, ky, kx) order is
+a choice: (c, ky, kx) with kx fastest when the image's width stride is 1 (NCHW), (ky, kx, c) with
+c fastest when its channel stride is 1 (NHWC, where a patch row is one run of p * C elements);
+the weight is gathered in the same order, so the sum is unchanged. Normalization
+(``x * scale[c] + shift[c]``, fp32) and the cast to the weight dtype happen right after the load.
+
+Forward epilogue: + bias[d] + pos[pos_start + n, d], stored to out[b, P + n, d]; rows with n == 0
+also store the cls row out[b, 0, :] = cls (+ pos[0]). Backward: d images = dY @ W scattered back
+with the same index math (patches do not overlap: no atomics; pixels past the last full patch
+get zeros), d weight = dY^T @ A with A re-gathered, split over M into fp32 partials summed
+afterwards (deterministic). d bias / d cls / d pos are batch sums, done by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from vtkernels.backend import triton_interpreter_enabled
+
+
+@triton.jit
+def _k_coords(k, PATCH: tl.constexpr, CHANNELS: tl.constexpr, CHANNELS_INNER: tl.constexpr):
+    """Column k of A -> (c, ky, kx) in the chosen order (see the module docstring)."""
+    if CHANNELS_INNER:
+        c = k % CHANNELS
+        kx = (k // CHANNELS) % PATCH
+        ky = k // (CHANNELS * PATCH)
+    else:
+        kx = k % PATCH
+        ky = (k // PATCH) % PATCH
+        c = k // (PATCH * PATCH)
+    return c, ky, kx
+
+
+@triton.jit
+def _patch_rows(m, num_patches, grid_w, stride_b, stride_h, stride_w, PATCH: tl.constexpr):
+    """Row m -> (b, n, image offset of the patch's top-left pixel) (64-bit offsets)."""
+    b = m // num_patches
+    n = m % num_patches
+    py = n // grid_w
+    px = n % grid_w
+    offset = b.to(tl.int64) * stride_b + (py * PATCH).to(tl.int64) * stride_h + (px * PATCH).to(tl.int64) * stride_w
+    return b, n, offset
+
+
+@triton.jit
+def _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, K, stride_c, stride_h, stride_w, out_dtype,
+              PATCH: tl.constexpr, CHANNELS: tl.constexpr, CHANNELS_INNER: tl.constexpr,
+              NORMALIZE: tl.constexpr, VEC: tl.constexpr):
+    """The A tile [rows, k] in ``out_dtype``, normalized; zeros outside the matrix."""
+    c, ky, kx = _k_coords(k, PATCH, CHANNELS, CHANNELS_INNER)
+    col_off = c * stride_c + ky * stride_h + kx * stride_w
+    if VEC > 1:  # the host checked: runs of VEC consecutive k are contiguous, aligned pixels
+        col_off = tl.max_contiguous(tl.multiple_of(col_off, VEC), VEC)
+        row_off = tl.multiple_of(row_off, VEC)
+    k_ok = k < K
+    a = tl.load(IMG + row_off[:, None] + col_off[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0)
+    if NORMALIZE:
+        scale = tl.load(SCALE + c, mask=k_ok, other=0.0)
+        shift = tl.load(SHIFT + c, mask=k_ok, other=0.0)
+        a = a.to(tl.float32) * scale[None, :] + shift[None, :]
+    return a.to(out_dtype)
+
+
+@triton.jit
+def patch_embed_fwd_kernel(
+    IMG, W, BIAS, CLS, POS, SCALE, SHIFT, OUT,
+    M, D, K, num_patches, grid_w, prefix, pos_start,
+    stride_ib, stride_ic, stride_ih, stride_iw, stride_wd, stride_wc, stride_wh, stride_ww,
+    PATCH: tl.constexpr, CHANNELS: tl.constexpr, CHANNELS_INNER: tl.constexpr, NORMALIZE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_CLS: tl.constexpr, HAS_POS: tl.constexpr, CLS_HAS_POS: tl.constexpr,
+    VEC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # The D tiles of one row tile run next to each other, so the gathered rows are reused from L2.
+    n_tiles = tl.cdiv(D, BLOCK_N)
+    pid_m = tl.program_id(0) // n_tiles
+    pid_n = tl.program_id(0) % n_tiles
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = m < M
+    d_ok = d < D
+    b, n, row_off = _patch_rows(m, num_patches, grid_w, stride_ib, stride_ih, stride_iw, PATCH)
+    out_ty = OUT.dtype.element_ty
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        a = _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, K, stride_ic, stride_ih, stride_iw, W.dtype.element_ty,
+                      PATCH, CHANNELS, CHANNELS_INNER, NORMALIZE, VEC)
+        c, ky, kx = _k_coords(k, PATCH, CHANNELS, CHANNELS_INNER)
+        w_off = d[None, :] * stride_wd + (c * stride_wc + ky * stride_wh + kx * stride_ww)[:, None]
+        w = tl.load(W + w_off, mask=(k < K)[:, None] & d_ok[None, :], other=0)
+        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+
+    if HAS_BIAS:
+        acc += tl.load(BIAS + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+    ok = m_ok[:, None] & d_ok[None, :]
+    if HAS_POS:
+        acc += tl.load(POS + (pos_start + n)[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
+    first_row = b.to(tl.int64) * (num_patches + prefix)  # out[b, 0]
+    tl.store(OUT + (first_row + prefix + n)[:, None] * D + d[None, :], acc.to(out_ty), mask=ok)
+    if HAS_CLS:
+        cls = tl.load(CLS + d, mask=d_ok, other=0.0).to(tl.float32)
+        if CLS_HAS_POS:
+            cls += tl.load(POS + d, mask=d_ok, other=0.0).to(tl.float32)
+        # The rows holding patch 0 of an image also write that image's cls row.
+        cls_tile = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32) + cls[None, :]
+        tl.store(OUT + first_row[:, None] * D + d[None, :], cls_tile.to(out_ty), mask=ok & (n == 0)[:, None])
+
+
+@triton.jit
+def patch_embed_bwd_images_kernel(
+    DY, W, SCALE, DIMG,
+    M, D, K, num_patches, grid_w, prefix,
+    stride_ib, stride_ic, stride_ih, stride_iw, stride_wd, stride_wc, stride_wh, stride_ww,
+    PATCH: tl.constexpr, CHANNELS: tl.constexpr, CHANNELS_INNER: tl.constexpr, NORMALIZE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """d images [m, k] = sum_d dY[m, d] * weight[d, k] (* scale[c]), scattered to the image."""
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    pid_m = tl.program_id(0) // k_tiles
+    pid_k = tl.program_id(0) % k_tiles
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    m_ok = m < M
+    k_ok = k < K
+    b, n, row_off = _patch_rows(m, num_patches, grid_w, stride_ib, stride_ih, stride_iw, PATCH)
+    dy_row = b.to(tl.int64) * (num_patches + prefix) + prefix + n
+    c, ky, kx = _k_coords(k, PATCH, CHANNELS, CHANNELS_INNER)
+    w_col = c * stride_wc + ky * stride_wh + kx * stride_ww
+
+    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_N):
+        d = d0 + tl.arange(0, BLOCK_N)
+        d_ok = d < D
+        dy = tl.load(DY + dy_row[:, None] * D + d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0)
+        w = tl.load(W + d[:, None] * stride_wd + w_col[None, :], mask=d_ok[:, None] & k_ok[None, :], other=0)
+        acc = tl.dot(dy, w, acc, input_precision=DOT_PRECISION)
+    if NORMALIZE:
+        acc *= tl.load(SCALE + c, mask=k_ok, other=0.0)[None, :]
+    col_off = c * stride_ic + ky * stride_ih + kx * stride_iw
+    tl.store(DIMG + row_off[:, None] + col_off[None, :], acc.to(DIMG.dtype.element_ty),
+             mask=m_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def patch_embed_bwd_weight_kernel(
+    DY, IMG, SCALE, SHIFT, PARTIAL,
+    M, D, K, num_patches, grid_w, prefix, tiles_per_split,
+    stride_ib, stride_ic, stride_ih, stride_iw,
+    PATCH: tl.constexpr, CHANNELS: tl.constexpr, CHANNELS_INNER: tl.constexpr, NORMALIZE: tl.constexpr,
+    VEC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """PARTIAL[split, d, c*p*p + ky*p + kx] = sum over the split's rows m of dY[m, d] * A[m, k]."""
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    pid_d = tl.program_id(0) // k_tiles
+    pid_k = tl.program_id(0) % k_tiles
+    split = tl.program_id(1)
+    d = pid_d * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    d_ok = d < D
+    dy_ty = DY.dtype.element_ty
+
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for t in range(tiles_per_split):
+        m = (split * tiles_per_split + t) * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = m < M
+        b, n, row_off = _patch_rows(m, num_patches, grid_w, stride_ib, stride_ih, stride_iw, PATCH)
+        dy_row = b.to(tl.int64) * (num_patches + prefix) + prefix + n
+        dy = tl.load(DY + dy_row[:, None] * D + d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0)
+        a = _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, K, stride_ic, stride_ih, stride_iw, dy_ty,
+                      PATCH, CHANNELS, CHANNELS_INNER, NORMALIZE, VEC)
+        acc = tl.dot(tl.trans(dy), a, acc, input_precision=DOT_PRECISION)
+    c, ky, kx = _k_coords(k, PATCH, CHANNELS, CHANNELS_INNER)
+    w_flat = c * (PATCH * PATCH) + ky * PATCH + kx  # Conv2d layout (D, C, p, p), contiguous
+    out = PARTIAL + split.to(tl.int64) * D * K + d[:, None] * K + w_flat[None, :]
+    tl.store(out, acc, mask=d_ok[:, None] & (k < K)[None, :])
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side. ``images`` is always the (B, C, H, W) view (any strides); ``weight`` is (D, C, p, p)
+# (any strides); bias / cls are (D,) and pos is (rows, D), all contiguous; scale / shift are
+# fp32 (C,) or None (no normalization).
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 dots follow what the Conv2d path does (cuDNN's TF32 switch); 16-bit dots are exact."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def channels_inner(images: torch.Tensor) -> bool:
+    """Order k as (ky, kx, c) when channels are the image's fastest dimension (NHWC memory)."""
+    return images.stride(1) < images.stride(3)
+
+
+def gather_vec(images: torch.Tensor, patch: int, max_bytes: int = 16) -> int:
+    """Largest v (power of 2, <= max_bytes) such that every group of v consecutive k of A is v
+    contiguous, v-aligned pixels. 1 when the layout gives no such guarantee."""
+    sb, sc, sh, sw = images.stride()
+    c = images.shape[1]
+    if channels_inner(images):
+        if sc != 1 or sw != c:
+            return 1
+        run, strides = patch * c, (sb, patch * sh, patch * sw, sh)
+    else:
+        if sw != 1:
+            return 1
+        run, strides = patch, (sb, patch * sh, sc, sh)
+    size = images.element_size()
+    v = max(1, max_bytes // size)
+    while v > 1 and (run % v or any(s % v for s in strides) or images.data_ptr() % (v * size)):
+        v //= 2
+    return v
+
+
+def launch_config(kind: str, dtype: torch.dtype, dim: int, k_size: int) -> dict:
+    """Tiles and warps for ``kind`` in ("fwd", "bwd_images", "bwd_weight"); small tiles in the
+    interpreter (more programs, so small test shapes still cross tile edges)."""
+    if triton_interpreter_enabled():
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1}
+    wide = dtype != torch.float32
+    if kind == "fwd":
+        block_n = 256 if dim % 256 == 0 and wide else 128
+        block_k = min(64 if wide else 32, max(16, triton.next_power_of_2(k_size)))
+        return {"BLOCK_M": 128, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 8, "num_stages": 3}
+    # bwd_images: tile (M, K), loop over D; bwd_weight: tile (D, K), loop over M.
+    return {"BLOCK_M": 64 if wide else 32, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3}
+
+
+def _geometry(images: torch.Tensor, weight: torch.Tensor):
+    batch, channels, height, width = images.shape
+    dim, patch = weight.shape[0], weight.shape[2]
+    grid_h, grid_w = height // patch, width // patch
+    return batch, channels, dim, patch, grid_w, grid_h * grid_w
+
+
+def _launch_args(cfg: dict) -> tuple[dict, dict]:
+    cfg = dict(cfg)
+    return cfg, {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+
+
+def forward(images, weight, bias: Optional[torch.Tensor], cls_token: Optional[torch.Tensor],
+            pos_embed: Optional[torch.Tensor], scale: Optional[torch.Tensor], shift: Optional[torch.Tensor]):
+    """Tokens (B, P + N, D) in weight.dtype."""
+    batch, channels, dim, patch, grid_w, num_patches = _geometry(images, weight)
+    prefix = int(cls_token is not None)
+    out = weight.new_empty(batch, prefix + num_patches, dim)
+    rows, k_size = batch * num_patches, channels * patch * patch
+    if rows == 0:
+        return out
+    pos_start = int(pos_embed is not None and pos_embed.shape[0] == num_patches + 1)
+    tiles, launch = _launch_args(launch_config("fwd", weight.dtype, dim, k_size))
+    grid = (triton.cdiv(rows, tiles["BLOCK_M"]) * triton.cdiv(dim, tiles["BLOCK_N"]),)
+    patch_embed_fwd_kernel[grid](
+        images, weight, bias, cls_token, pos_embed, scale, shift, out,
+        rows, dim, k_size, num_patches, grid_w, prefix, pos_start, *images.stride(), *weight.stride(),
+        PATCH=patch, CHANNELS=channels, CHANNELS_INNER=channels_inner(images), NORMALIZE=scale is not None,
+        HAS_BIAS=bias is not None, HAS_CLS=cls_token is not None, HAS_POS=pos_embed is not None,
+        CLS_HAS_POS=bool(pos_start) and cls_token is not None, VEC=gather_vec(images, patch),
+        DOT_PRECISION=dot_precision(weight.dtype), **tiles, **launch,
+    )
+    return out
+
+
+def backward_images(grad_out: torch.Tensor, images: torch.Tensor, weight: torch.Tensor,
+                    scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """d images, laid out like ``images`` where it is dense (zeros past the last full patch)."""
+    batch, channels, dim, patch, grid_w, num_patches = _geometry(images, weight)
+    height, width = images.shape[2:]
+    covered = height % patch == 0 and width % patch == 0
+    grad = torch.empty_like(images) if covered else torch.zeros_like(images)
+    rows, k_size = batch * num_patches, channels * patch * patch
+    if rows == 0:
+        return grad
+    tiles, launch = _launch_args(launch_config("bwd_images", weight.dtype, dim, k_size))
+    grid = (triton.cdiv(rows, tiles["BLOCK_M"]) * triton.cdiv(k_size, tiles["BLOCK_K"]),)
+    patch_embed_bwd_images_kernel[grid](
+        grad_out, weight, scale, grad, rows, dim, k_size, num_patches, grid_w, grad_out.shape[1] - num_patches,
+        *grad.stride(), *weight.stride(),
+        PATCH=patch, CHANNELS=channels, CHANNELS_INNER=channels_inner(grad), NORMALIZE=scale is not None,
+        DOT_PRECISION=dot_precision(weight.dtype), **tiles, **launch,
+    )
+    return grad
+
+
+def _splits(device: torch.device, output_tiles: int, row_tiles: int) -> tuple[int, int]:
+    """(splits of M, row tiles per split): about two programs per SM (four in the interpreter,
+    so the tests exercise the partial sums)."""
+    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    splits = max(1, min(row_tiles, triton.cdiv(target, output_tiles)))
+    per_split = triton.cdiv(row_tiles, splits)
+    return triton.cdiv(row_tiles, per_split), per_split
+
+
+def backward_weight(grad_out: torch.Tensor, images: torch.Tensor, weight: torch.Tensor,
+                    scale: Optional[torch.Tensor], shift: Optional[torch.Tensor]) -> torch.Tensor:
+    """d weight (D, C, p, p) in weight.dtype."""
+    batch, channels, dim, patch, grid_w, num_patches = _geometry(images, weight)
+    rows, k_size = batch * num_patches, channels * patch * patch
+    if rows == 0:
+        return torch.zeros_like(weight, memory_format=torch.contiguous_format)
+    tiles, launch = _launch_args(launch_config("bwd_weight", weight.dtype, dim, k_size))
+    output_tiles = triton.cdiv(dim, tiles["BLOCK_N"]) * triton.cdiv(k_size, tiles["BLOCK_K"])
+    splits, per_split = _splits(images.device, output_tiles, triton.cdiv(rows, tiles["BLOCK_M"]))
+    partial = torch.empty(splits, dim, k_size, device=weight.device, dtype=torch.float32)
+    patch_embed_bwd_weight_kernel[(output_tiles, splits)](
+        grad_out, images, scale, shift, partial, rows, dim, k_size, num_patches, grid_w,
+        grad_out.shape[1] - num_patches, per_split, *images.stride(),
+        PATCH=patch, CHANNELS=channels, CHANNELS_INNER=channels_inner(images), NORMALIZE=scale is not None,
+        VEC=gather_vec(images, patch), DOT_PRECISION=dot_precision(weight.dtype), **tiles, **launch,
+    )
+    return partial.sum(0).view(dim, channels, patch, patch).to(weight.dtype)
