@@ -54,7 +54,9 @@ def main() -> int:
         for kernel, signature, constexprs, options in module.aot_configs():
             count += 1
             name = f"{info.name}.{kernel.fn.__name__}"
-            shown = ",".join(f"{k}={v}" for k, v in constexprs.items() if k.isupper())[:60]
+            dtype = next((t[1:] for t in signature.values() if t.startswith("*")), "")
+            sizes = ",".join(f"{k}={v}" for k, v in constexprs.items() if type(v) is int)
+            shown = f"{dtype} {sizes}"[:60]
             sig = {**signature, **{k: "constexpr" for k in constexprs}}
             try:
                 compiled = triton.compile(ASTSource(kernel, sig, constexprs), target=TARGET, options=options)

@@ -37,13 +37,13 @@ def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n_q: Optional[
     if kernel == "delta":
         return {"BLOCK_M": 64, "num_warps": 4}
     if dtype == torch.float32:  # ieee dots run on FMA units: small tiles, correctness first
-        block_m, block_n, warps, stages = 64 if kernel == "fwd" and not wide else 32, 32, 4, 2
+        block_m, block_n, warps, stages = 32, 32, 8, 2
     elif kernel == "fwd":
         block_m, block_n, warps, stages = 128, 64, 8 if wide else 4, 3
-    elif kernel == "dkdv":
-        block_m, block_n, warps, stages = 32, 64 if wide else 128, 8 if wide else 4, 3
+    elif kernel == "dkdv":  # 8 warps from d = 64 up: dK and dV both live in registers
+        block_m, block_n, warps, stages = 32, 64 if wide else 128, 8 if d_pad >= 64 else 4, 3
     else:  # dq
-        block_m, block_n, warps, stages = 64 if wide else 128, 32, 4, 3
+        block_m, block_n, warps, stages = 64 if wide else 128, 32, 8 if d_pad == 64 else 4, 3
     if kernel == "fwd" and n_q is not None:  # decode (n_q = 1) and short queries: no empty rows
         block_m = min(block_m, max(16, triton.next_power_of_2(n_q)))
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}

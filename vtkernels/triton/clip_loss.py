@@ -1,0 +1,416 @@
+"""Triton CLIP contrastive loss: the n x n logits never exist in memory.
+
+Notation: I (rows, d) and T (cols, d) the (normalized) image and text features, s the scale,
+S = s * I @ T^T the logits. Text ``j`` is the positive of image ``i`` when
+``j == i + diag_offset`` (0 on one process; the rank's first global row under data parallelism).
+
+Forward, :func:`logit_stats` (1 GEMM-equivalent): programs own a BLOCK_M row block and a group
+of column blocks; each S tile (K loop over d, masked) gives
+  - the column partial logsumexp over the tile's rows -> ``col_part[row_block, col]``,
+  - an online (max, sumexp) per row over the group  -> ``row_part[group, row]``,
+  - the diagonal S_{i, i + diag_offset} where the tile holds it.
+A merge kernel folds the partials into ``row_lse`` and ``col_lse`` (and maxima for accuracy).
+
+Backward, :func:`grad_features` (3 GEMM-equivalents): columns are walked in strips of W; per
+strip one kernel recomputes S and writes dS = (softmax_row + softmax_col) / 2 - delta for all
+rows x W columns in the feature dtype (O(n * W) bytes, W bounded by ``STRIP_BYTES``), together
+with per-tile partial sums of dS * S (the logit_scale gradient, no extra pass). Both feature
+gradients then come from that same recomputed strip with two GEMMs:
+  dI_acc += dS_strip @ T_strip           (fp32 accumulator, owned output tiles, no atomics)
+  dT_acc[strip] = dS_strip^T @ I
+Total: 1 (forward) + 1 (recompute) + 2 (products) = 4 GEMM-equivalents. The caller multiplies
+by s * grad / n and applies the normalization backward in :func:`finish_grad`.
+
+fp32 features use IEEE fp32 dots (no tf32); fp16/bf16 run on tensor cores, fp32 accumulation.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from vtkernels.backend import triton_interpreter_enabled
+
+NORM_EPS = 1e-12  # torch.nn.functional.normalize's default
+STRIP_BYTES = 256 * 2**20  # cap on the backward's dS strip (rows x W features)
+TARGET_PROGRAMS = 1024  # forward programs to aim for when choosing column groups
+
+
+@triton.jit
+def _logit_tile(I, T, rows64, cols64, row_ok, col_ok, d, stride_i, stride_t,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """fp32 (BLOCK_M, BLOCK_N) tile of I @ T^T; the K loop masks the tail of d."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(0, d, BLOCK_K):
+        ks = k + tl.arange(0, BLOCK_K)
+        k_ok = ks < d
+        a = tl.load(I + rows64[:, None] * stride_i + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(T + cols64[None, :] * stride_t + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def clip_stats_kernel(
+    I, T, Scale, RowPart, RowPartMax, ColPart, ColPartMax, Diag,
+    n_rows, n_cols, d, stride_i, stride_t, diag_offset, blocks_per_group,
+    WITH_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    row_block = tl.program_id(0)
+    group = tl.program_id(1)
+    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    rows64 = rows.to(tl.int64)
+    scale = tl.load(Scale)
+    m_row = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    sum_row = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for jb in range(blocks_per_group):
+        cols = (group * blocks_per_group + jb) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < n_cols  # the last group may run past the end: fully masked tiles
+        acc = _logit_tile(I, T, rows64, cols.to(tl.int64), row_ok, col_ok, d, stride_i, stride_t,
+                          BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+        ok = row_ok[:, None] & col_ok[None, :]
+        s = tl.where(ok, acc * scale, float("-inf"))
+
+        # Column partial over this tile's rows (every valid column has >= 1 valid row here).
+        m_col = tl.max(s, axis=0)
+        m_col_safe = tl.where(col_ok, m_col, 0.0)
+        lse_col = m_col_safe + tl.log(tl.sum(tl.exp(s - m_col_safe[None, :]), axis=0))
+        tl.store(ColPart + row_block * n_cols + cols, lse_col, mask=col_ok)
+        if WITH_MAX:
+            tl.store(ColPartMax + row_block * n_cols + cols, m_col, mask=col_ok)
+
+        # Online row statistics across the group's column blocks.
+        m_new = tl.maximum(m_row, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        sum_row = sum_row * tl.exp(m_row - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), axis=1)
+        m_row = m_new
+
+        # The positive pair S[i, i + diag_offset], from the tile that holds it.
+        is_diag = (cols[None, :] == rows[:, None] + diag_offset) & ok
+        diag = tl.sum(tl.where(is_diag, s, 0.0), axis=1)
+        tl.store(Diag + rows, diag, mask=tl.max(is_diag.to(tl.int32), axis=1) > 0)
+
+    m_safe = tl.where(m_row == float("-inf"), 0.0, m_row)
+    tl.store(RowPart + group * n_rows + rows, m_safe + tl.log(sum_row), mask=row_ok)
+    if WITH_MAX:
+        tl.store(RowPartMax + group * n_rows + rows, m_row, mask=row_ok)
+
+
+@triton.jit
+def merge_lse_kernel(Part, PartMax, Lse, Max, n_parts, n, WITH_MAX: tl.constexpr, BLOCK: tl.constexpr):
+    """Lse[j] = logsumexp_p Part[p, j] (and Max[j] = max_p PartMax[p, j])."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = idx < n
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    mx = tl.full([BLOCK], float("-inf"), tl.float32)
+    for p in range(n_parts):
+        v = tl.load(Part + p * n + idx, mask=ok, other=float("-inf"))
+        m_new = tl.maximum(m, v)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        total = total * tl.exp(m - m_safe) + tl.exp(v - m_safe)
+        m = m_new
+        if WITH_MAX:
+            mx = tl.maximum(mx, tl.load(PartMax + p * n + idx, mask=ok, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    tl.store(Lse + idx, m_safe + tl.log(total), mask=ok)
+    if WITH_MAX:
+        tl.store(Max + idx, mx, mask=ok)
+
+
+@triton.jit
+def clip_dlogits_kernel(
+    I, T, Scale, RowLse, ColLse, DS, DtPart,
+    n_rows, n_cols, d, stride_i, stride_t, stride_ds, diag_offset, col_start, strip_end,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """DS[:, c - col_start] = (P_row + P_col) / 2 - delta for the strip's columns c; DtPart gets
+    sum(dS * S) per tile (d loss / d logit_scale = that sum / n when unclamped)."""
+    row_block = tl.program_id(0)
+    col_block = tl.program_id(1)
+    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = col_start + col_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    col_ok = cols < strip_end
+    rows64 = rows.to(tl.int64)
+    acc = _logit_tile(I, T, rows64, cols.to(tl.int64), row_ok, col_ok, d, stride_i, stride_t,
+                      BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+    s = acc * tl.load(Scale)
+    ok = row_ok[:, None] & col_ok[None, :]
+    lse_row = tl.load(RowLse + rows, mask=row_ok, other=0.0)
+    lse_col = tl.load(ColLse + cols, mask=col_ok, other=0.0)
+    ds = 0.5 * (tl.exp(s - lse_row[:, None]) + tl.exp(s - lse_col[None, :]))
+    ds -= tl.where(cols[None, :] == rows[:, None] + diag_offset, 1.0, 0.0)
+    ds = tl.where(ok, ds, 0.0)
+    tl.store(DS + rows64[:, None] * stride_ds + (cols - col_start)[None, :], ds.to(DS.dtype.element_ty), mask=ok)
+    tl.store(DtPart + row_block * tl.num_programs(1) + col_block, tl.sum(tl.sum(ds * s, axis=1), axis=0))
+
+
+@triton.jit
+def strip_matmul_kernel(
+    A, B, C, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
+    ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """C (fp32, unit column stride) (+)= A @ B; grouped launch order for L2 reuse of B."""
+    pid = tl.program_id(0)
+    n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    group_size = GROUP_M * n_n
+    first_m = (pid // group_size) * GROUP_M
+    rows_in_group = min(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group_size) % rows_in_group
+    pid_n = (pid % group_size) // rows_in_group
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = rm < M, rn < N
+    rm64, rn64 = rm.to(tl.int64), rn.to(tl.int64)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        ks = (k + tl.arange(0, BLOCK_K)).to(tl.int64)
+        k_ok = ks < K
+        a = tl.load(A + rm64[:, None] * stride_am + ks[None, :] * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(B + ks[:, None] * stride_bk + rn64[None, :] * stride_bn, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    c_ptr = C + rm64[:, None] * stride_cm + rn64[None, :]
+    ok = m_ok[:, None] & n_ok[None, :]
+    if ACCUMULATE:
+        acc += tl.load(c_ptr, mask=ok, other=0.0)
+    tl.store(c_ptr, acc, mask=ok)
+
+
+@triton.jit
+def normalize_rows_kernel(X, Y, Rnorm, n, d, stride_x, stride_y, eps,
+                          BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Y = X / max(||X||, eps) row-wise; Rnorm = 1 / max(||X||, eps). Any d (two sweeps)."""
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_ok = rows < n
+    rows64 = rows.to(tl.int64)[:, None]
+    sumsq = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+    for k in range(0, d, BLOCK_D):
+        ks = k + tl.arange(0, BLOCK_D)
+        x = tl.load(X + rows64 * stride_x + ks[None, :], mask=row_ok[:, None] & (ks < d)[None, :], other=0.0).to(tl.float32)
+        sumsq += tl.sum(x * x, axis=1)
+    rnorm = 1.0 / tl.maximum(tl.sqrt(sumsq), eps)
+    tl.store(Rnorm + rows, rnorm, mask=row_ok)
+    for k in range(0, d, BLOCK_D):
+        ks = k + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (ks < d)[None, :]
+        x = tl.load(X + rows64 * stride_x + ks[None, :], mask=ok, other=0.0).to(tl.float32)
+        tl.store(Y + rows64 * stride_y + ks[None, :], (x * rnorm[:, None]).to(Y.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def finish_grad_kernel(Acc, X, Coef, DX, n, d, stride_x, stride_dx, eps,
+                       NORMALIZE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """g = Coef * Acc is the gradient w.r.t. the normalized rows y = x / max(||x||, eps);
+    DX = (g - y <y, g>) / ||x|| (just g / eps once the norm is clamped), or g unnormalized."""
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_ok = rows < n
+    rows64 = rows.to(tl.int64)[:, None]
+    coef = tl.load(Coef)
+    if NORMALIZE:
+        sumsq = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+        x_dot_acc = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+        for k in range(0, d, BLOCK_D):
+            ks = k + tl.arange(0, BLOCK_D)
+            ok = row_ok[:, None] & (ks < d)[None, :]
+            x = tl.load(X + rows64 * stride_x + ks[None, :], mask=ok, other=0.0).to(tl.float32)
+            acc = tl.load(Acc + rows64 * d + ks[None, :], mask=ok, other=0.0)
+            sumsq += tl.sum(x * x, axis=1)
+            x_dot_acc += tl.sum(x * acc, axis=1)
+        norm = tl.sqrt(sumsq)
+        rnorm = 1.0 / tl.maximum(norm, eps)
+        # <y, acc> * y = x * (<x, acc> * rnorm^2); no projection while the norm is clamped.
+        proj = tl.where(norm >= eps, x_dot_acc * rnorm * rnorm, 0.0)
+        row_coef = coef * rnorm
+    else:
+        proj = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+        row_coef = tl.zeros([BLOCK_ROWS], dtype=tl.float32) + coef
+    for k in range(0, d, BLOCK_D):
+        ks = k + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (ks < d)[None, :]
+        acc = tl.load(Acc + rows64 * d + ks[None, :], mask=ok, other=0.0)
+        if NORMALIZE:
+            x = tl.load(X + rows64 * stride_x + ks[None, :], mask=ok, other=0.0).to(tl.float32)
+            acc -= x * proj[:, None]
+        tl.store(DX + rows64 * stride_dx + ks[None, :], (acc * row_coef[:, None]).to(DX.dtype.element_ty), mask=ok)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # only fp32 operands read it
+
+
+def launch_config(kind: str, dtype: torch.dtype = torch.bfloat16, interpret: bool = False) -> dict:
+    """Tiles and warps per kernel ('tile': stats and dS kernels, 'matmul', 'rows');
+    small tiles under the interpreter so the CPU tests walk several blocks."""
+    if kind == "rows":
+        return {"BLOCK_ROWS": 4 if interpret else 8, "BLOCK_D": 64 if interpret else 256, "num_warps": 4}
+    if interpret:
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4}
+    wide = dtype != torch.float32
+    cfg = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64 if wide else 32, "num_warps": 8, "num_stages": 3}
+    if kind == "matmul":
+        cfg["GROUP_M"] = 8
+    return cfg
+
+
+def _interpret(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" or triton_interpreter_enabled()
+
+
+def normalize_rows(x: torch.Tensor):
+    """(x / max(||x||, eps) in x's dtype, 1 / max(||x||, eps) fp32) for (n, d) x with unit column stride."""
+    n, d = x.shape
+    y = torch.empty((n, d), dtype=x.dtype, device=x.device)
+    rnorm = torch.empty(n, dtype=torch.float32, device=x.device)
+    if n:
+        cfg = launch_config("rows", interpret=_interpret(x))
+        normalize_rows_kernel[(triton.cdiv(n, cfg["BLOCK_ROWS"]),)](
+            x, y, rnorm, n, d, x.stride(0), y.stride(0), NORM_EPS, **cfg)
+    return y, rnorm
+
+
+def _merge(part: torch.Tensor, part_max, n: int, with_max: bool):
+    lse = part.new_empty(n)
+    mx = part.new_empty(n if with_max else 0)
+    if n:
+        block = 128
+        merge_lse_kernel[(triton.cdiv(n, block),)](part, part_max, lse, mx, part.shape[0], n,
+                                                  WITH_MAX=with_max, BLOCK=block)
+    return lse, mx
+
+
+def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, diag_offset: int, with_max: bool):
+    """Row / column logsumexps of S = scale * image @ text^T without materializing S.
+
+    image (rows, d), text (cols, d) with unit column stride; scale: fp32 (1,) on the device.
+    Returns (row_lse (rows), col_lse (cols; over these rows only), diag (rows) = S[i, i +
+    diag_offset], row_max, col_max (empty unless ``with_max``)), all fp32.
+    """
+    n_rows, d = image.shape
+    n_cols = text.shape[0]
+    f32 = dict(dtype=torch.float32, device=image.device)
+    diag = torch.zeros(n_rows, **f32)
+    if n_rows == 0 or n_cols == 0:
+        empty = torch.empty(0, **f32)
+        return (torch.full((n_rows,), float("-inf"), **f32), torch.full((n_cols,), float("-inf"), **f32), diag,
+                empty if not with_max else torch.full((n_rows,), float("-inf"), **f32),
+                empty if not with_max else torch.full((n_cols,), float("-inf"), **f32))
+    cfg = launch_config("tile", image.dtype, _interpret(image))
+    row_blocks = triton.cdiv(n_rows, cfg["BLOCK_M"])
+    col_blocks = triton.cdiv(n_cols, cfg["BLOCK_N"])
+    groups = min(col_blocks, triton.cdiv(TARGET_PROGRAMS, row_blocks))
+    if _interpret(image):
+        groups = min(col_blocks, 2)  # still exercises several groups and the online row merge
+    blocks_per_group = triton.cdiv(col_blocks, groups)
+    groups = triton.cdiv(col_blocks, blocks_per_group)
+    row_part = torch.empty((groups, n_rows), **f32)
+    col_part = torch.empty((row_blocks, n_cols), **f32)
+    row_part_max = torch.empty((groups, n_rows) if with_max else 0, **f32)
+    col_part_max = torch.empty((row_blocks, n_cols) if with_max else 0, **f32)
+    clip_stats_kernel[(row_blocks, groups)](
+        image, text, scale, row_part, row_part_max, col_part, col_part_max, diag,
+        n_rows, n_cols, d, image.stride(0), text.stride(0), diag_offset, blocks_per_group,
+        WITH_MAX=with_max, PRECISION=_precision(image.dtype), **cfg)
+    row_lse, row_max = _merge(row_part, row_part_max, n_rows, with_max)
+    del row_part, row_part_max
+    col_lse, col_max = _merge(col_part, col_part_max, n_cols, with_max)
+    return row_lse, col_lse, diag, row_max, col_max
+
+
+def strip_width(n_rows: int, n_cols: int, element_size: int, block_n: int) -> int:
+    """Columns per backward strip: the dS strip (n_rows x W) stays under STRIP_BYTES."""
+    width = STRIP_BYTES // max(1, n_rows * element_size)
+    width = max(block_n, width // block_n * block_n)
+    return min(width, triton.cdiv(n_cols, block_n) * block_n)
+
+
+def _matmul(a, b, c, m, n, k, a_strides, b_strides, accumulate, dtype, interpret):
+    cfg = launch_config("matmul", dtype, interpret)
+    cfg.setdefault("GROUP_M", 4)
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+    strip_matmul_kernel[grid](a, b, c, m, n, k, *a_strides, *b_strides, c.stride(0),
+                              ACCUMULATE=accumulate, PRECISION=_precision(dtype), **cfg)
+
+
+def grad_features(image, text, scale, row_lse, col_lse, diag_offset: int):
+    """Unscaled feature gradients of the loss through S (see module docstring):
+    (dI_acc (rows, d) fp32, dT_acc (cols, d) fp32, sum(dS * S) fp32 (1,)), with
+    dS = (P_row + P_col) / 2 - delta. The true gradients are (scale * grad / n) times these."""
+    n_rows, d = image.shape
+    n_cols = text.shape[0]
+    f32 = dict(dtype=torch.float32, device=image.device)
+    d_image = torch.zeros((n_rows, d), **f32)
+    d_text = torch.zeros((n_cols, d), **f32)
+    dt_sum = torch.zeros(1, **f32)
+    if n_rows == 0 or n_cols == 0:
+        return d_image, d_text, dt_sum
+    interpret = _interpret(image)
+    cfg = launch_config("tile", image.dtype, interpret)
+    width = strip_width(n_rows, n_cols, image.element_size(), cfg["BLOCK_N"])
+    strip = torch.empty((n_rows, width), dtype=image.dtype, device=image.device)
+    row_blocks = triton.cdiv(n_rows, cfg["BLOCK_M"])
+    for start in range(0, n_cols, width):
+        end = min(start + width, n_cols)
+        col_blocks = triton.cdiv(end - start, cfg["BLOCK_N"])
+        dt_part = torch.empty((row_blocks, col_blocks), **f32)
+        clip_dlogits_kernel[(row_blocks, col_blocks)](
+            image, text, scale, row_lse, col_lse, strip, dt_part,
+            n_rows, n_cols, d, image.stride(0), text.stride(0), strip.stride(0), diag_offset, start, end,
+            PRECISION=_precision(image.dtype), **cfg)
+        dt_sum += dt_part.sum()
+        text_strip = text[start:end]
+        # dI += dS_strip @ T_strip: (rows, W) @ (W, d)
+        _matmul(strip, text_strip, d_image, n_rows, d, end - start, (strip.stride(0), 1), (text.stride(0), 1),
+                start > 0, image.dtype, interpret)
+        # dT[strip] = dS_strip^T @ I: (W, rows) @ (rows, d), A read transposed through its strides
+        _matmul(strip, image, d_text[start:end], end - start, d, n_rows, (1, strip.stride(0)), (image.stride(0), 1),
+                False, image.dtype, interpret)
+    return d_image, d_text, dt_sum
+
+
+def finish_grad(acc: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Gradient w.r.t. the raw features x from ``coef * acc`` (w.r.t. the normalized ones)."""
+    n, d = x.shape
+    dx = torch.empty((n, d), dtype=x.dtype, device=x.device)
+    if n:
+        cfg = launch_config("rows", interpret=_interpret(x))
+        finish_grad_kernel[(triton.cdiv(n, cfg["BLOCK_ROWS"]),)](
+            acc, x, coef, dx, n, d, x.stride(0), dx.stride(0), NORM_EPS, NORMALIZE=normalize, **cfg)
+    return dx
+
+
+def aot_configs():
+    """(kernel, signature, constexprs, options) for the sm_90 ahead-of-time compile check."""
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
+        tile = launch_config("tile", dtype)
+        opts = {"num_warps": tile.pop("num_warps"), "num_stages": tile.pop("num_stages")}
+        prec = {"PRECISION": _precision(dtype)}
+        sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowPart": "*fp32", "RowPartMax": "*fp32",
+               "ColPart": "*fp32", "ColPartMax": "*fp32", "Diag": "*fp32", "n_rows": "i32", "n_cols": "i32",
+               "d": "i32", "stride_i": "i32", "stride_t": "i32", "diag_offset": "i32", "blocks_per_group": "i32"}
+        yield clip_stats_kernel, sig, {"WITH_MAX": False, **tile, **prec}, opts
+        sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowLse": "*fp32", "ColLse": "*fp32",
+               "DS": f"*{name}", "DtPart": "*fp32", "n_rows": "i32", "n_cols": "i32", "d": "i32",
+               "stride_i": "i32", "stride_t": "i32", "stride_ds": "i32", "diag_offset": "i32",
+               "col_start": "i32", "strip_end": "i32"}
+        yield clip_dlogits_kernel, sig, {**tile, **prec}, opts
+        mm = launch_config("matmul", dtype)
+        opts = {"num_warps": mm.pop("num_warps"), "num_stages": mm.pop("num_stages")}
+        for a_transposed in (False, True):
+            sig = {"A": f"*{name}", "B": f"*{name}", "C": "*fp32", "M": "i32", "N": "i32", "K": "i32",
+                   "stride_am": "i32" if not a_transposed else "constexpr", "stride_ak": "constexpr" if not a_transposed else "i32",
+                   "stride_bk": "i32", "stride_bn": "constexpr", "stride_cm": "i32"}
+            unit = {"stride_ak": 1} if not a_transposed else {"stride_am": 1}
+            yield strip_matmul_kernel, sig, {**unit, "stride_bn": 1, "ACCUMULATE": not a_transposed, **mm, **prec}, opts
+        rows = launch_config("rows")
+        opts = {"num_warps": rows.pop("num_warps")}
+        sig = {"X": f"*{name}", "Y": f"*{name}", "Rnorm": "*fp32", "n": "i32", "d": "i32",
+               "stride_x": "i32", "stride_y": "i32", "eps": "fp32"}
+        yield normalize_rows_kernel, sig, rows, opts
+        sig = {"Acc": "*fp32", "X": f"*{name}", "Coef": "*fp32", "DX": f"*{name}", "n": "i32", "d": "i32",
+               "stride_x": "i32", "stride_dx": "i32", "eps": "fp32"}
+        yield finish_grad_kernel, sig, {"NORMALIZE": True, **rows}, opts

@@ -1,0 +1,240 @@
+"""Triton Swin (shifted-)window attention, forward; the backward is in window_attention_bwd.py.
+
+One program owns G whole windows of one (batch, head), packed one after another into the rows of
+a tile (block-diagonal: G = 2 windows of 49 tokens fill 98 of 128 rows instead of padding each
+window to 64). Nothing is materialized: q/k/v rows are gathered straight from the (B, H, W, 3C)
+qkv tensor, the output scattered straight to (B, H, W, C).
+
+Index math, for packed row i of program (window group w0, batch b, head h):
+
+    g = i // N, p = i % N             window g of the group (window id w = w0 * G + g), token p
+    (pr, pc) = (p // MW, p % MW)      token position inside its window
+    (r, c) = (w // nWw * MH + pr,     position in the rolled, padded map (Hp x Wp) that
+              w %  nWw * MW + pc)     window partition cuts into row-major windows
+
+    timm (roll, then pad):  real = r < H and c < W;  source pixel ((r + SH) % H, (c + SW) % W)
+    HF (pad, then roll):    (r', c') = ((r + SH) % Hp, (c + SW) % Wp);  real = r' < H and c' < W
+
+A token that is not real is padding: its q/k/v are the ``pad_qkv`` vector (the qkv Linear's
+bias, since timm/HF zero-pad its input) or zeros.
+
+    scores(i, j) = q_i . k_j * scale + table[t(i, j), h] + (mask_value if region(i) != region(j))
+    t(i, j) = (pr_i - pr_j + MHt - 1) * (2 MWt - 1) + (pc_i - pc_j + MWt - 1)   (Mt: table window)
+    region(r, c) = 3 * ([r >= Hp - MH] + [r >= Hp - SH]) + [c >= Wp - MW] + [c >= Wp - SW]
+
+The three regions per axis are the strips the roll brought together; a window never straddles
+the first boundary (Hp - MH is a window edge), so only the shifted strips ever differ. Scores
+between rows of different windows of the tile are -inf. Softmax is exact and single pass (the
+whole window sits on chip), in fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+# Tokens per window the kernels take: one window's keys must fit one tile.
+MAX_WINDOW_TOKENS = 256
+MAX_HEAD_DIM = 128
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def window_tokens(rows, w0, n_win, G: tl.constexpr, MH: tl.constexpr, MW: tl.constexpr,
+                  nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST: tl.constexpr):
+    """Per packed row: (in a window, real pixel, source row, source col, pr, pc, window slot, region)."""
+    N: tl.constexpr = MH * MW
+    g = rows // N
+    p = rows % N
+    win = w0 * G + g
+    pr = p // MW
+    pc = p % MW
+    r = (win // nWw) * MH + pr
+    c = (win % nWw) * MW + pc
+    valid = (g < G) & (win < n_win)
+    if PAD_FIRST:
+        src_r = (r + SH) % Hp
+        src_c = (c + SW) % Wp
+        real = valid & (src_r < H) & (src_c < W)
+    else:
+        src_r = (r + SH) % H
+        src_c = (c + SW) % W
+        real = valid & (r < H) & (c < W)
+    region = ((r >= Hp - MH).to(tl.int32) + (r >= Hp - SH).to(tl.int32)) * 3 \
+        + (c >= Wp - MW).to(tl.int32) + (c >= Wp - SW).to(tl.int32)
+    return valid, real, src_r, src_c, pr, pc, g, region
+
+
+@triton.jit
+def load_tokens(QKV, PAD, b, src_r, src_c, valid, real, part, h, C, stride_b, stride_h, stride_w,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_PAD: tl.constexpr):
+    """(rows, BLOCK_D) slice ``part`` (0 q, 1 k, 2 v) of head h; padding rows from PAD or zeros."""
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    col = part * C + h * HEAD_DIM + d
+    offs = b.to(tl.int64) * stride_b + src_r.to(tl.int64)[:, None] * stride_h + src_c[:, None] * stride_w + col[None, :]
+    x = tl.load(QKV + offs, mask=real[:, None] & d_ok[None, :], other=0.0)
+    if HAS_PAD:
+        fill = tl.load(PAD + col, mask=d_ok, other=0.0).to(x.dtype)
+        x = tl.where((valid & (real == 0))[:, None], fill[None, :], x)
+    return x
+
+
+@triton.jit
+def attention_probs(q, k, TABLE, h, heads, scale, mask_value,
+                    q_ok, q_pr, q_pc, q_g, q_region, k_ok, k_pr, k_pc, k_g, k_region,
+                    MHT: tl.constexpr, MWT: tl.constexpr, HAS_SHIFT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Softmax(q k^T * scale + bias + shift mask) over the keys of each row's own window, fp32."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
+    same = (q_g[:, None] == k_g[None, :]) & q_ok[:, None] & k_ok[None, :]
+    t = (q_pr[:, None] - k_pr[None, :] + MHT - 1) * (2 * MWT - 1) + (q_pc[:, None] - k_pc[None, :] + MWT - 1)
+    s += tl.load(TABLE + t * heads + h, mask=same, other=0.0).to(tl.float32)
+    if HAS_SHIFT:
+        s = tl.where(q_region[:, None] != k_region[None, :], s + mask_value, s)
+    s = tl.where(same, s * 1.4426950408889634, float("-inf"))  # log2 domain for exp2
+    row_max = tl.max(s, axis=1)
+    row_max = tl.where(row_max == float("-inf"), 0.0, row_max)  # rows outside any window
+    p = tl.math.exp2(s - row_max[:, None])
+    denom = tl.sum(p, axis=1)
+    return p / tl.where(denom == 0.0, 1.0, denom)[:, None]
+
+
+@triton.jit
+def window_attn_fwd_kernel(
+    QKV, TABLE, PAD, OUT,
+    H, W, Hp, Wp, nWw, n_win, heads, C, SH, SW,
+    stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
+    MH: tl.constexpr, MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr, G: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PAD_FIRST: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    w0 = tl.program_id(0)
+    b = tl.program_id(1) // heads
+    h = tl.program_id(1) % heads
+    keys = tl.arange(0, BLOCK_N)
+    k_ok, k_real, k_r, k_c, k_pr, k_pc, k_g, k_region = window_tokens(
+        keys, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
+    k = load_tokens(QKV, PAD, b, k_r, k_c, k_ok, k_real, 1, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, HAS_PAD)
+    v = load_tokens(QKV, PAD, b, k_r, k_c, k_ok, k_real, 2, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, HAS_PAD)
+    d = tl.arange(0, BLOCK_D)
+
+    # Query chunks of BLOCK_M packed rows; each row's keys (its whole window) are all in k / v.
+    for start in tl.static_range(0, G * MH * MW, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        q_ok, q_real, q_r, q_c, q_pr, q_pc, q_g, q_region = window_tokens(
+            rows, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
+        q = load_tokens(QKV, PAD, b, q_r, q_c, q_ok, q_real, 0, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, False)
+        p = attention_probs(q, k, TABLE, h, heads, scale, mask_value, q_ok, q_pr, q_pc, q_g, q_region,
+                            k_ok, k_pr, k_pc, k_g, k_region, MHT, MWT, HAS_SHIFT, DOT_PRECISION)
+        o = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        offs = (b.to(tl.int64) * out_b + q_r.to(tl.int64)[:, None] * out_h + q_c[:, None] * out_w
+                + (h * HEAD_DIM + d)[None, :])
+        tl.store(OUT + offs, o.to(OUT.dtype.element_ty), mask=q_real[:, None] & (d < HEAD_DIM)[None, :])
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Window layout of one call: effective window/shift, padded map, packing."""
+    height: int
+    width: int
+    window: int          # effective window M (<= table_window)
+    table_window: int    # window the bias table was built for
+    shift: int
+    heads: int
+    head_dim: int
+
+    @property
+    def tokens(self) -> int:
+        return self.window * self.window
+
+    @property
+    def height_pad(self) -> int:
+        return triton.cdiv(self.height, self.window) * self.window
+
+    @property
+    def width_pad(self) -> int:
+        return triton.cdiv(self.width, self.window) * self.window
+
+    @property
+    def windows_per_row(self) -> int:
+        return self.width_pad // self.window
+
+    @property
+    def n_windows(self) -> int:
+        return self.height_pad // self.window * self.windows_per_row
+
+    @property
+    def has_padding(self) -> bool:
+        return self.height_pad != self.height or self.width_pad != self.width
+
+
+def launch_config(tokens: int, head_dim: int, backward: bool = False) -> dict:
+    """Packing and tile sizes for windows of ``tokens`` tokens: G windows per program packed
+    into BLOCK_N rows (128 for windows up to 64 tokens), queries in chunks of BLOCK_M rows."""
+    block_n = max(128, triton.next_power_of_2(tokens))
+    windows_per_program = block_n // tokens
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    # Live fp32 score tiles: 1 forward, 3 backward (P, dP, dS); keep each <= 16K elements.
+    block_m = min(block_n, (16384 if not backward else 8192) // block_n)
+    block_m = min(block_m, triton.next_power_of_2(windows_per_program * tokens))
+    return {"G": windows_per_program, "BLOCK_M": max(16, block_m), "BLOCK_N": block_n, "BLOCK_D": block_d,
+            "num_warps": 8 if block_n * block_m >= 16384 else 4}
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: exact fp32 products (the fp32 bound is 1e-5); fp16/bf16 run on tensor cores.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def common_args(qkv: torch.Tensor, geo: Geometry):
+    return (geo.height, geo.width, geo.height_pad, geo.width_pad, geo.windows_per_row, geo.n_windows,
+            geo.heads, geo.heads * geo.head_dim, geo.shift, geo.shift, qkv.stride(0), qkv.stride(1), qkv.stride(2))
+
+
+def common_constexprs(qkv: torch.Tensor, geo: Geometry, pad_first: bool, has_pad: bool) -> dict:
+    return {"MH": geo.window, "MW": geo.window, "MHT": geo.table_window, "MWT": geo.table_window,
+            "HEAD_DIM": geo.head_dim, "PAD_FIRST": pad_first, "HAS_SHIFT": geo.shift > 0, "HAS_PAD": has_pad,
+            "DOT_PRECISION": dot_precision(qkv.dtype)}
+
+
+def forward(qkv: torch.Tensor, table: torch.Tensor, pad_qkv, geo: Geometry, scale: float, mask_value: float,
+            pad_first: bool) -> torch.Tensor:
+    """qkv (B, H, W, 3C) with unit channel stride, table ((2Mt-1)^2, heads) contiguous -> (B, H, W, C)."""
+    batch = qkv.shape[0]
+    out = qkv.new_empty(batch, geo.height, geo.width, geo.heads * geo.head_dim)
+    if out.numel() == 0:
+        return out
+    cfg = launch_config(geo.tokens, geo.head_dim)
+    num_warps = cfg.pop("num_warps")
+    grid = (triton.cdiv(geo.n_windows, cfg["G"]), batch * geo.heads)
+    window_attn_fwd_kernel[grid](
+        qkv, table, pad_qkv, out, *common_args(qkv, geo), out.stride(0), out.stride(1), out.stride(2),
+        scale, mask_value, **common_constexprs(qkv, geo, pad_first, pad_qkv is not None), **cfg, num_warps=num_warps,
+    )
+    return out
+
+
+def aot_configs():
+    """Every forward and backward variant at the Swin shapes (window 7 and 12, head_dim 32, shifted,
+    bf16/fp16/fp32), for the ahead-of-time sm_90 compile check."""
+    from vtkernels.triton import window_attention_bwd
+
+    for window, head_dim in ((7, 32), (12, 32), (7, 64)):
+        for dtype in ("bf16", "fp16", "fp32"):
+            for backward in (False, True):
+                cfg = launch_config(window * window, head_dim, backward)
+                options = {"num_warps": cfg.pop("num_warps")}
+                constexprs = {"MH": window, "MW": window, "MHT": window, "MWT": window, "HEAD_DIM": head_dim,
+                              "PAD_FIRST": False, "HAS_SHIFT": True, "HAS_PAD": False,
+                              "DOT_PRECISION": "ieee" if dtype == "fp32" else "tf32", **cfg}
+                ints = ["H", "W", "Hp", "Wp", "nWw", "n_win", "heads", "C", "SH", "SW", "stride_b", "stride_h", "stride_w"]
+                if backward:
+                    yield (*window_attention_bwd.aot_signature(dtype, ints), constexprs, options)
+                else:
+                    sig = {"QKV": f"*{dtype}", "TABLE": "*fp32", "PAD": f"*{dtype}", "OUT": f"*{dtype}",
+                           **{n: "i32" for n in ints}, "out_b": "i32", "out_h": "i32", "out_w": "i32",
+                           "scale": "fp32", "mask_value": "fp32"}
+                    yield window_attn_fwd_kernel, sig, constexprs, options
