@@ -51,7 +51,13 @@ def main() -> int:
         module = importlib.import_module(f"vtkernels.triton.{info.name}")
         if not hasattr(module, "aot_configs"):
             continue
-        for kernel, signature, constexprs, options in module.aot_configs():
+        try:
+            configs = list(module.aot_configs())
+        except Exception as exc:  # noqa: BLE001 - a broken module is a failure, not a crash
+            failures += 1
+            print(f"{info.name}.aot_configs() FAILED: {type(exc).__name__}: {exc}")
+            continue
+        for kernel, signature, constexprs, options in configs:
             count += 1
             name = f"{info.name}.{kernel.fn.__name__}"
             dtype = next((t[1:] for t in signature.values() if t.startswith("*")), "")
