@@ -62,6 +62,7 @@ setup(
     version="0.1.0",
     description="Fused CUDA and Triton kernels for vision transformers",
     packages=find_packages(include=["vtkernels", "vtkernels.*"]),
+    package_data={"vtkernels": ["preferences.json"]},
     python_requires=">=3.10",
     install_requires=["torch", "numpy"],
     extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "scipy", "transformers"]},

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import math
 import os
 import pkgutil
 import sys
@@ -31,11 +33,43 @@ def discover(selected: set[str] | None):
                 yield info.name, module
 
 
+def backend_order(records) -> dict[str, list[str]]:
+    """Per op, our kernel backends by the geometric mean of their time over the cases both ran."""
+    order = {}
+    for op in sorted({r.op for r in records}):
+        times: dict[str, dict] = {}
+        for r in records:
+            if r.op == op and r.median and r.provider.startswith("vtkernels-"):
+                times.setdefault(r.provider.removeprefix("vtkernels-"), {})[(r.shape, r.mode)] = r.median
+        if len(times) < 2:
+            continue
+        common = set.intersection(*(set(t) for t in times.values()))
+        if not common:
+            continue
+        score = {b: math.exp(sum(math.log(t[c]) for c in common) / len(common)) for b, t in times.items()}
+        order[op] = sorted(score, key=score.get)
+    return order
+
+
+def update_preferences(records, env) -> None:
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vtkernels", "preferences.json")
+    with open(path) as f:
+        prefs = json.load(f)
+    prefs["ops"].update(backend_order(records))
+    prefs["measured_on"] = f"{env['gpu']}, torch {env['torch']}, triton {env['triton']}"
+    with open(path, "w") as f:
+        json.dump(prefs, f, indent=2)
+        f.write("\n")
+    print(f"backend preferences written to {path}: {prefs['ops']}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", help="comma-separated module names (default: all)")
     parser.add_argument("--quick", action="store_true", help="one shape per op")
     parser.add_argument("--out", help="output folder (default benchmarks/results/<date>_<gpu>)")
+    parser.add_argument("--update-preferences", action="store_true",
+                        help="write the measured fastest kernel backend per op to vtkernels/preferences.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks need a CUDA GPU; none found (run `python -m vtkernels selfcheck` for a CPU check)")
@@ -57,6 +91,8 @@ def main(argv=None) -> int:
     harness.write_results(records, ceilings, env, out)
     print(harness.markdown_table(records, ceilings, env))
     print(f"results written to {out}")
+    if args.update_preferences:
+        update_preferences(records, env)
     return 0
 
 

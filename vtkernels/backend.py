@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import functools
 import importlib
+import json
 import os
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -107,17 +108,33 @@ def backend_unavailable(name: str, device_type: str) -> Optional[str]:
 SupportCheck = Callable[..., Sequence[str]]
 
 
+PREFERENCES_FILE = os.path.join(os.path.dirname(__file__), "preferences.json")
+
+
+@functools.lru_cache(maxsize=None)
+def measured_preferences() -> dict[str, list[str]]:
+    """Per op, the kernel backends fastest first, as measured by ``benchmarks/run.py
+    --update-preferences`` on a GPU (empty until a GPU run writes it)."""
+    try:
+        with open(PREFERENCES_FILE) as f:
+            return json.load(f).get("ops", {})
+    except (OSError, ValueError):
+        return {}
+
+
 class OpDispatcher:
     """Chooses the backend for one op.
 
-    ``gpu_preference`` is the automatic order on CUDA tensors (fastest measured first); the
-    reference always comes last. ``checks`` maps a backend to a function of the call's
-    keyword arguments returning the reasons that backend cannot take the call.
+    ``gpu_preference`` is the automatic order on CUDA tensors when no measurement exists
+    (``preferences.json`` overrides it with the measured order); the reference always comes
+    last. ``checks`` maps a backend to a function of the call's keyword arguments returning
+    the reasons that backend cannot take the call.
     """
 
     def __init__(self, op: str, gpu_preference: Sequence[str], checks: dict[str, SupportCheck]):
         self.op = op
-        self.gpu_preference = tuple(gpu_preference)
+        measured = measured_preferences().get(op)
+        self.gpu_preference = tuple(measured or gpu_preference)
         self.checks = checks
 
     def refusals(self, backend: str, device: torch.device, **call) -> list[str]:
