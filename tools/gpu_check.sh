@@ -2,6 +2,8 @@
 # The whole GPU check in one call, for a GPU machine without internet (python 3.12, torch 2.11
 # cu130, triton 3.6, nvcc 13.0, compute-sanitizer):
 #   bash tools/gpu_check.sh [OUT_DIR]        (default: $OUT, else ./gpu_out)
+# Logs and results are written to a work folder and packed into OUT_DIR/gpu_check.tgz; OUT_DIR
+# also gets summary.md, results.md and results.json (few files: the device tool returns <= 8).
 # 1. builds vtkernels._C in place with all cores        -> build.log
 # 2. python -m vtkernels info                            -> info.log
 # 3. the full test suite on the GPU                      -> tests.log, tests.xml
@@ -12,8 +14,9 @@
 # BENCH_ARGS is passed to benchmarks/run.py (e.g. "--ops norm --quick").
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT_DIR=${1:-${OUT:-gpu_out}}
-mkdir -p "$OUT_DIR"
+FINAL_DIR=${1:-${OUT:-gpu_out}}
+OUT_DIR=$(mktemp -d /tmp/gpu_check.XXXX)
+mkdir -p "$FINAL_DIR"
 STEPS=${STEPS:-build,info,tests,sanitizer,bench}
 export MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1 VTKERNELS_CUDA_ARCHS=${VTKERNELS_CUDA_ARCHS:-90}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -52,12 +55,20 @@ step sanitizer sanitizer.log sanitize
 step bench bench.log python3 benchmarks/run.py --update-preferences --out "$OUT_DIR/bench" ${BENCH_ARGS:-}
 cp vtkernels/preferences.json "$OUT_DIR/bench/" 2>/dev/null  # commit it back: the measured backend order
 
+summary() {
+  echo "| step | status | seconds |"
+  echo "|---|---|---|"
+  for name in build info tests sanitizer bench; do
+    echo "| $name | ${STATUS[$name]} | ${SECONDS_TAKEN[$name]:-} |"
+  done
+  grep -E "passed|failed" "$OUT_DIR/tests.log" 2>/dev/null | tail -n 1
+  grep -E "ERROR SUMMARY" "$OUT_DIR/sanitizer.log" 2>/dev/null
+}
+summary >"$OUT_DIR/summary.md"
+tar czf "$FINAL_DIR/gpu_check.tgz" -C "$OUT_DIR" .
+cp "$OUT_DIR/summary.md" "$FINAL_DIR/"
+cp "$OUT_DIR"/bench/results.md "$OUT_DIR"/bench/results.json "$FINAL_DIR/" 2>/dev/null
 echo
-echo "| step | status | seconds |"
-echo "|---|---|---|"
-for name in build info tests sanitizer bench; do
-  echo "| $name | ${STATUS[$name]} | ${SECONDS_TAKEN[$name]:-} |"
-done
-grep -E "passed|failed" "$OUT_DIR/tests.log" | tail -n 1
-[[ -f "$OUT_DIR/bench/results.md" ]] && head -n 60 "$OUT_DIR/bench/results.md"
+cat "$OUT_DIR/summary.md"
+[[ -f "$OUT_DIR/bench/results.md" ]] && head -n 80 "$OUT_DIR/bench/results.md"
 [[ "${STATUS[*]}" != *FAILED* ]]
