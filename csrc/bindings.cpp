@@ -4,8 +4,20 @@
 #include <torch/extension.h>
 
 #include "bindings/norm.h"
+#include "bindings/patch_embed.h"
+#include "bindings/clip_loss.h"
+#include "bindings/attention.h"
+#include "bindings/palette.h"
+#include "bindings/detr_cost.h"
+#include "bindings/window_attention.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vtkernels CUDA kernels";
   vtk_torch::bind_norm(m);
+  vtk_torch::bind_patch_embed(m);
+  vtk_torch::bind_clip_loss(m);
+  vtk_torch::bind_attention(m);
+  vtk_torch::bind_palette(m);
+  vtk_torch::bind_detr_cost(m);
+  vtk_torch::bind_window_attention(m);
 }

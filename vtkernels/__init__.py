@@ -2,8 +2,18 @@
 
 from vtkernels.backend import BACKENDS, BackendError, use_backend
 from vtkernels.ops.norm import layer_norm, rms_norm
+from vtkernels.ops.clip_loss import clip_loss
+from vtkernels.reference.clip_loss import ClipLossOutput
+from vtkernels.ops.patch_embed import patch_embed
+from vtkernels.ops.attention import attention
+from vtkernels.ops.palette import palette_dequantize, palette_quantize
+from vtkernels.ops.detr_cost import detr_match_cost
+from vtkernels.ops.window_attention import window_attention
+from vtkernels.ops.patch_merging import patch_merging_norm
 from vtkernels import nn
+from vtkernels import models
+from vtkernels.patch import OptimizeReport, optimize
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "BackendError", "use_backend", "layer_norm", "rms_norm", "nn", "__version__"]
+__all__ = ["BACKENDS", "BackendError", "use_backend", "layer_norm", "rms_norm", "clip_loss", "ClipLossOutput", "patch_embed", "attention", "palette_quantize", "palette_dequantize", "detr_match_cost", "window_attention", "patch_merging_norm", "nn", "models", "optimize", "OptimizeReport", "__version__"]

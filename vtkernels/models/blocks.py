@@ -1,5 +1,5 @@
-"""Transformer pieces shared by every model: activations, the MLP, the pre-norm block, the image
-token embedding, and the block stack that fuses each residual add into the next LayerNorm.
+"""Transformer pieces shared by every model: activations, the MLP, the pre-norm block, the block
+stack that fuses each residual add into the next LayerNorm, backend selection and init helpers.
 
 Module names follow timm (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``,
 ``mlp.fc2``) so that a timm state_dict loads almost as it is.
@@ -15,6 +15,10 @@ LayerNorm, which returns both ``LN(stream + branch)`` and the new ``stream`` in 
     y, stream = norm2(attn(y), residual=stream)      # stream += attn;   y = LN(stream)
     branch = mlp(y)                                  # added by the next block's norm1
 
+Under autocast the branches come out of the Linear layers in the autocast dtype; they are cast to
+the stream's dtype before the add, so the residual stream keeps its own precision (as in eager
+timm / HF, where ``fp32 + bf16`` promotes). Without autocast the casts are no-ops.
+
 The last block's ``branch`` is added by the model's final norm (:func:`final_norm`), or only on the
 rows that are pooled (CLS token, EOT token), so the full residual sum never needs its own pass.
 """
@@ -25,7 +29,6 @@ import math
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import vtkernels
@@ -89,8 +92,9 @@ class Block(nn.Module):
         if branch is None:
             y = self.norm1(stream)
         else:
-            y, stream = self.norm1(branch, residual=stream)
-        y, stream = self.norm2(self.attn(y, key_padding_mask=key_padding_mask), residual=stream)
+            y, stream = self.norm1(branch.to(stream.dtype), residual=stream)
+        attn = self.attn(y, key_padding_mask=key_padding_mask)
+        y, stream = self.norm2(attn.to(stream.dtype), residual=stream)
         return self.mlp(y), stream
 
 
@@ -116,7 +120,7 @@ def final_norm(branch: Optional[torch.Tensor], stream: torch.Tensor, norm: Optio
         return stream if norm is None else norm(stream)
     if norm is None:
         return stream + branch
-    return norm(branch, residual=stream)[0]
+    return norm(branch.to(stream.dtype), residual=stream)[0]
 
 
 def set_backend(module: nn.Module, backend: Optional[str]) -> None:
@@ -126,27 +130,6 @@ def set_backend(module: nn.Module, backend: Optional[str]) -> None:
     for sub in module.modules():
         if hasattr(sub, "backend"):
             sub.backend = backend
-
-
-def embed_images(images: torch.Tensor, proj: nn.Conv2d, patch_size: int, cls_token: Optional[torch.Tensor],
-                 pos_embed: torch.Tensor, mean: Optional[Sequence[float]], std: Optional[Sequence[float]],
-                 backend: Optional[str]) -> torch.Tensor:
-    """Patch projection + cls token + position embedding in one fused op.
-
-    Float images are cast to the weights' dtype (as HF does); uint8 images (B, H, W, C) are
-    normalized inside the op with ``mean`` / ``std`` (torchvision ToTensor + Normalize).
-    """
-    weight = proj.weight
-    norm_mean = norm_std = None
-    if images.dtype == torch.uint8:
-        if mean is not None:
-            norm_mean = torch.tensor(mean, device=images.device, dtype=torch.float32)
-        if std is not None:
-            norm_std = torch.tensor(std, device=images.device, dtype=torch.float32)
-    elif images.dtype != weight.dtype:
-        images = images.to(weight.dtype)
-    return vtkernels.patch_embed(images, weight, proj.bias, patch_size, cls_token=cls_token, pos_embed=pos_embed,
-                                 mean=norm_mean, std=norm_std, backend=backend)
 
 
 def init_linear_and_norms(module: nn.Module, std: float = 0.02) -> None:

@@ -38,7 +38,8 @@ HF_VIT_RULES: Rules = (
     (r"^pooler\.", None),  # ViTModel's tanh pooler is not part of ViT (timm has none either)
 )
 
-_CLIP_BLOCK_RULES: Rules = (
+_CLIP_TOWER_RULES: Rules = (
+    (r"^embeddings\.position_ids$", None),  # a persistent buffer in older transformers
     (_LAYER + r"\.layer_norm1\.(\w+)$", r"blocks.\1.norm1.\2"),
     (_LAYER + r"\.layer_norm2\.(\w+)$", r"blocks.\1.norm2.\2"),
     (_LAYER + r"\.self_attn\.([qkv])_proj\.(\w+)$", r"blocks.\1.attn.\2.\3"),
@@ -52,14 +53,14 @@ HF_CLIP_VISION_RULES: Rules = (
     (r"^embeddings\.position_embedding\.weight$", "pos_embed"),
     (r"^pre_layrnorm\.(\w+)$", r"ln_pre.\1"),
     (r"^post_layernorm\.(\w+)$", r"ln_post.\1"),
-    *_CLIP_BLOCK_RULES,
+    *_CLIP_TOWER_RULES,
 )
 
 HF_CLIP_TEXT_RULES: Rules = (
     (r"^embeddings\.token_embedding\.weight$", "token_embedding.weight"),
     (r"^embeddings\.position_embedding\.weight$", "pos_embed"),
     (r"^final_layer_norm\.(\w+)$", r"ln_final.\1"),
-    *_CLIP_BLOCK_RULES,
+    *_CLIP_TOWER_RULES,
 )
 
 

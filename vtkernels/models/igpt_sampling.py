@@ -61,23 +61,28 @@ def _check(model, top_k, temperature):
 @torch.no_grad()
 def sample(model, batch: int, *, num_tokens: Optional[int] = None, top_k: Optional[int] = 40,
            temperature: float = 1.0, prompt: Optional[torch.Tensor] = None,
-           generator: Optional[torch.Generator] = None, cuda_graph: bool = False, device=None) -> torch.Tensor:
+           generator: Optional[torch.Generator] = None, cuda_graph: bool = False, compile_step: bool = False,
+           device=None) -> torch.Tensor:
     """(B, num_tokens) colour ids: the prompt (if any) followed by sampled tokens.
 
     ``num_tokens`` defaults to ``n_positions`` (a whole image). ``cuda_graph`` needs a CUDA model
     and the default CUDA generator (``generator=None``; seed with ``torch.manual_seed``).
+    ``compile_step`` runs the decode step through ``torch.compile(fullgraph=True)`` (Inductor fuses
+    the element-wise work between the vtkernels ops: fewer kernels per step); the noise and
+    the top-k draw stay eager, so the same seed gives the same tokens.
     """
     _check(model, top_k, temperature)
     seq, n_prompt, total = _start(model, batch, prompt, num_tokens, device)
     cache = model.new_cache(batch, device=seq.device)
     logits = model.prefill(seq[:, : 1 + n_prompt], cache)  # cache.pos = 1 + P
     uniform = torch.empty(batch, logits.shape[-1], device=seq.device)
+    decode = torch.compile(model.decode_step, fullgraph=True, dynamic=False) if compile_step else model.decode_step
 
     def step():
         uniform.uniform_(generator=generator)
         token = top_k_gumbel(logits, uniform, top_k, temperature)
         seq.index_copy_(1, cache.pos, token[:, None])  # sequence index == cache position
-        logits.copy_(model.decode_step(token, cache))
+        logits.copy_(decode(token, cache))
 
     n_steps = total - n_prompt - 1  # decode steps; the last token is sampled without one
     if cuda_graph and n_steps > 3:

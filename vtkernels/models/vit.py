@@ -20,7 +20,7 @@ from torch import nn
 
 from vtkernels.models import convert
 from vtkernels.models.blocks import (
-    ACTIVATIONS, conv_fan_in_init, embed_images, final_norm, init_linear_and_norms, make_blocks, run_blocks,
+    ACTIVATIONS, conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks,
     set_backend,
 )
 from vtkernels.nn import LayerNorm, PatchEmbed, resample_pos_embed
@@ -99,8 +99,10 @@ class ViT(nn.Module):
         elif overrides:
             config = dataclasses.replace(config, **overrides)
         self.config = c = config
+        # strict_img_size=False: embed() checks the size itself (and resamples pos_embed when asked)
         self.patch_embed = PatchEmbed(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans,
-                                      embed_dim=c.embed_dim, bias=c.patch_bias)
+                                      embed_dim=c.embed_dim, bias=c.patch_bias, strict_img_size=False,
+                                      image_mean=c.mean, image_std=c.std)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, c.grid_size**2 + c.num_prefix_tokens, c.embed_dim))
         self.norm_pre = LayerNorm(c.embed_dim, eps=c.eps) if c.pre_norm else None
@@ -128,7 +130,11 @@ class ViT(nn.Module):
     # --- forward -------------------------------------------------------------------------------
 
     def embed(self, images: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """Tokens (B, prefix + N, D): fused patch projection + cls token + position embedding."""
+        """Tokens (B, prefix + N, D): fused patch projection + cls token + position embedding.
+
+        Float images are cast to the weights' dtype (or the autocast dtype); uint8 (B, H, W, C)
+        images are normalized inside the kernel with ``config.mean`` / ``config.std``.
+        """
         c = self.config
         height, width = _image_hw(images)
         pos_embed = self.pos_embed
@@ -140,8 +146,7 @@ class ViT(nn.Module):
             # antialias=False: the bicubic resampling HF's interpolate_pos_encoding uses
             pos_embed = resample_pos_embed(pos_embed, new_grid, num_prefix_tokens=c.num_prefix_tokens,
                                            antialias=False)
-        x = embed_images(images, self.patch_embed.proj, c.patch_size, self.cls_token, pos_embed, c.mean, c.std,
-                         self.backend)
+        x = self.patch_embed.forward_tokens(images, self.cls_token, pos_embed)
         return self.norm_pre(x) if self.norm_pre is not None else x
 
     def forward_features(self, images: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
@@ -182,17 +187,20 @@ class ViT(nn.Module):
                            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
         state = model.state_dict()
         if any(key.startswith("vit.") for key in state):
-            state = {**convert.strip_prefix(state, "vit."), **{k: v for k, v in state.items() if k.startswith("classifier.")}}
+            head = {key: value for key, value in state.items() if key.startswith("classifier.")}
+            state = {**convert.strip_prefix(state, "vit."), **head}
         ours = cls(config, backend=backend)
         convert.load_converted(ours, convert.fuse_qkv(convert.rename(state, convert.HF_VIT_RULES)))
-        return ours.to(next(model.parameters()).dtype)
+        like = next(model.parameters())
+        return ours.to(device=like.device, dtype=like.dtype)
 
     @classmethod
     def from_timm(cls, model: nn.Module, backend: Optional[str] = None) -> "ViT":
         """From a timm ``VisionTransformer`` (plain ViT: no register tokens, layer scale or q/k norm)."""
         ours = cls(timm_vit_config(model), backend=backend)
         convert.load_converted(ours, model.state_dict())
-        return ours.to(next(model.parameters()).dtype)
+        like = next(model.parameters())
+        return ours.to(device=like.device, dtype=like.dtype)
 
     def save(self, path: str) -> None:
         """Our own checkpoint: the config and the state_dict (load with :meth:`ViT.load`)."""
@@ -224,16 +232,18 @@ def _square(size, name: str) -> int:
 def timm_vit_config(model: nn.Module) -> ViTConfig:
     """Our config for a timm ``VisionTransformer``; refuses the features we do not implement."""
     block = model.blocks[0]
+    pool = getattr(model, "global_pool", "token")
     unsupported = {
         "register tokens": getattr(model, "reg_token", None) is not None,
         "no_embed_class": getattr(model, "no_embed_class", False),
         "dynamic_img_size": getattr(model, "dynamic_img_size", False),
+        "pool_include_prefix": getattr(model, "pool_include_prefix", False),
         "layer scale (init_values)": not isinstance(getattr(block, "ls1", nn.Identity()), nn.Identity),
         "q/k norm": not isinstance(getattr(block.attn, "q_norm", nn.Identity()), nn.Identity),
         "attention scale_norm": not isinstance(getattr(block.attn, "norm", nn.Identity()), nn.Identity),
         "MLP norm": not isinstance(getattr(block.mlp, "norm", nn.Identity()), nn.Identity),
         "patch_embed norm": not isinstance(getattr(model.patch_embed, "norm", nn.Identity()), nn.Identity),
-        f"global_pool={getattr(model, 'global_pool', None)!r}": getattr(model, "global_pool", "token") not in ("token", "avg"),
+        f"global_pool={pool!r}": pool not in ("token", "avg"),
         f"block type {type(block).__name__}": type(block).__name__ != "Block",
     }
     refused = [name for name, present in unsupported.items() if present]

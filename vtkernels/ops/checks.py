@@ -52,3 +52,15 @@ def dtype_refusals(t: torch.Tensor, backend: str) -> list[str]:
     if t.dtype not in KERNEL_DTYPES:
         return [f"{backend} kernels take float32/float16/bfloat16, got {t.dtype}"]
     return []
+
+
+def check_index_range(name: str, t: torch.Tensor, upper: int) -> None:
+    """Integer ids in ``[0, upper)``. Costs one host sync, so it is skipped while compiling or
+    capturing a CUDA graph (hot loops such as a sampler step)."""
+    if t.numel() == 0 or torch.compiler.is_compiling():
+        return
+    if t.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    low, high = int(t.min()), int(t.max())
+    if low < 0 or high >= upper:
+        raise ValueError(f"{name} must lie in [0, {upper}), got values in [{low}, {high}]")

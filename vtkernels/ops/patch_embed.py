@@ -26,7 +26,14 @@ def _triton_refusals(weight: Tensor, **_) -> list[str]:
 
 
 def _cuda_refusals(weight: Tensor, **_) -> list[str]:
-    return checks.dtype_refusals(weight, "cuda")
+    from vtkernels._extension import load_extension
+
+    if not hasattr(load_extension(), "patch_embed_fwd"):  # only reached once the extension imports
+        return ["vtkernels._C was built without patch_embed; rebuild it (pip install -e .)"]
+    reasons = checks.dtype_refusals(weight, "cuda")
+    if weight.dtype == torch.float32:
+        reasons.append("the CUDA patch embedding runs fp16 / bf16 tensor-core MMAs only; float32 runs on Triton")
+    return reasons
 
 
 dispatcher = OpDispatcher(
@@ -208,3 +215,40 @@ def patch_embed(images: Tensor, weight: Tensor, bias: Optional[Tensor], patch_si
         None if cls_token is None else cls_token.reshape(dim).contiguous(),
         None if pos_embed is None else pos_embed.reshape(-1, dim).contiguous(),
         scale, shift, chosen)
+
+
+def selfcheck_cases():
+    """Small Triton-vs-reference checks (forward and every gradient) for `python -m vtkernels selfcheck`."""
+    from vtkernels.testing import assert_close, grads, upcast
+
+    def check(patch, layout, dtype):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dim, (height, width) = 32, (32, 48)
+        num_patches = (height // patch) * (width // patch)
+
+        def rand(*size, grad=True):
+            return (torch.randn(size, device=device) * 0.2).to(dtype).requires_grad_(grad)
+
+        mean = std = None
+        if layout == "uint8":
+            images = torch.randint(0, 256, (2, height, width, 3), device=device, dtype=torch.uint8)
+            mean, std = torch.rand(3, device=device), torch.rand(3, device=device) + 0.5
+        else:
+            images = rand(2, height, width, 3) if layout == "nhwc" else rand(2, 3, height, width)
+        params = [rand(dim, 3, patch, patch), rand(dim), rand(1, 1, dim), rand(1, num_patches + 1, dim)]
+        args = dict(patch_size=patch, mean=mean, std=std, channels_last=layout == "nhwc")
+        out = patch_embed(images, *params[:2], cls_token=params[2], pos_embed=params[3], backend="triton", **args)
+        up = upcast(images, *params)
+        up[0] = images if layout == "uint8" else up[0]
+        ref = patch_embed(up[0], *up[1:3], cls_token=up[3], pos_embed=up[4], backend="reference", **args)
+        cot = torch.randn(out.shape, device=device)
+        wanted = [images if images.dtype != torch.uint8 else None, *params]
+        ours = grads(out, wanted, cot)
+        theirs = grads(ref, [up[0] if wanted[0] is not None else None, *up[1:]], cot)
+        kept = [i for i, t in enumerate(wanted) if t is not None]
+        tol = None if dtype == torch.float32 else 2e-2
+        assert_close([out] + [ours[i] for i in kept], [ref] + [theirs[i] for i in kept], dtype, tol=tol)
+
+    for patch, layout in ((16, "nchw"), (4, "nhwc"), (16, "uint8")):
+        for dtype in (torch.float32, torch.float16):
+            yield f"patch {patch} {layout} {dtype}", (lambda p=patch, lay=layout, d=dtype: check(p, lay, d))

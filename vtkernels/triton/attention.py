@@ -46,6 +46,7 @@ def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n_q: Optional[
         block_m, block_n, warps, stages = 64 if wide else 128, 32, 8 if d_pad == 64 else 4, 3
     if kernel == "fwd" and n_q is not None:  # decode (n_q = 1) and short queries: no empty rows
         block_m = min(block_m, max(16, triton.next_power_of_2(n_q)))
+        warps = 4 if block_m < 64 and not wide else warps  # 8 keep d = 128 tiles off the stack
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
 
 
@@ -110,7 +111,7 @@ def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool
     )
 
 
-def _signature(names: str, dtype: str, pointers: dict) -> dict:
+def _signature(names: str, pointers: dict) -> dict:
     """i32 for every scalar name, the given pointer types, fp32 for the scales."""
     sig = {}
     for name in names.split():
@@ -150,10 +151,14 @@ def aot_configs():
                                          ("dq", attention_bwd_dq_kernel, _DQ_ARGS)):
                     cfg = launch_config(head_dim, dtype, kernel)
                     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-                    yield fn, _signature(args, name, ptrs), {**base, **cfg}, options
+                    yield fn, _signature(args, ptrs), {**base, **cfg}, options
+            if dtype == torch.bfloat16:  # decoding: one query against a cache (BLOCK_M = 16)
+                cfg = launch_config(head_dim, dtype, "fwd", n_q=1)
+                options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+                yield attention_fwd_kernel, _signature(_FWD_ARGS, ptrs), {**base, **cfg}, options
             cfg = launch_config(head_dim, dtype, "delta")
             options = {"num_warps": cfg.pop("num_warps")}
-            yield (attention_bwd_delta_kernel, _signature(_DELTA_ARGS, name, ptrs),
+            yield (attention_bwd_delta_kernel, _signature(_DELTA_ARGS, ptrs),
                    {"HEAD_DIM": head_dim, "D_PAD": padded_head_dim(head_dim), **cfg}, options)
 
 

@@ -13,11 +13,12 @@ A merge kernel folds the partials into ``row_lse`` and ``col_lse`` (and maxima f
 
 Backward, :func:`grad_features` (3 GEMM-equivalents): columns are walked in strips of W; per
 strip one kernel recomputes S and writes dS = (softmax_row + softmax_col) / 2 - delta for all
-rows x W columns in the feature dtype (O(n * W) bytes, W bounded by ``STRIP_BYTES``), together
+rows x W columns in the feature dtype (x 1024 in fp16; O(n * W) bytes, W set by ``STRIP_BYTES``),
 with per-tile partial sums of dS * S (the logit_scale gradient, no extra pass). Both feature
-gradients then come from that same recomputed strip with two GEMMs:
+gradients then come from that same recomputed strip with two GEMMs (vtkernels/triton/strip_matmul.py):
   dI_acc += dS_strip @ T_strip           (fp32 accumulator, owned output tiles, no atomics)
-  dT_acc[strip] = dS_strip^T @ I
+  dT_acc[strip] = dS_strip^T @ I         (split-K when W x d has few tiles; one process finishes
+                                          these complete rows of the text gradient right away)
 Total: 1 (forward) + 1 (recompute) + 2 (products) = 4 GEMM-equivalents. The caller multiplies
 by s * grad / n and applies the normalization backward in :func:`finish_grad`.
 
@@ -31,9 +32,12 @@ import triton
 import triton.language as tl
 
 from vtkernels.backend import triton_interpreter_enabled
+from vtkernels.triton.strip_matmul import matmul_fp32_out
 
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's default
-STRIP_BYTES = 256 * 2**20  # cap on the backward's dS strip (rows x W features)
+STRIP_BYTES = 128 * 2**20  # cap on the backward's dS strip (rows x W features)
+MIN_STRIP = 512  # ... unless that leaves strips narrower than this many columns
+DS_SCALE_FP16 = 1024.0  # fp16 dS strips hold 1024 * dS: |dS| <= 1, and small P stay normal numbers
 TARGET_PROGRAMS = 1024  # forward programs to aim for when choosing column groups
 
 
@@ -42,12 +46,16 @@ def _logit_tile(I, T, rows64, cols64, row_ok, col_ok, d, stride_i, stride_t,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     """fp32 (BLOCK_M, BLOCK_N) tile of I @ T^T; the K loop masks the tail of d."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = I + rows64[:, None] * stride_i + ks[None, :]
+    b_ptrs = T + cols64[None, :] * stride_t + ks[:, None]
     for k in range(0, d, BLOCK_K):
-        ks = k + tl.arange(0, BLOCK_K)
-        k_ok = ks < d
-        a = tl.load(I + rows64[:, None] * stride_i + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(T + cols64[None, :] * stride_t + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        k_ok = ks < d - k
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
     return acc
 
 
@@ -77,10 +85,11 @@ def clip_stats_kernel(
         # Column partial over this tile's rows (every valid column has >= 1 valid row here).
         m_col = tl.max(s, axis=0)
         m_col_safe = tl.where(col_ok, m_col, 0.0)
-        lse_col = m_col_safe + tl.log(tl.sum(tl.exp(s - m_col_safe[None, :]), axis=0))
-        tl.store(ColPart + row_block * n_cols + cols, lse_col, mask=col_ok)
+        sum_col = tl.where(col_ok, tl.sum(tl.exp(s - m_col_safe[None, :]), axis=0), 1.0)
+        lse_col = m_col_safe + tl.log(sum_col)
+        tl.store(ColPart + row_block.to(tl.int64) * n_cols + cols, lse_col, mask=col_ok)
         if WITH_MAX:
-            tl.store(ColPartMax + row_block * n_cols + cols, m_col, mask=col_ok)
+            tl.store(ColPartMax + row_block.to(tl.int64) * n_cols + cols, m_col, mask=col_ok)
 
         # Online row statistics across the group's column blocks.
         m_new = tl.maximum(m_row, tl.max(s, axis=1))
@@ -89,12 +98,15 @@ def clip_stats_kernel(
         m_row = m_new
 
         # The positive pair S[i, i + diag_offset], from the tile that holds it.
-        is_diag = (cols[None, :] == rows[:, None] + diag_offset) & ok
-        diag = tl.sum(tl.where(is_diag, s, 0.0), axis=1)
-        tl.store(Diag + rows, diag, mask=tl.max(is_diag.to(tl.int32), axis=1) > 0)
+        first_col = (group * blocks_per_group + jb) * BLOCK_N
+        first_pos = row_block * BLOCK_M + diag_offset
+        if (first_col < first_pos + BLOCK_M) & (first_pos < first_col + BLOCK_N):
+            is_diag = (cols[None, :] == rows[:, None] + diag_offset) & ok
+            diag = tl.sum(tl.where(is_diag, s, 0.0), axis=1)
+            tl.store(Diag + rows, diag, mask=tl.max(is_diag.to(tl.int32), axis=1) > 0)
 
     m_safe = tl.where(m_row == float("-inf"), 0.0, m_row)
-    tl.store(RowPart + group * n_rows + rows, m_safe + tl.log(sum_row), mask=row_ok)
+    tl.store(RowPart + group * n_rows + rows, m_safe + tl.log(tl.where(row_ok, sum_row, 1.0)), mask=row_ok)
     if WITH_MAX:
         tl.store(RowPartMax + group * n_rows + rows, m_row, mask=row_ok)
 
@@ -116,7 +128,7 @@ def merge_lse_kernel(Part, PartMax, Lse, Max, n_parts, n, WITH_MAX: tl.constexpr
         if WITH_MAX:
             mx = tl.maximum(mx, tl.load(PartMax + p * n + idx, mask=ok, other=float("-inf")))
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    tl.store(Lse + idx, m_safe + tl.log(total), mask=ok)
+    tl.store(Lse + idx, m_safe + tl.log(tl.where(ok, total, 1.0)), mask=ok)
     if WITH_MAX:
         tl.store(Max + idx, mx, mask=ok)
 
@@ -124,7 +136,7 @@ def merge_lse_kernel(Part, PartMax, Lse, Max, n_parts, n, WITH_MAX: tl.constexpr
 @triton.jit
 def clip_dlogits_kernel(
     I, T, Scale, RowLse, ColLse, DS, DtPart,
-    n_rows, n_cols, d, stride_i, stride_t, stride_ds, diag_offset, col_start, strip_end,
+    n_rows, n_cols, d, stride_i, stride_t, stride_ds, diag_offset, col_start, strip_end, ds_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """DS[:, c - col_start] = (P_row + P_col) / 2 - delta for the strip's columns c; DtPart gets
@@ -142,43 +154,19 @@ def clip_dlogits_kernel(
     ok = row_ok[:, None] & col_ok[None, :]
     lse_row = tl.load(RowLse + rows, mask=row_ok, other=0.0)
     lse_col = tl.load(ColLse + cols, mask=col_ok, other=0.0)
-    ds = 0.5 * (tl.exp(s - lse_row[:, None]) + tl.exp(s - lse_col[None, :]))
-    ds -= tl.where(cols[None, :] == rows[:, None] + diag_offset, 1.0, 0.0)
-    ds = tl.where(ok, ds, 0.0)
-    tl.store(DS + rows64[:, None] * stride_ds + (cols - col_start)[None, :], ds.to(DS.dtype.element_ty), mask=ok)
-    tl.store(DtPart + row_block * tl.num_programs(1) + col_block, tl.sum(tl.sum(ds * s, axis=1), axis=0))
-
-
-@triton.jit
-def strip_matmul_kernel(
-    A, B, C, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
-    ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """C (fp32, unit column stride) (+)= A @ B; grouped launch order for L2 reuse of B."""
-    pid = tl.program_id(0)
-    n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    group_size = GROUP_M * n_n
-    first_m = (pid // group_size) * GROUP_M
-    rows_in_group = min(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group_size) % rows_in_group
-    pid_n = (pid % group_size) // rows_in_group
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok, n_ok = rm < M, rn < N
-    rm64, rn64 = rm.to(tl.int64), rn.to(tl.int64)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k in range(0, K, BLOCK_K):
-        ks = (k + tl.arange(0, BLOCK_K)).to(tl.int64)
-        k_ok = ks < K
-        a = tl.load(A + rm64[:, None] * stride_am + ks[None, :] * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(B + ks[:, None] * stride_bk + rn64[None, :] * stride_bn, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    c_ptr = C + rm64[:, None] * stride_cm + rn64[None, :]
-    ok = m_ok[:, None] & n_ok[None, :]
-    if ACCUMULATE:
-        acc += tl.load(c_ptr, mask=ok, other=0.0)
-    tl.store(c_ptr, acc, mask=ok)
+    log_p_row = s - lse_row[:, None]
+    log_p_col = s - lse_col[None, :]
+    is_pos = tl.where(cols[None, :] == rows[:, None] + diag_offset, 1.0, 0.0)
+    d_row = tl.exp(log_p_row) - is_pos
+    d_col = tl.exp(log_p_col) - is_pos
+    ds = tl.where(ok, 0.5 * (d_row + d_col), 0.0)
+    # Stored times ds_scale (a power of two: 2^10 for fp16, whose subnormals start at 6e-5).
+    tl.store(DS + rows64[:, None] * stride_ds + (cols - col_start)[None, :], (ds * ds_scale).to(DS.dtype.element_ty),
+             mask=ok)
+    # sum(dS * S) = sum(dS_row * (S - lse_row) + dS_col * (S - lse_col)) / 2, as each row of dS_row
+    # and each column of dS_col sums to 0: terms P log P instead of P * S (no cancellation at s = 100).
+    dt = tl.where(ok, 0.5 * (d_row * log_p_row + d_col * log_p_col), 0.0)
+    tl.store(DtPart + row_block * tl.num_programs(1) + col_block, tl.sum(tl.sum(dt, axis=1), axis=0))  # 1 per program
 
 
 @triton.jit
@@ -191,7 +179,8 @@ def normalize_rows_kernel(X, Y, Rnorm, n, d, stride_x, stride_y, eps,
     sumsq = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
     for k in range(0, d, BLOCK_D):
         ks = k + tl.arange(0, BLOCK_D)
-        x = tl.load(X + rows64 * stride_x + ks[None, :], mask=row_ok[:, None] & (ks < d)[None, :], other=0.0).to(tl.float32)
+        ok = row_ok[:, None] & (ks < d)[None, :]
+        x = tl.load(X + rows64 * stride_x + ks[None, :], mask=ok, other=0.0).to(tl.float32)
         sumsq += tl.sum(x * x, axis=1)
     rnorm = 1.0 / tl.maximum(tl.sqrt(sumsq), eps)
     tl.store(Rnorm + rows, rnorm, mask=row_ok)
@@ -244,17 +233,15 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def launch_config(kind: str, dtype: torch.dtype = torch.bfloat16, interpret: bool = False) -> dict:
-    """Tiles and warps per kernel ('tile': stats and dS kernels, 'matmul', 'rows');
+    """Tiles and warps per kernel ('tile': stats and dS kernels, 'rows');
     small tiles under the interpreter so the CPU tests walk several blocks."""
     if kind == "rows":
         return {"BLOCK_ROWS": 4 if interpret else 8, "BLOCK_D": 64 if interpret else 256, "num_warps": 4}
     if interpret:
         return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4}
     wide = dtype != torch.float32
-    cfg = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64 if wide else 32, "num_warps": 8, "num_stages": 3}
-    if kind == "matmul":
-        cfg["GROUP_M"] = 8
-    return cfg
+    # 128 x 64 keeps the softmax epilogue (two exps per logit) within 255 registers, no spills.
+    return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64 if wide else 32, "num_warps": 8, "num_stages": 3}
 
 
 def _interpret(t: torch.Tensor) -> bool:
@@ -322,54 +309,57 @@ def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, di
 
 
 def strip_width(n_rows: int, n_cols: int, element_size: int, block_n: int) -> int:
-    """Columns per backward strip: the dS strip (n_rows x W) stays under STRIP_BYTES."""
-    width = STRIP_BYTES // max(1, n_rows * element_size)
+    """Columns per backward strip: the dS strip (n_rows x W) stays under STRIP_BYTES, but W is
+    at least MIN_STRIP columns (fewer, larger launches at n >= 128k; still O(n) memory)."""
+    width = max(MIN_STRIP, STRIP_BYTES // max(1, n_rows * element_size))
     width = max(block_n, width // block_n * block_n)
     return min(width, triton.cdiv(n_cols, block_n) * block_n)
 
 
-def _matmul(a, b, c, m, n, k, a_strides, b_strides, accumulate, dtype, interpret):
-    cfg = launch_config("matmul", dtype, interpret)
-    cfg.setdefault("GROUP_M", 4)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-    strip_matmul_kernel[grid](a, b, c, m, n, k, *a_strides, *b_strides, c.stride(0),
-                              ACCUMULATE=accumulate, PRECISION=_precision(dtype), **cfg)
+def grad_features(image, text, scale, row_lse, col_lse, diag_offset: int, text_raw=None, coef=None,
+                  normalize: bool = False):
+    """Feature gradients of the loss through S (see module docstring), dS = (P_row + P_col)/2 - delta.
 
-
-def grad_features(image, text, scale, row_lse, col_lse, diag_offset: int):
-    """Unscaled feature gradients of the loss through S (see module docstring):
-    (dI_acc (rows, d) fp32, dT_acc (cols, d) fp32, sum(dS * S) fp32 (1,)), with
-    dS = (P_row + P_col) / 2 - delta. The true gradients are (scale * grad / n) times these."""
+    Returns (dI_acc (rows, d) fp32, text gradient, sum(dS * S) fp32 (1,)); the true gradients are
+    ``coef = scale * grad / n`` times the accumulators. The text gradient is the fp32 accumulator
+    dT_acc (cols, d), or, given ``text_raw`` and ``coef`` (one process: each strip's rows of dT
+    are complete), the finished gradient of ``text_raw`` (no (cols, d) fp32 buffer then).
+    """
     n_rows, d = image.shape
     n_cols = text.shape[0]
     f32 = dict(dtype=torch.float32, device=image.device)
+    finish_text = text_raw is not None
     d_image = torch.zeros((n_rows, d), **f32)
-    d_text = torch.zeros((n_cols, d), **f32)
+    d_text = torch.empty_like(text_raw) if finish_text else torch.zeros((n_cols, d), **f32)
     dt_sum = torch.zeros(1, **f32)
     if n_rows == 0 or n_cols == 0:
-        return d_image, d_text, dt_sum
+        return d_image, d_text.zero_(), dt_sum
     interpret = _interpret(image)
+    ds_scale = DS_SCALE_FP16 if image.dtype == torch.float16 else 1.0
     cfg = launch_config("tile", image.dtype, interpret)
     width = strip_width(n_rows, n_cols, image.element_size(), cfg["BLOCK_N"])
     strip = torch.empty((n_rows, width), dtype=image.dtype, device=image.device)
+    text_acc = torch.empty((width, d), **f32) if finish_text else None
     row_blocks = triton.cdiv(n_rows, cfg["BLOCK_M"])
-    for start in range(0, n_cols, width):
+    # Per-tile sums of dS * S for every strip, added up once at the end.
+    dt_parts = torch.zeros((triton.cdiv(n_cols, width), row_blocks, width // cfg["BLOCK_N"]), **f32)
+    for strip_index, start in enumerate(range(0, n_cols, width)):
         end = min(start + width, n_cols)
         col_blocks = triton.cdiv(end - start, cfg["BLOCK_N"])
-        dt_part = torch.empty((row_blocks, col_blocks), **f32)
         clip_dlogits_kernel[(row_blocks, col_blocks)](
-            image, text, scale, row_lse, col_lse, strip, dt_part,
-            n_rows, n_cols, d, image.stride(0), text.stride(0), strip.stride(0), diag_offset, start, end,
+            image, text, scale, row_lse, col_lse, strip, dt_parts[strip_index],
+            n_rows, n_cols, d, image.stride(0), text.stride(0), strip.stride(0), diag_offset, start, end, ds_scale,
             PRECISION=_precision(image.dtype), **cfg)
-        dt_sum += dt_part.sum()
-        text_strip = text[start:end]
         # dI += dS_strip @ T_strip: (rows, W) @ (W, d)
-        _matmul(strip, text_strip, d_image, n_rows, d, end - start, (strip.stride(0), 1), (text.stride(0), 1),
-                start > 0, image.dtype, interpret)
+        matmul_fp32_out(strip, text[start:end], d_image, n_rows, d, end - start, (strip.stride(0), 1), start > 0,
+                image.dtype, interpret, 1 / ds_scale)
         # dT[strip] = dS_strip^T @ I: (W, rows) @ (rows, d), A read transposed through its strides
-        _matmul(strip, image, d_text[start:end], end - start, d, n_rows, (1, strip.stride(0)), (image.stride(0), 1),
-                False, image.dtype, interpret)
-    return d_image, d_text, dt_sum
+        out = text_acc[:end - start] if finish_text else d_text[start:end]
+        matmul_fp32_out(strip, image, out, end - start, d, n_rows, (1, strip.stride(0)), False, image.dtype, interpret,
+                1 / ds_scale)
+        if finish_text:
+            d_text[start:end] = finish_grad(out, text_raw[start:end], coef, normalize)
+    return d_image, d_text, dt_parts.sum().reshape(1)
 
 
 def finish_grad(acc: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -396,16 +386,8 @@ def aot_configs():
         sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowLse": "*fp32", "ColLse": "*fp32",
                "DS": f"*{name}", "DtPart": "*fp32", "n_rows": "i32", "n_cols": "i32", "d": "i32",
                "stride_i": "i32", "stride_t": "i32", "stride_ds": "i32", "diag_offset": "i32",
-               "col_start": "i32", "strip_end": "i32"}
+               "col_start": "i32", "strip_end": "i32", "ds_scale": "fp32"}
         yield clip_dlogits_kernel, sig, {**tile, **prec}, opts
-        mm = launch_config("matmul", dtype)
-        opts = {"num_warps": mm.pop("num_warps"), "num_stages": mm.pop("num_stages")}
-        for a_transposed in (False, True):
-            sig = {"A": f"*{name}", "B": f"*{name}", "C": "*fp32", "M": "i32", "N": "i32", "K": "i32",
-                   "stride_am": "i32" if not a_transposed else "constexpr", "stride_ak": "constexpr" if not a_transposed else "i32",
-                   "stride_bk": "i32", "stride_bn": "constexpr", "stride_cm": "i32"}
-            unit = {"stride_ak": 1} if not a_transposed else {"stride_am": 1}
-            yield strip_matmul_kernel, sig, {**unit, "stride_bn": 1, "ACCUMULATE": not a_transposed, **mm, **prec}, opts
         rows = launch_config("rows")
         opts = {"num_warps": rows.pop("num_warps")}
         sig = {"X": f"*{name}", "Y": f"*{name}", "Rnorm": "*fp32", "n": "i32", "d": "i32",

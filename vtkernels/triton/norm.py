@@ -19,6 +19,31 @@ MAX_COLS = 8192
 
 
 @triton.jit
+def row_statistics(x, ok, n_cols, eps, IS_RMS: tl.constexpr):
+    """Per row of a (rows, cols) fp32 tile holding zeros where not ``ok``: (x - mean, or x for
+    RMS; mean, zeros for RMS; rstd). Shared with the fused ops that gather their rows (Swin patch merging)."""
+    if IS_RMS:
+        centered = x
+        mean = tl.zeros([x.shape[0]], dtype=tl.float32)
+    else:
+        mean = tl.sum(x, axis=1) / n_cols
+        centered = tl.where(ok, x - mean[:, None], 0.0)
+    rstd = tl.math.rsqrt(tl.sum(centered * centered, axis=1) / n_cols + eps)
+    return centered, mean, rstd
+
+
+@triton.jit
+def normalized_input_grad(dy, xhat, w, rstd, n_cols, IS_RMS: tl.constexpr):
+    """d/dh of the norm for a (rows, cols) tile; rstd is (rows, 1), xhat zero outside the row:
+    rstd * (w*dy - xhat * mean(w*dy * xhat) [- mean(w*dy) for LayerNorm])."""
+    wdy = dy * w
+    dx = wdy - xhat * (tl.sum(wdy * xhat, axis=1) / n_cols)[:, None]
+    if not IS_RMS:
+        dx -= (tl.sum(wdy, axis=1) / n_cols)[:, None]
+    return dx * rstd
+
+
+@triton.jit
 def norm_fwd_kernel(
     X, R, W, B, Y, H, Mean, Rstd,
     n_rows, n_cols, stride_x, stride_r, stride_y, stride_h, eps,
@@ -36,13 +61,9 @@ def norm_fwd_kernel(
     if HAS_RESIDUAL:
         x += tl.load(R + rows * stride_r + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         tl.store(H + rows * stride_h + cols[None, :], x.to(H.dtype.element_ty), mask=ok)
-    if IS_RMS:
-        centered = x
-    else:
-        mean = tl.sum(x, axis=1) / n_cols
+    centered, mean, rstd = row_statistics(x, ok, n_cols, eps, IS_RMS)
+    if not IS_RMS:
         tl.store(Mean + row_ids, mean, mask=row_ok)
-        centered = tl.where(ok, x - mean[:, None], 0.0)
-    rstd = tl.math.rsqrt(tl.sum(centered * centered, axis=1) / n_cols + eps)
     tl.store(Rstd + row_ids, rstd, mask=row_ok)
 
     y = centered * rstd[:, None]
@@ -85,12 +106,7 @@ def norm_bwd_kernel(
         else:
             mean = tl.load(Mean + row_ids, mask=row_ok, other=0.0)[:, None]
             xhat = tl.where(ok, (h - mean) * rstd, 0.0)
-        wdy = dy * w
-        # d/dh of norm: rstd * (wdy - xhat * mean(wdy * xhat) [- mean(wdy) for LayerNorm])
-        dx = wdy - xhat * (tl.sum(wdy * xhat, axis=1) / n_cols)[:, None]
-        if not IS_RMS:
-            dx -= (tl.sum(wdy, axis=1) / n_cols)[:, None]
-        dx *= rstd
+        dx = normalized_input_grad(dy, xhat, w, rstd, n_cols, IS_RMS)
         if HAS_DH:
             dx += tl.load(DH + rows * stride_dh + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         tl.store(DX + rows * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=ok)

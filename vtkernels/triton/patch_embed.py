@@ -12,14 +12,18 @@ The image offset splits into a row part ``b*sb + py*p*sh + px*p*sw`` and a colum
 ``c*sc + ky*sh + kx*sw``, so a tile's offsets are one broadcast add. The k -> (c, ky, kx) order is
 a choice: (c, ky, kx) with kx fastest when the image's width stride is 1 (NCHW), (ky, kx, c) with
 c fastest when its channel stride is 1 (NHWC, where a patch row is one run of p * C elements);
-the weight is gathered in the same order, so the sum is unchanged. Normalization
+the weight is read as the (D, K) matrix in the same order (a view of a contiguous Conv2d weight
+for (c, ky, kx), a small permuted copy for (ky, kx, c)), so the sum is unchanged. Normalization
 (``x * scale[c] + shift[c]``, fp32) and the cast to the weight dtype happen right after the load.
 
-Forward epilogue: + bias[d] + pos[pos_start + n, d], stored to out[b, P + n, d]; rows with n == 0
-also store the cls row out[b, 0, :] = cls (+ pos[0]). Backward: d images = dY @ W scattered back
-with the same index math (patches do not overlap: no atomics; pixels past the last full patch
-get zeros), d weight = dY^T @ A with A re-gathered, split over M into fp32 partials summed
-afterwards (deterministic). d bias / d cls / d pos are batch sums, done by the caller.
+Forward epilogue: + bias[d] + pos[pos_start + n, d], stored to out[b, P + n, d]; a few extra
+programs of the same launch write the cls rows out[b, 0, :] = cls (+ pos[0]).
+Backward: d images = dY @ W scattered back with the same index math (patches do not overlap: no
+atomics; pixels past the last full patch get zeros); d weight = dY^T @ A with A re-gathered, split
+over M into fp32 partials summed afterwards (deterministic). d bias / d cls / d pos are batch
+sums, done by the caller.
+
+Tile sizes come from sm_90 compiles with the launch-time specializations (see ``launch_config``).
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def _patch_rows(m, num_patches, grid_w, stride_b, stride_h, stride_w, PATCH: tl.
 
 
 @triton.jit
-def _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, K, stride_c, stride_h, stride_w, out_dtype,
+def _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, stride_c, stride_h, stride_w, out_dtype,
               PATCH: tl.constexpr, CHANNELS: tl.constexpr, CHANNELS_INNER: tl.constexpr,
               NORMALIZE: tl.constexpr, VEC: tl.constexpr):
     """The A tile [rows, k] in ``out_dtype``, normalized; zeros outside the matrix."""
@@ -68,7 +72,12 @@ def _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, K, stride_c, stride_h, stride
     if VEC > 1:  # the host checked: runs of VEC consecutive k are contiguous, aligned pixels
         col_off = tl.max_contiguous(tl.multiple_of(col_off, VEC), VEC)
         row_off = tl.multiple_of(row_off, VEC)
-    k_ok = k < K
+    # k < K, written on the slowest coordinate: a bound the compiler sees as constant keeps the
+    # loads pipelined when K (588 for patch 14) is not a multiple of 16.
+    if CHANNELS_INNER:
+        k_ok = ky < PATCH
+    else:
+        k_ok = c < CHANNELS
     a = tl.load(IMG + row_off[:, None] + col_off[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0)
     if NORMALIZE:
         scale = tl.load(SCALE + c, mask=k_ok, other=0.0)
@@ -78,61 +87,79 @@ def _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, K, stride_c, stride_h, stride
 
 
 @triton.jit
+def _cls_rows(CLS, POS, OUT, batch, D, row_stride, program, CLS_HAS_POS: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out[b, 0, :] = cls (+ pos[0]) for the BLOCK_M images of this program."""
+    b = program * BLOCK_M + tl.arange(0, BLOCK_M)
+    for d0 in range(0, D, BLOCK_N):
+        d = d0 + tl.arange(0, BLOCK_N)
+        cls = tl.load(CLS + d, mask=d < D, other=0.0).to(tl.float32)
+        if CLS_HAS_POS:
+            cls += tl.load(POS + d, mask=d < D, other=0.0).to(tl.float32)
+        tile = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32) + cls[None, :]
+        tl.store(OUT + b.to(tl.int64)[:, None] * row_stride + d[None, :], tile.to(OUT.dtype.element_ty),
+                 mask=(b < batch)[:, None] & (d < D)[None, :])
+
+
+@triton.jit
 def patch_embed_fwd_kernel(
     IMG, W, BIAS, CLS, POS, SCALE, SHIFT, OUT,
-    M, D, K, num_patches, grid_w, prefix, pos_start,
-    stride_ib, stride_ic, stride_ih, stride_iw, stride_wd, stride_wc, stride_wh, stride_ww,
+    M, D, K, w_cols, num_patches, grid_w, prefix, pos_start, gemm_programs,
+    stride_ib, stride_ic, stride_ih, stride_iw, stride_wd, stride_wk,
     PATCH: tl.constexpr, CHANNELS: tl.constexpr, CHANNELS_INNER: tl.constexpr, NORMALIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_CLS: tl.constexpr, HAS_POS: tl.constexpr, CLS_HAS_POS: tl.constexpr,
     VEC: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # The D tiles of one row tile run next to each other, so the gathered rows are reused from L2.
-    n_tiles = tl.cdiv(D, BLOCK_N)
-    pid_m = tl.program_id(0) // n_tiles
-    pid_n = tl.program_id(0) % n_tiles
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    d = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = m < M
-    d_ok = d < D
-    b, n, row_off = _patch_rows(m, num_patches, grid_w, stride_ib, stride_ih, stride_iw, PATCH)
-    out_ty = OUT.dtype.element_ty
+    """W is the (D, K) weight matrix in this call's k order, zero-padded to ``w_cols`` columns (a
+    multiple of 16). Programs past ``gemm_programs`` write the cls rows (BLOCK_M images each)."""
+    pid = tl.program_id(0)
+    if pid >= gemm_programs:
+        if HAS_CLS:
+            _cls_rows(CLS, POS, OUT, M // num_patches, D, (num_patches + 1) * D, pid - gemm_programs, CLS_HAS_POS,
+                      BLOCK_M, BLOCK_N)
+    else:
+        # The D tiles of one row tile run next to each other, so its gathered pixels come from L2.
+        n_tiles = tl.cdiv(D, BLOCK_N)
+        pid_m = pid // n_tiles
+        pid_n = pid % n_tiles
+        m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        d = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_ok = m < M
+        d_ok = d < D
+        b, n, row_off = _patch_rows(m, num_patches, grid_w, stride_ib, stride_ih, stride_iw, PATCH)
 
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        a = _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, K, stride_ic, stride_ih, stride_iw, W.dtype.element_ty,
-                      PATCH, CHANNELS, CHANNELS_INNER, NORMALIZE, VEC)
-        c, ky, kx = _k_coords(k, PATCH, CHANNELS, CHANNELS_INNER)
-        w_off = d[None, :] * stride_wd + (c * stride_wc + ky * stride_wh + kx * stride_ww)[:, None]
-        w = tl.load(W + w_off, mask=(k < K)[:, None] & d_ok[None, :], other=0)
-        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+        # The weight is a plain matrix: a block pointer (no per-element pointers in registers).
+        w_block = tl.make_block_ptr(W, shape=(D, w_cols), strides=(stride_wd, stride_wk), offsets=(pid_n * BLOCK_N, 0),
+                                    block_shape=(BLOCK_N, BLOCK_K), order=(1, 0))
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            a = _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, stride_ic, stride_ih, stride_iw,
+                          W.dtype.element_ty, PATCH, CHANNELS, CHANNELS_INNER, NORMALIZE, VEC)
+            w = tl.load(w_block, boundary_check=(0, 1), padding_option="zero")  # [d, k]
+            acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
+            w_block = tl.advance(w_block, (0, BLOCK_K))
 
-    if HAS_BIAS:
-        acc += tl.load(BIAS + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
-    ok = m_ok[:, None] & d_ok[None, :]
-    if HAS_POS:
-        acc += tl.load(POS + (pos_start + n)[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
-    first_row = b.to(tl.int64) * (num_patches + prefix)  # out[b, 0]
-    tl.store(OUT + (first_row + prefix + n)[:, None] * D + d[None, :], acc.to(out_ty), mask=ok)
-    if HAS_CLS:
-        cls = tl.load(CLS + d, mask=d_ok, other=0.0).to(tl.float32)
-        if CLS_HAS_POS:
-            cls += tl.load(POS + d, mask=d_ok, other=0.0).to(tl.float32)
-        # The rows holding patch 0 of an image also write that image's cls row.
-        cls_tile = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32) + cls[None, :]
-        tl.store(OUT + first_row[:, None] * D + d[None, :], cls_tile.to(out_ty), mask=ok & (n == 0)[:, None])
+        if HAS_BIAS:
+            acc += tl.load(BIAS + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+        ok = m_ok[:, None] & d_ok[None, :]
+        if HAS_POS:
+            acc += tl.load(POS + (pos_start + n)[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
+        out_row = b.to(tl.int64) * (num_patches + prefix) + prefix + n  # out[b, P + n]
+        tl.store(OUT + out_row[:, None] * D + d[None, :], acc.to(OUT.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def patch_embed_bwd_images_kernel(
     DY, W, SCALE, DIMG,
     M, D, K, num_patches, grid_w, prefix,
-    stride_ib, stride_ic, stride_ih, stride_iw, stride_wd, stride_wc, stride_wh, stride_ww,
+    stride_ib, stride_ic, stride_ih, stride_iw, stride_wd, stride_wk,
     PATCH: tl.constexpr, CHANNELS: tl.constexpr, CHANNELS_INNER: tl.constexpr, NORMALIZE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """d images [m, k] = sum_d dY[m, d] * weight[d, k] (* scale[c]), scattered to the image."""
+    """d images [m, k] = sum_d dY[m, d] * W[d, k] (* scale[c]), scattered to the image; W is the
+    (D, K) weight matrix in this call's k order."""
     k_tiles = tl.cdiv(K, BLOCK_K)
     pid_m = tl.program_id(0) // k_tiles
     pid_k = tl.program_id(0) % k_tiles
@@ -143,14 +170,13 @@ def patch_embed_bwd_images_kernel(
     b, n, row_off = _patch_rows(m, num_patches, grid_w, stride_ib, stride_ih, stride_iw, PATCH)
     dy_row = b.to(tl.int64) * (num_patches + prefix) + prefix + n
     c, ky, kx = _k_coords(k, PATCH, CHANNELS, CHANNELS_INNER)
-    w_col = c * stride_wc + ky * stride_wh + kx * stride_ww
 
     acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_N):
         d = d0 + tl.arange(0, BLOCK_N)
         d_ok = d < D
         dy = tl.load(DY + dy_row[:, None] * D + d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0)
-        w = tl.load(W + d[:, None] * stride_wd + w_col[None, :], mask=d_ok[:, None] & k_ok[None, :], other=0)
+        w = tl.load(W + d[:, None] * stride_wd + k[None, :] * stride_wk, mask=d_ok[:, None] & k_ok[None, :], other=0)
         acc = tl.dot(dy, w, acc, input_precision=DOT_PRECISION)
     if NORMALIZE:
         acc *= tl.load(SCALE + c, mask=k_ok, other=0.0)[None, :]
@@ -185,7 +211,7 @@ def patch_embed_bwd_weight_kernel(
         b, n, row_off = _patch_rows(m, num_patches, grid_w, stride_ib, stride_ih, stride_iw, PATCH)
         dy_row = b.to(tl.int64) * (num_patches + prefix) + prefix + n
         dy = tl.load(DY + dy_row[:, None] * D + d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0)
-        a = _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, K, stride_ic, stride_ih, stride_iw, dy_ty,
+        a = _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, stride_ic, stride_ih, stride_iw, dy_ty,
                       PATCH, CHANNELS, CHANNELS_INNER, NORMALIZE, VEC)
         acc = tl.dot(tl.trans(dy), a, acc, input_precision=DOT_PRECISION)
     c, ky, kx = _k_coords(k, PATCH, CHANNELS, CHANNELS_INNER)
@@ -230,17 +256,34 @@ def gather_vec(images: torch.Tensor, patch: int, max_bytes: int = 16) -> int:
     return v
 
 
+def weight_matrix(weight: torch.Tensor, inner: bool) -> torch.Tensor:
+    """The (D, K) weight matrix whose column k matches A's column k (see ``channels_inner``), as a
+    view of (D, K_16) storage with K_16 = K rounded up to 16 (zeros past K): 16-byte aligned rows
+    keep the weight loads pipelined. A view of the weight itself when it already is one."""
+    dim = weight.shape[0]
+    matrix = (weight.permute(0, 2, 3, 1) if inner else weight).reshape(dim, -1)
+    k_size = matrix.shape[1]
+    if k_size % 16 == 0 and matrix.stride(1) == 1 and matrix.stride(0) % 16 == 0:
+        return matrix
+    padded = matrix.new_zeros(dim, triton.cdiv(k_size, 16) * 16)
+    padded[:, :k_size] = matrix
+    return padded[:, :k_size]
+
+
 def launch_config(kind: str, dtype: torch.dtype, dim: int, k_size: int) -> dict:
     """Tiles and warps for ``kind`` in ("fwd", "bwd_images", "bwd_weight"); small tiles in the
     interpreter (more programs, so small test shapes still cross tile edges)."""
     if triton_interpreter_enabled():
         return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1}
+    # Chosen from sm_90 compiles with the launch-time specializations (16-divisible sizes and
+    # strides, aligned pointers): these tiles are software-pipelined (cp.async, 3 stages), use
+    # wgmma and do not spill. fp32 halves the k depth (twice the bytes per element).
     wide = dtype != torch.float32
     if kind == "fwd":
-        block_n = 256 if dim % 256 == 0 and wide else 128
         block_k = min(64 if wide else 32, max(16, triton.next_power_of_2(k_size)))
-        return {"BLOCK_M": 128, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 8, "num_stages": 3}
-    # bwd_images: tile (M, K), loop over D; bwd_weight: tile (D, K), loop over M.
+        return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": block_k, "num_warps": 8, "num_stages": 3}
+    # bwd_images: output tile (BLOCK_M patches, BLOCK_K columns), loop over D in BLOCK_N steps;
+    # bwd_weight: output tile (BLOCK_N of D, BLOCK_K columns), loop over patches in BLOCK_M steps.
     return {"BLOCK_M": 64 if wide else 32, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3}
 
 
@@ -267,11 +310,15 @@ def forward(images, weight, bias: Optional[torch.Tensor], cls_token: Optional[to
         return out
     pos_start = int(pos_embed is not None and pos_embed.shape[0] == num_patches + 1)
     tiles, launch = _launch_args(launch_config("fwd", weight.dtype, dim, k_size))
-    grid = (triton.cdiv(rows, tiles["BLOCK_M"]) * triton.cdiv(dim, tiles["BLOCK_N"]),)
-    patch_embed_fwd_kernel[grid](
-        images, weight, bias, cls_token, pos_embed, scale, shift, out,
-        rows, dim, k_size, num_patches, grid_w, prefix, pos_start, *images.stride(), *weight.stride(),
-        PATCH=patch, CHANNELS=channels, CHANNELS_INNER=channels_inner(images), NORMALIZE=scale is not None,
+    gemm_programs = triton.cdiv(rows, tiles["BLOCK_M"]) * triton.cdiv(dim, tiles["BLOCK_N"])
+    cls_programs = triton.cdiv(batch, tiles["BLOCK_M"]) if cls_token is not None else 0
+    inner = channels_inner(images)
+    w = weight_matrix(weight, inner)
+    patch_embed_fwd_kernel[(gemm_programs + cls_programs,)](
+        images, w, bias, cls_token, pos_embed, scale, shift, out,
+        rows, dim, k_size, triton.cdiv(k_size, 16) * 16, num_patches, grid_w, prefix, pos_start, gemm_programs,
+        *images.stride(), *w.stride(),
+        PATCH=patch, CHANNELS=channels, CHANNELS_INNER=inner, NORMALIZE=scale is not None,
         HAS_BIAS=bias is not None, HAS_CLS=cls_token is not None, HAS_POS=pos_embed is not None,
         CLS_HAS_POS=bool(pos_start) and cls_token is not None, VEC=gather_vec(images, patch),
         DOT_PRECISION=dot_precision(weight.dtype), **tiles, **launch,
@@ -291,10 +338,12 @@ def backward_images(grad_out: torch.Tensor, images: torch.Tensor, weight: torch.
         return grad
     tiles, launch = _launch_args(launch_config("bwd_images", weight.dtype, dim, k_size))
     grid = (triton.cdiv(rows, tiles["BLOCK_M"]) * triton.cdiv(k_size, tiles["BLOCK_K"]),)
+    inner = channels_inner(grad)
+    w = weight_matrix(weight, inner)
     patch_embed_bwd_images_kernel[grid](
-        grad_out, weight, scale, grad, rows, dim, k_size, num_patches, grid_w, grad_out.shape[1] - num_patches,
-        *grad.stride(), *weight.stride(),
-        PATCH=patch, CHANNELS=channels, CHANNELS_INNER=channels_inner(grad), NORMALIZE=scale is not None,
+        grad_out, w, scale, grad, rows, dim, k_size, num_patches, grid_w, grad_out.shape[1] - num_patches,
+        *grad.stride(), *w.stride(),
+        PATCH=patch, CHANNELS=channels, CHANNELS_INNER=inner, NORMALIZE=scale is not None,
         DOT_PRECISION=dot_precision(weight.dtype), **tiles, **launch,
     )
     return grad
@@ -327,3 +376,36 @@ def backward_weight(grad_out: torch.Tensor, images: torch.Tensor, weight: torch.
         VEC=gather_vec(images, patch), DOT_PRECISION=dot_precision(weight.dtype), **tiles, **launch,
     )
     return partial.sum(0).view(dim, channels, patch, patch).to(weight.dtype)
+
+
+def aot_configs():
+    """(kernel, signature, constexprs, options) for the benchmark shapes (ViT-B/16 NCHW, ViT-L/14
+    NHWC, Swin-T patch 4 uint8), for the ahead-of-time sm_90 compile check."""
+    shapes = [  # (patch, dim, channels_inner, vec, image dtype or None for the weight's)
+        (16, 768, False, 8, None), (14, 1024, True, 2, None), (4, 96, True, 16, "u8"), (16, 768, True, 16, "u8")]
+    strides = {f"stride_i{a}": "i32" for a in "bchw"}
+    w_strides = {"stride_wd": "i32", "stride_wk": "i32"}
+    sizes = {"M": "i32", "D": "i32", "K": "i32", "num_patches": "i32", "grid_w": "i32", "prefix": "i32"}
+    fwd_sizes = {"M": "i32", "D": "i32", "K": "i32", "w_cols": "i32", **sizes}
+    for patch, dim, inner, vec, image_dtype in shapes:
+        for dtype in ("bf16", "fp16", "fp32"):
+            torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+            img = image_dtype or dtype
+            common = {"PATCH": patch, "CHANNELS": 3, "CHANNELS_INNER": inner, "NORMALIZE": img == "u8",
+                      "DOT_PRECISION": "tf32" if dtype == "fp32" else "ieee"}
+            vec = min(vec, 16 // {"u8": 1, "fp32": 4}.get(img, 2))
+            tiles, launch = _launch_args(launch_config("fwd", torch_dtype, dim, 3 * patch * patch))
+            sig = {"IMG": f"*{img}", "W": f"*{dtype}", "BIAS": f"*{dtype}", "CLS": f"*{dtype}", "POS": f"*{dtype}",
+                   "SCALE": "*fp32", "SHIFT": "*fp32", "OUT": f"*{dtype}", **fwd_sizes, "pos_start": "i32",
+                   "gemm_programs": "i32",
+                   **strides, **w_strides}
+            flags = {"HAS_BIAS": True, "HAS_CLS": patch != 4, "HAS_POS": patch != 4, "CLS_HAS_POS": patch != 4}
+            yield patch_embed_fwd_kernel, sig, {**common, **flags, "VEC": vec, **tiles}, launch
+            tiles, launch = _launch_args(launch_config("bwd_weight", torch_dtype, dim, 3 * patch * patch))
+            sig = {"DY": f"*{dtype}", "IMG": f"*{img}", "SCALE": "*fp32", "SHIFT": "*fp32", "PARTIAL": "*fp32",
+                   **sizes, "tiles_per_split": "i32", **strides}
+            yield patch_embed_bwd_weight_kernel, sig, {**common, "VEC": vec, **tiles}, launch
+            if img != "u8":
+                sig = {"DY": f"*{dtype}", "W": f"*{dtype}", "SCALE": "*fp32", "DIMG": f"*{dtype}", **sizes,
+                       **strides, **w_strides}
+                yield patch_embed_bwd_images_kernel, sig, {**common, **tiles}, launch

@@ -111,9 +111,11 @@ def window_attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PAD_FIRST: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    w0 = tl.program_id(0)
-    b = tl.program_id(1) // heads
-    h = tl.program_id(1) % heads
+    # Axis 0 runs over (batch, head) fastest, so programs launched together read the same
+    # tokens' qkv rows (other heads' channels) and share them in L2; axis 1 over window groups.
+    w0 = tl.program_id(1)
+    b = tl.program_id(0) // heads
+    h = tl.program_id(0) % heads
     keys = tl.arange(0, BLOCK_N)
     k_ok, k_real, k_r, k_c, k_pr, k_pc, k_g, k_region = window_tokens(
         keys, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
@@ -122,7 +124,7 @@ def window_attn_fwd_kernel(
     d = tl.arange(0, BLOCK_D)
 
     # Query chunks of BLOCK_M packed rows; each row's keys (its whole window) are all in k / v.
-    for start in tl.static_range(0, G * MH * MW, BLOCK_M):
+    for start in range(0, G * MH * MW, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         q_ok, q_real, q_r, q_c, q_pr, q_pc, q_g, q_region = window_tokens(
             rows, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
@@ -177,16 +179,23 @@ def launch_config(tokens: int, head_dim: int, backward: bool = False) -> dict:
     block_n = max(128, triton.next_power_of_2(tokens))
     windows_per_program = block_n // tokens
     block_d = max(16, triton.next_power_of_2(head_dim))
-    # Live fp32 score tiles: 1 forward, 3 backward (P, dP, dS); keep each <= 16K elements.
-    block_m = min(block_n, (16384 if not backward else 8192) // block_n)
+    # Live fp32 (BLOCK_M, BLOCK_N) tiles: scores and their index math forward; P, dP, dS backward
+    # (plus the dK / dV accumulators). Sized so that sm_90 keeps them in registers without spills.
+    # (sm_90 AOT, window 7, head_dim 32, bf16: forward 225 registers, backward 255, no spills;
+    # TODO(gpu): tune BLOCK_M / num_warps on the H100, the forward target is Swin-T stage 1 <= 0.1 ms.)
+    block_m = (8192 if not backward else 2048) // block_n
     block_m = min(block_m, triton.next_power_of_2(windows_per_program * tokens))
     return {"G": windows_per_program, "BLOCK_M": max(16, block_m), "BLOCK_N": block_n, "BLOCK_D": block_d,
-            "num_warps": 8 if block_n * block_m >= 16384 else 4}
+            "num_warps": 8, "num_stages": 1}
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs: exact fp32 products (the fp32 bound is 1e-5); fp16/bf16 run on tensor cores.
-    return "ieee" if dtype == torch.float32 else "tf32"
+def dot_precision(dtype: torch.dtype, tokens: int) -> str:
+    """fp32 inputs: three tf32 passes on tensor cores, ~fp32 accurate (the fp32 bound is 1e-5); for
+    windows over 64 tokens their split operands would pass sm_90's 227 KB of shared memory, so
+    plain fp32 FMA ("ieee") there. fp16 / bf16 run on tensor cores (the setting is ignored)."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "tf32x3" if tokens <= 64 else "ieee"
 
 
 def common_args(qkv: torch.Tensor, geo: Geometry):
@@ -197,7 +206,7 @@ def common_args(qkv: torch.Tensor, geo: Geometry):
 def common_constexprs(qkv: torch.Tensor, geo: Geometry, pad_first: bool, has_pad: bool) -> dict:
     return {"MH": geo.window, "MW": geo.window, "MHT": geo.table_window, "MWT": geo.table_window,
             "HEAD_DIM": geo.head_dim, "PAD_FIRST": pad_first, "HAS_SHIFT": geo.shift > 0, "HAS_PAD": has_pad,
-            "DOT_PRECISION": dot_precision(qkv.dtype)}
+            "DOT_PRECISION": dot_precision(qkv.dtype, geo.tokens)}
 
 
 def forward(qkv: torch.Tensor, table: torch.Tensor, pad_qkv, geo: Geometry, scale: float, mask_value: float,
@@ -208,11 +217,11 @@ def forward(qkv: torch.Tensor, table: torch.Tensor, pad_qkv, geo: Geometry, scal
     if out.numel() == 0:
         return out
     cfg = launch_config(geo.tokens, geo.head_dim)
-    num_warps = cfg.pop("num_warps")
-    grid = (triton.cdiv(geo.n_windows, cfg["G"]), batch * geo.heads)
+    options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+    grid = (batch * geo.heads, triton.cdiv(geo.n_windows, cfg["G"]))
     window_attn_fwd_kernel[grid](
         qkv, table, pad_qkv, out, *common_args(qkv, geo), out.stride(0), out.stride(1), out.stride(2),
-        scale, mask_value, **common_constexprs(qkv, geo, pad_first, pad_qkv is not None), **cfg, num_warps=num_warps,
+        scale, mask_value, **common_constexprs(qkv, geo, pad_first, pad_qkv is not None), **cfg, **options,
     )
     return out
 
@@ -224,14 +233,17 @@ def aot_configs():
 
     for window, head_dim in ((7, 32), (12, 32), (7, 64)):
         for dtype in ("bf16", "fp16", "fp32"):
+            torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
             for backward in (False, True):
                 cfg = launch_config(window * window, head_dim, backward)
-                options = {"num_warps": cfg.pop("num_warps")}
+                options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
                 constexprs = {"MH": window, "MW": window, "MHT": window, "MWT": window, "HEAD_DIM": head_dim,
                               "PAD_FIRST": False, "HAS_SHIFT": True, "HAS_PAD": False,
-                              "DOT_PRECISION": "ieee" if dtype == "fp32" else "tf32", **cfg}
+                              "DOT_PRECISION": dot_precision(torch_dtype, window * window),
+                              **cfg}
                 ints = ["H", "W", "Hp", "Wp", "nWw", "n_win", "heads", "C", "SH", "SW", "stride_b", "stride_h", "stride_w"]
                 if backward:
+                    constexprs.update(window_attention_bwd.aot_schedule(window * window, torch_dtype))
                     yield (*window_attention_bwd.aot_signature(dtype, ints), constexprs, options)
                 else:
                     sig = {"QKV": f"*{dtype}", "TABLE": "*fp32", "PAD": f"*{dtype}", "OUT": f"*{dtype}",

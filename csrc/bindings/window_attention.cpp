@@ -1,0 +1,135 @@
+#include "bindings/window_attention.h"
+
+#include "cuda_context.h"
+#include "torch_checks.h"
+#include "window_attention/window_attention.h"
+
+namespace vtk_torch {
+namespace {
+
+using OptTensor = std::optional<at::Tensor>;
+
+// Validates the call and fills the geometry / qkv part of the params.
+vtk::WindowAttnParams make_params(const at::Tensor& qkv, const at::Tensor& table, const OptTensor& pad_qkv, int64_t heads,
+                                  int64_t window, int64_t table_window, int64_t shift, double scale, double mask_value,
+                                  bool pad_first) {
+  check_operand(qkv, "qkv", qkv, 4);
+  TORCH_CHECK(heads > 0 && qkv.size(3) % (3 * heads) == 0, "qkv's last dimension (", qkv.size(3),
+              ") must be 3 * heads (", heads, ") * head_dim");
+  const int64_t head_dim = qkv.size(3) / (3 * heads);
+  TORCH_CHECK(head_dim > 0 && head_dim <= vtk::kWindowAttnMaxHeadDim, "head_dim must be in [1, ",
+              vtk::kWindowAttnMaxHeadDim, "] for the CUDA kernel, got ", head_dim);
+  TORCH_CHECK(window >= 1 && window <= table_window, "window must be in [1, table_window=", table_window, "], got ", window);
+  TORCH_CHECK(window * window <= vtk::kWindowAttnMaxTokens, "window of ", window, "x", window, " tokens > ",
+              vtk::kWindowAttnMaxTokens, " for the CUDA kernel");
+  TORCH_CHECK(shift >= 0 && shift < window, "shift must be in [0, window=", window, "), got ", shift);
+  TORCH_CHECK(qkv.size(1) > 0 && qkv.size(2) > 0, "qkv must have a non-empty (H, W) map, got ", qkv.sizes());
+  TORCH_CHECK(table.is_cuda() && table.device() == qkv.device(), "rel_pos_table must be on ", qkv.device());
+  TORCH_CHECK(table.dim() == 2 && table.size(0) == (2 * table_window - 1) * (2 * table_window - 1) && table.size(1) == heads,
+              "rel_pos_table must have shape (", (2 * table_window - 1) * (2 * table_window - 1), ", ", heads, "), got ",
+              table.sizes());
+  if (pad_qkv) {
+    TORCH_CHECK(pad_qkv->is_cuda() && pad_qkv->device() == qkv.device(), "pad_qkv must be on ", qkv.device());
+    TORCH_CHECK(pad_qkv->dim() == 1 && pad_qkv->size(0) == qkv.size(3), "pad_qkv must have shape (", qkv.size(3),
+                "), got ", pad_qkv->sizes());
+  }
+  const int64_t n_windows = (qkv.size(1) + window - 1) / window * ((qkv.size(2) + window - 1) / window);
+  TORCH_CHECK(n_windows <= 65535, "qkv: ", n_windows, " windows per image > 65535 (the grid's second axis)");
+  vtk::WindowAttnParams p{};
+  p.qkv = qkv.data_ptr();
+  p.batch = static_cast<int>(qkv.size(0));
+  p.height = static_cast<int>(qkv.size(1));
+  p.width = static_cast<int>(qkv.size(2));
+  p.heads = static_cast<int>(heads);
+  p.head_dim = static_cast<int>(head_dim);
+  p.window = static_cast<int>(window);
+  p.table_window = static_cast<int>(table_window);
+  p.shift = static_cast<int>(shift);
+  p.pad_first = pad_first;
+  p.qkv_stride_b = qkv.stride(0);
+  p.qkv_stride_h = qkv.stride(1);
+  p.qkv_stride_w = qkv.stride(2);
+  p.scale = static_cast<float>(scale);
+  p.mask_value = static_cast<float>(mask_value);
+  p.dtype = kernel_dtype(qkv, "qkv");
+  return p;
+}
+
+at::Tensor window_attention_fwd(const at::Tensor& qkv, const at::Tensor& table, const OptTensor& pad_qkv, int64_t heads,
+                                int64_t window, int64_t table_window, int64_t shift, double scale, double mask_value,
+                                bool pad_first) {
+  vtk::WindowAttnParams p = make_params(qkv, table, pad_qkv, heads, window, table_window, shift, scale, mask_value, pad_first);
+  DeviceGuard guard(qkv);
+  // Table and padding vector are tiny: the kernels read them as fp32 whatever their dtype.
+  const at::Tensor table_f = table.to(at::kFloat).contiguous();
+  const OptTensor pad_f = pad_qkv ? OptTensor(pad_qkv->to(at::kFloat).contiguous()) : std::nullopt;
+  at::Tensor out = at::empty({qkv.size(0), qkv.size(1), qkv.size(2), qkv.size(3) / 3}, qkv.options());
+  p.table = table_f.data_ptr<float>();
+  p.pad_qkv = pad_f ? pad_f->data_ptr<float>() : nullptr;
+  p.out = out.data_ptr();
+  p.out_stride_b = out.stride(0);
+  p.out_stride_h = out.stride(1);
+  p.out_stride_w = out.stride(2);
+  check_launch(vtk::window_attention_fwd(p, current_stream(qkv)), "window_attention_fwd");
+  return out;
+}
+
+std::vector<at::Tensor> window_attention_bwd(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& table,
+                                             const OptTensor& pad_qkv, int64_t heads, int64_t window, int64_t table_window,
+                                             int64_t shift, double scale, double mask_value, bool pad_first) {
+  vtk::WindowAttnParams p = make_params(qkv, table, pad_qkv, heads, window, table_window, shift, scale, mask_value, pad_first);
+  check_operand(dout, "dout", qkv, 4);
+  TORCH_CHECK(dout.size(0) == qkv.size(0) && dout.size(1) == qkv.size(1) && dout.size(2) == qkv.size(2) &&
+                  dout.size(3) == qkv.size(3) / 3,
+              "dout must have shape (B, H, W, C) of qkv's map, got ", dout.sizes());
+  DeviceGuard guard(qkv);
+  const at::Tensor table_f = table.to(at::kFloat).contiguous();
+  const OptTensor pad_f = pad_qkv ? OptTensor(pad_qkv->to(at::kFloat).contiguous()) : std::nullopt;
+  const int64_t tokens = window * window, n_windows = p.n_windows(), slabs = qkv.size(0) * heads * n_windows;
+  const auto f32 = qkv.options().dtype(at::kFloat);
+  at::Tensor dqkv = at::empty(qkv.sizes(), qkv.options());
+  at::Tensor bias_partial = at::empty({slabs, tokens, tokens}, f32);
+  at::Tensor pad_partial = at::empty({pad_qkv ? slabs * 2 * p.head_dim : 0}, f32);
+  p.table = table_f.data_ptr<float>();
+  p.pad_qkv = pad_f ? pad_f->data_ptr<float>() : nullptr;
+  p.dout = dout.data_ptr();
+  p.out_stride_b = dout.stride(0);
+  p.out_stride_h = dout.stride(1);
+  p.out_stride_w = dout.stride(2);
+  p.dqkv = dqkv.data_ptr();
+  p.dqkv_stride_b = dqkv.stride(0);
+  p.dqkv_stride_h = dqkv.stride(1);
+  p.dqkv_stride_w = dqkv.stride(2);
+  p.dbias_partial = bias_partial.data_ptr<float>();
+  p.dpad_partial = pad_qkv ? pad_partial.data_ptr<float>() : nullptr;
+  const cudaStream_t stream = current_stream(qkv);
+  check_launch(vtk::window_attention_bwd(p, stream), "window_attention_bwd");
+
+  // Deterministic reductions: fixed-shape sums over batch and windows, then the fixed-order fold.
+  const at::Tensor per_pair = bias_partial.view({qkv.size(0), heads, n_windows, tokens * tokens}).sum({0, 2}).contiguous();
+  at::Tensor dtable = at::empty({table.size(0), heads}, f32);
+  check_launch(vtk::window_attention_fold_bias_grad(per_pair.data_ptr<float>(), dtable.data_ptr<float>(), p.heads,
+                                                    p.window, p.table_window, stream),
+               "window_attention_fold_bias_grad");
+  at::Tensor dpad = at::empty({0}, qkv.options());
+  if (pad_qkv) {
+    const at::Tensor dkv = pad_partial.view({qkv.size(0), heads, n_windows, 2, p.head_dim}).sum({0, 2}).transpose(0, 1);
+    dpad = at::cat({at::zeros_like(dkv.narrow(0, 0, 1)), dkv}).reshape({-1}).to(pad_qkv->scalar_type());
+  }
+  return {dqkv, dtable.to(table.scalar_type()), dpad};
+}
+
+}  // namespace
+
+void bind_window_attention(pybind11::module_& m) {
+  m.def("window_attention_fwd", &window_attention_fwd, "Swin window attention forward: (B,H,W,3C) -> (B,H,W,C)",
+        pybind11::arg("qkv"), pybind11::arg("table"), pybind11::arg("pad_qkv"), pybind11::arg("heads"),
+        pybind11::arg("window"), pybind11::arg("table_window"), pybind11::arg("shift"), pybind11::arg("scale"),
+        pybind11::arg("mask_value"), pybind11::arg("pad_first"));
+  m.def("window_attention_bwd", &window_attention_bwd, "Swin window attention backward: returns [dqkv, dtable, dpad]",
+        pybind11::arg("dout"), pybind11::arg("qkv"), pybind11::arg("table"), pybind11::arg("pad_qkv"),
+        pybind11::arg("heads"), pybind11::arg("window"), pybind11::arg("table_window"), pybind11::arg("shift"),
+        pybind11::arg("scale"), pybind11::arg("mask_value"), pybind11::arg("pad_first"));
+}
+
+}  // namespace vtk_torch

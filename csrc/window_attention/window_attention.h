@@ -1,0 +1,53 @@
+// Swin (shifted-)window attention: parameters and launchers. Plain C++ + CUDA runtime only.
+// Index math (roll, partition, padding, bias index, shift regions): see window_attention.cu
+// and vtkernels/triton/window_attention.py, which computes the same thing.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#include "common/dtype.cuh"
+
+namespace vtk {
+
+// Windows of up to 144 tokens (12x12) and head_dim up to 64 fit one block's shared memory
+// (q, k, v, dO of the window in fp32: <= 150 KB) in this SIMT version; larger ones are refused by
+// the bindings (Triton takes them).
+constexpr int kWindowAttnMaxTokens = 144;
+constexpr int kWindowAttnMaxHeadDim = 64;
+
+struct WindowAttnParams {
+  const void* qkv;        // (B, H, W, 3C), unit channel stride, channels (3, heads, head_dim)
+  const float* table;     // ((2Mt-1)^2, heads) fp32, contiguous
+  const float* pad_qkv;   // (3C) fp32: q/k/v of padding tokens, or nullptr (zeros)
+  void* out;              // forward: (B, H, W, C)
+  const void* dout;       // backward: (B, H, W, C), unit channel stride
+  void* dqkv;             // backward: (B, H, W, 3C)
+  float* dbias_partial;   // backward: (B * heads * nW, N, N), dS of every window
+  float* dpad_partial;    // backward: (B * heads * nW, 2, head_dim) or nullptr
+  int batch, height, width, heads, head_dim;
+  int window;             // effective window M
+  int table_window;       // window the table was built for (Mt >= M)
+  int shift;
+  bool pad_first;         // HF order (pad, roll) instead of timm's (roll, pad)
+  int64_t qkv_stride_b, qkv_stride_h, qkv_stride_w;
+  int64_t out_stride_b, out_stride_h, out_stride_w;     // out (forward) or dout (backward)
+  int64_t dqkv_stride_b, dqkv_stride_h, dqkv_stride_w;
+  float scale, mask_value;
+  DType dtype;
+
+  __host__ __device__ int height_pad() const { return (height + window - 1) / window * window; }
+  __host__ __device__ int width_pad() const { return (width + window - 1) / window * window; }
+  __host__ __device__ int windows_per_row() const { return width_pad() / window; }
+  __host__ __device__ int n_windows() const { return height_pad() / window * windows_per_row(); }
+};
+
+cudaError_t window_attention_fwd(const WindowAttnParams& params, cudaStream_t stream);
+cudaError_t window_attention_bwd(const WindowAttnParams& params, cudaStream_t stream);
+
+// dtable[t, h] = sum of per_pair[h, p, q] over the token pairs (p, q) at table row t.
+// per_pair: (heads, N, N) fp32; dtable: ((2Mt-1)^2, heads) fp32.
+cudaError_t window_attention_fold_bias_grad(const float* per_pair, float* dtable, int heads, int window,
+                                            int table_window, cudaStream_t stream);
+
+}  // namespace vtk

@@ -1,0 +1,93 @@
+"""Tiny model configurations shared by the model and optimize() tests.
+
+Small enough for the Triton interpreter on the CPU; head_dim 32 (a size the attention kernels
+take), 17 tokens (4x4 patches + CLS), odd MLP widths, and randomly initialized weights that are
+perturbed away from their init (non-unit norms, non-zero biases) so that no term is trivially zero.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+IMAGE, PATCH, WIDTH, HEADS, DEPTH, MLP, CLASSES = 32, 8, 64, 2, 2, 96, 5
+VOCAB, CONTEXT, EMBED = 99, 16, 24
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32(monkeypatch):
+    """No tf32 on the GPU (cuDNN convolutions, matmuls, the Triton patch-embedding GEMM follow these
+    flags): the fp32 comparisons are meant at fp32 precision. Import it into a test module to use."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
+def perturb_(model: nn.Module, scale: float = 0.05) -> nn.Module:
+    """Add noise to every floating parameter (LayerNorm weights stop being 1, biases 0)."""
+    generator = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.add_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.dtype) * scale)
+    return model
+
+
+def hf_vit_config(**overrides):
+    from transformers import ViTConfig
+
+    values = dict(image_size=IMAGE, patch_size=PATCH, hidden_size=WIDTH, num_hidden_layers=DEPTH,
+                  num_attention_heads=HEADS, intermediate_size=MLP, num_labels=CLASSES, hidden_act="gelu")
+    return ViTConfig(**{**values, **overrides})
+
+
+def hf_clip_config(eos_token_id: int = 2, attn_implementation: str = "sdpa"):
+    """eos_token_id=2 selects HF's argmax-of-ids EOT rule (OpenAI); any other id the first match."""
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=MLP, num_hidden_layers=DEPTH,
+                num_attention_heads=HEADS, max_position_embeddings=CONTEXT, bos_token_id=0, pad_token_id=1,
+                eos_token_id=eos_token_id)
+    vision = dict(image_size=IMAGE, patch_size=PATCH, hidden_size=WIDTH, intermediate_size=MLP,
+                  num_hidden_layers=DEPTH, num_attention_heads=HEADS)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=EMBED)
+    config._attn_implementation = attn_implementation
+    config.text_config._attn_implementation = attn_implementation
+    config.vision_config._attn_implementation = attn_implementation
+    return config
+
+
+def hf_vit(classifier: bool = True, **overrides) -> nn.Module:
+    from transformers import ViTForImageClassification, ViTModel
+
+    config = hf_vit_config(**overrides)
+    model = ViTForImageClassification(config) if classifier else ViTModel(config, add_pooling_layer=False)
+    return perturb_(model).eval()
+
+
+def hf_clip(**kwargs) -> nn.Module:
+    from transformers import CLIPModel
+
+    return perturb_(CLIPModel(hf_clip_config(**kwargs))).eval()
+
+
+def pooled(output) -> torch.Tensor:
+    """HF get_image/text_features: a tensor in transformers 4.x, an output object in 5.x."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+TRANSFORMERS_5 = int(__import__("transformers").__version__.split(".")[0]) >= 5
+needs_transformers_5 = pytest.mark.skipif(not TRANSFORMERS_5, reason="optimize() patches the transformers 5.x "
+                                          "module layout (4.x modules are left unpatched)")
+
+
+def token_ids(batch: int = 3, length: int = 9, eot_positions=(8, 5, 3), eot_id: int = VOCAB - 1,
+              pad_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask): random tokens < eot_id, the EOT id at each row's position, padding after it."""
+    ids = torch.randint(2, eot_id, (batch, length))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row, pos in enumerate(eot_positions[:batch]):
+        ids[row, pos] = eot_id
+        ids[row, pos + 1:] = pad_id
+        mask[row, pos + 1:] = 0
+    return ids, mask

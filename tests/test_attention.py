@@ -1,0 +1,319 @@
+"""Attention: the reference against torch, the kernels against the float64 reference (output and
+dq, dk, dv), masks and empty rows, layouts and strides, custom-op registration, torch.compile,
+the timm-compatible module, dispatch and bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vtkernels
+from vtkernels.ops import attention as attention_op
+from vtkernels.reference.attention import allowed_keys
+from vtkernels.reference.attention import attention as reference
+from vtkernels.testing import assert_close, grads, upcast
+
+HAS_CUDA = torch.cuda.is_available()
+CPU_DTYPES = [torch.float32, torch.float16]
+GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def make_qkv(batch, heads, n_q, n_kv, head_dim, dtype, device, layout="bhnd", requires_grad=True):
+    def rand(n):
+        shape = (batch, heads, n, head_dim) if layout == "bhnd" else (batch, n, heads, head_dim)
+        return torch.randn(shape, device=device, dtype=torch.float32).to(dtype).requires_grad_(requires_grad)
+
+    return rand(n_q), rand(n_kv), rand(n_kv)
+
+
+def make_padding(batch, n_kv, device, whole_batch_padded=True):
+    """Random padding (~30%) with every key of batch 0 padded when asked (its rows return zeros)."""
+    mask = torch.rand(batch, n_kv, device=device) < 0.3
+    mask[:, -1] = True  # the last key is padding everywhere: the tail block is masked
+    if whole_batch_padded:
+        mask[0] = True
+    return mask
+
+
+def same_dtype_peer(q, k, v, causal, mask, scale, layout):
+    """Plain PyTorch explicit attention computed in the inputs' own dtype (torch's own error)."""
+    qb, kb, vb = (t.transpose(1, 2) if layout == "bnhd" else t for t in (q, k, v))
+    scores = (qb @ kb.transpose(-1, -2)) * scale
+    allowed = allowed_keys(qb.shape[2], kb.shape[2], causal, mask, q.device)
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+    out = probs.to(q.dtype) @ vb
+    return out.transpose(1, 2) if layout == "bnhd" else out
+
+
+def check_against_reference(batch, heads, n_q, n_kv, head_dim, causal, padded, layout, dtype, device, backend,
+                            with_grad=True):
+    q, k, v = make_qkv(batch, heads, n_q, n_kv, head_dim, dtype, device, layout, requires_grad=with_grad)
+    mask = make_padding(batch, n_kv, device) if padded else None
+    scale = head_dim ** -0.5
+    out = vtkernels.attention(q, k, v, causal=causal, key_padding_mask=mask, backend=backend, layout=layout)
+    assert out.shape == q.shape and out.is_contiguous()
+    q64, k64, v64 = upcast(q, k, v)
+    out64 = reference(q64, k64, v64, causal, mask, scale, layout)
+    peer_inputs = [t.detach().requires_grad_(with_grad) for t in (q, k, v)]
+    peer = same_dtype_peer(*peer_inputs, causal, mask, scale, layout)
+    assert_close(out, out64, dtype, names=["out"], same_dtype_ref=peer)
+    if not with_grad:
+        return
+    dout = torch.randn_like(out64)
+    ours = grads(out, [q, k, v], dout)
+    expected = grads(out64, [q64, k64, v64], dout)
+    peer_grads = grads(peer, peer_inputs, dout)
+    assert_close(ours, expected, dtype, names=["dq", "dk", "dv"], same_dtype_ref=peer_grads)
+
+
+# ----------------------------------------------------------------------------- reference
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_matches_sdpa(causal):
+    q, k, v = make_qkv(2, 3, 13, 13, 16, torch.float64, "cpu", requires_grad=False)
+    mask = torch.rand(2, 13) < 0.3
+    mask[:, 0] = False  # keep one visible key per row so SDPA defines every row
+    ours = reference(q, k, v, causal=causal, key_padding_mask=mask)
+    attend = ~mask[:, None, None, :]
+    if causal:
+        attend = attend & torch.ones(13, 13, dtype=torch.bool).tril()
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+    assert_close(ours, expected, torch.float64)
+
+
+def test_reference_causal_is_bottom_right_aligned():
+    # 3 queries against 5 keys: query i sees keys j <= i + 2; the last query sees every key.
+    allowed = allowed_keys(3, 5, True, None, torch.device("cpu"))[0, 0]
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(allowed, expected)
+    q, k, v = make_qkv(1, 2, 3, 5, 8, torch.float64, "cpu", requires_grad=False)
+    decode = reference(q[:, :, -1:], k, v, causal=True)
+    assert_close(decode, reference(q, k, v, causal=True)[:, :, -1:], torch.float64)
+
+
+def test_reference_rows_without_keys_are_zero_with_zero_grads():
+    q, k, v = make_qkv(2, 2, 6, 4, 8, torch.float64, "cpu")
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[1] = True  # batch 1 fully padded
+    out = reference(q, k, v, causal=True, key_padding_mask=mask)  # 6 queries, 4 keys: rows 0, 1 see nothing
+    assert torch.isfinite(out).all()
+    assert out[1].abs().max() == 0 and out[0, :, :2].abs().max() == 0
+    dq, dk, dv = grads(out, [q, k, v], torch.randn_like(out))
+    assert all(torch.isfinite(g).all() for g in (dq, dk, dv))
+    assert dq[1].abs().max() == 0 and dk[1].abs().max() == 0 and dv[1].abs().max() == 0
+
+
+# ----------------------------------------------------------------------------- Triton (interpreter on the CPU)
+
+CPU_CASES = [
+    # batch, heads, n_q, n_kv, head_dim, causal, padded, layout
+    (2, 2, 49, 49, 32, False, False, "bhnd"),
+    (1, 3, 77, 77, 64, True, False, "bnhd"),
+    (2, 2, 1, 49, 80, False, True, "bhnd"),  # decode: one query against a cache
+    (2, 1, 20, 49, 96, True, True, "bnhd"),  # causal with Nq < Nkv
+    (1, 2, 49, 20, 128, True, False, "bhnd"),  # causal with Nq > Nkv: the first rows see no key
+    (3, 2, 33, 70, 64, False, True, "bnhd"),  # cross-attention with a fully padded batch
+    (1, 2, 40, 73, 80, True, False, "bhnd"),  # causal offset 33: a key block starts 1 row before a query block
+]
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_triton_matches_reference(case, dtype, device):
+    check_against_reference(*case, dtype=dtype, device=device, backend="triton")
+
+
+def test_triton_non_contiguous_inputs(device):
+    # q, k, v unbound from a fused qkv projection (sequence stride 3 * H * d), k with a
+    # non-unit head_dim stride (copied by the op), v a transposed (B, H, N, d) view.
+    batch, n, heads, head_dim = 2, 21, 2, 32
+    qkv = torch.randn(batch, n, 3, heads, head_dim, device=device, requires_grad=True)
+    q, k, _ = qkv.unbind(2)
+    k = k.transpose(-1, -2).contiguous().transpose(-1, -2)
+    v = torch.randn(batch, heads, n, head_dim, device=device).transpose(1, 2).requires_grad_()
+    assert not q.is_contiguous() and k.stride(-1) != 1 and not v.is_contiguous()
+    mask = make_padding(batch, n, device, whole_batch_padded=False)
+    strided_mask = torch.stack([mask, ~mask], dim=-1)[..., 0]  # key stride 2
+    assert strided_mask.stride(-1) == 2
+    out = vtkernels.attention(q, k, v, key_padding_mask=strided_mask, backend="triton", layout="bnhd")
+    qkv64, v64 = upcast(qkv, v)
+    q64, k64, _ = qkv64.unbind(2)
+    expected = reference(q64, k64, v64, key_padding_mask=mask, layout="bnhd")
+    assert_close(out, expected, torch.float32)
+    dout = torch.randn_like(out)
+    (dqkv, dv), (dqkv64, dv64) = grads(out, [qkv, v], dout), grads(expected, [qkv64, v64], dout)
+    assert_close([dqkv, dv], [dqkv64, dv64], torch.float32, names=["dqkv", "dv"])
+
+
+def test_triton_batch_of_one_and_empty_batch(device):
+    check_against_reference(1, 1, 17, 17, 32, False, False, "bhnd", torch.float32, device, "triton")
+    q, k, v = make_qkv(0, 2, 5, 5, 32, torch.float32, device)
+    out = vtkernels.attention(q, k, v, backend="triton")
+    assert out.shape == (0, 2, 5, 32)
+    dq, dk, dv = grads(out, [q, k, v], torch.randn_like(out))
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
+
+
+def test_triton_zero_queries_gives_zero_key_grads(device):
+    q, k, v = make_qkv(1, 2, 0, 5, 32, torch.float32, device)
+    out = vtkernels.attention(q, k, v, backend="triton")
+    out.sum().backward()
+    assert out.shape == q.shape and k.grad.abs().max() == 0 and v.grad.abs().max() == 0
+
+
+def test_custom_ops_opcheck(device):
+    q, k, v = make_qkv(2, 2, 9, 12, 32, torch.float32, device, layout="bnhd")
+    mask = make_padding(2, 12, device)
+    torch.library.opcheck(attention_op.attention_fwd, (q, k, v, mask, True, 0.25, "bnhd", "triton"))
+    out, lse = attention_op.attention_fwd(q, k, v, mask, True, 0.25, "bnhd", "triton")
+    dout = torch.randn_like(out)
+    args = (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), mask, True, 0.25, "bnhd", "triton")
+    torch.library.opcheck(attention_op.attention_bwd, args)
+
+
+def test_torch_compile_fullgraph(device):
+    # inductor (on the CPU too) around the module: fused qkv, the bnhd views, the custom op, proj
+    module = vtkernels.nn.Attention(64, num_heads=2, causal=True, backend="triton").to(device)
+    x = torch.randn(2, 10, 64, device=device, requires_grad=True)
+    mask = make_padding(2, 10, device, whole_batch_padded=False)
+    compiled = torch.compile(module, fullgraph=True)
+    out = compiled(x, key_padding_mask=mask)
+    dout = torch.randn_like(out)
+    ours = grads(out, [x, module.qkv.weight], dout)
+    expected_out = module(x, key_padding_mask=mask)
+    expected = grads(expected_out, [x, module.qkv.weight], dout)
+    assert_close([out, *ours], [expected_out, *expected], torch.float32, names=["out", "dx", "dqkv.weight"])
+
+
+# ----------------------------------------------------------------------------- module
+
+def timm_style_attention(module, x):
+    """timm's Attention.forward written out (reshape, permute, explicit softmax)."""
+    batch, n, dim = x.shape
+    qkv = module.qkv(x).reshape(batch, n, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    attn = ((q * module.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    return module.proj((attn @ v).transpose(1, 2).reshape(batch, n, dim))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_module_matches_timm_forward(backend, device):
+    module = vtkernels.nn.Attention(64, num_heads=2, qkv_bias=True, backend=backend).to(device)
+    assert set(module.state_dict()) == {"qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}
+    assert (module.num_heads, module.head_dim, module.scale) == (2, 32, 32 ** -0.5)
+    x = torch.randn(2, 13, 64, device=device, requires_grad=True)
+    out = module(x)
+    expected = timm_style_attention(module, x)
+    assert_close(out, expected, torch.float32, tol=3e-6)
+    dout = torch.randn_like(out)
+    params = [x, module.qkv.weight, module.qkv.bias, module.proj.weight]
+    assert_close(grads(out, params, dout), grads(expected, params, dout), torch.float32, tol=1e-5,
+                 names=["dx", "dqkv.weight", "dqkv.bias", "dproj.weight"])
+
+
+def test_module_loads_timm_state_dict(device):
+    timm = pytest.importorskip("timm")
+    theirs = timm.models.vision_transformer.Attention(64, num_heads=4, qkv_bias=True).to(device).eval()
+    ours = vtkernels.nn.Attention(64, num_heads=4, qkv_bias=True, backend="triton").to(device)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 11, 64, device=device)
+    assert_close(ours(x), theirs(x), torch.float32, tol=3e-6)
+
+
+def test_module_causal_and_padding(device):
+    module = vtkernels.nn.Attention(64, num_heads=2, causal=True, backend="triton").to(device)
+    x = torch.randn(3, 9, 64, device=device)
+    mask = make_padding(3, 9, device)
+    out = module(x, key_padding_mask=mask)
+    module.backend = "reference"
+    assert_close(out, module(x, key_padding_mask=mask), torch.float32)
+    assert torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------- dispatch and bad input
+
+def test_bad_inputs_raise_clear_errors():
+    q, k, v = make_qkv(2, 2, 5, 7, 32, torch.float32, "cpu", requires_grad=False)
+    with pytest.raises(ValueError, match="layout"):
+        vtkernels.attention(q, k, v, layout="nbhd")
+    with pytest.raises(TypeError, match="k has dtype"):
+        vtkernels.attention(q, k.half(), v)
+    with pytest.raises(ValueError, match="q must have 4 dimensions"):
+        vtkernels.attention(q[0], k, v)
+    with pytest.raises(ValueError, match="k must match q"):
+        vtkernels.attention(q, k[:, :1], v[:, :1])
+    with pytest.raises(ValueError, match="v must have shape"):
+        vtkernels.attention(q, k, v[:, :, :3])
+    with pytest.raises(ValueError, match="at least one key"):
+        vtkernels.attention(q, k[:, :, :0], v[:, :, :0])
+    with pytest.raises(TypeError, match="key_padding_mask has dtype"):
+        vtkernels.attention(q, k, v, key_padding_mask=torch.zeros(2, 7))
+    with pytest.raises(ValueError, match="key_padding_mask must have shape"):
+        vtkernels.attention(q, k, v, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="scale"):
+        vtkernels.attention(q, k, v, scale=float("nan"))
+    with pytest.raises(vtkernels.BackendError, match="head_dim 48"):
+        q48, k48, v48 = make_qkv(1, 1, 4, 4, 48, torch.float32, "cpu", requires_grad=False)
+        vtkernels.attention(q48, k48, v48, backend="triton")
+    with pytest.raises(vtkernels.BackendError, match="batch \\* heads"):
+        big = torch.zeros(1, 1, 1, 32).expand(65536, 1, 1, 32)  # 65536 (batch, head) pairs, one query each
+        vtkernels.attention(big, big, big, backend="triton")
+    with pytest.raises(vtkernels.BackendError, match="CUDA tensor"):
+        vtkernels.attention(q, k, v, backend="cuda")
+    with pytest.raises(ValueError, match="divisible"):
+        vtkernels.nn.Attention(65, num_heads=2)
+
+
+def test_reference_takes_any_head_dim():
+    q, k, v = make_qkv(1, 1, 4, 4, 48, torch.float32, "cpu", requires_grad=False)
+    assert vtkernels.attention(q, k, v).shape == q.shape
+
+
+# ----------------------------------------------------------------------------- GPU (real shapes)
+
+GPU_CASES = [
+    (4, 3, 197, 197, 64, False, False, "bnhd"),  # ViT-B/16
+    (2, 2, 257, 257, 80, False, False, "bhnd"),  # ViT-H/14
+    (1, 2, 577, 577, 64, False, False, "bnhd"),  # CLIP-L/14@336
+    (4, 2, 77, 77, 64, True, True, "bnhd"),  # CLIP text
+    (2, 2, 850, 850, 32, False, True, "bhnd"),  # DETR encoder, padded
+    (2, 2, 100, 850, 32, False, True, "bhnd"),  # DETR cross-attention
+    (2, 2, 1024, 1024, 96, True, False, "bnhd"),  # iGPT
+    (2, 2, 300, 1024, 128, True, False, "bhnd"),  # causal Nq < Nkv
+    (2, 2, 1, 577, 128, True, True, "bnhd"),  # decode
+]
+
+
+# The ids avoid the word "cuda": tools/gpu_check.sh runs compute-sanitizer on `-m gpu -k cuda`,
+# which should get the small CUDA-backend tests below, not these model-sized shapes.
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"], ids=["triton", "extension"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_gpu_model_shapes(case, dtype, backend):
+    check_against_reference(*case, dtype=dtype, device=torch.device("cuda"), backend=backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_small_and_odd_views(backend, dtype):
+    # the CPU cases (odd lengths, decode, Nq > Nkv causal, fully padded batch) on the GPU,
+    # plus a view with an odd storage offset (the CUDA bindings copy fp16 / bf16 ones to align them)
+    cuda = torch.device("cuda")
+    for case in CPU_CASES:
+        check_against_reference(*case, dtype=dtype, device=cuda, backend=backend)
+    base = torch.randn(2 * 2 * 9 * 64 + 1, device=cuda).to(dtype).requires_grad_()
+    q = base[1:].view(2, 2, 9, 64)
+    out = vtkernels.attention(q, q, q, causal=True, backend=backend)
+    base64 = upcast(base)[0]
+    expected = reference(*[base64[1:].view(2, 2, 9, 64)] * 3, causal=True)
+    assert_close(out, expected, dtype)
+    dout = torch.randn_like(expected)
+    assert_close(grads(out, [base], dout), grads(expected, [base64], dout), dtype, names=["dbase"])
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck_cuda():
+    q, k, v = make_qkv(2, 2, 9, 12, 64, torch.float16, torch.device("cuda"), layout="bnhd")
+    mask = make_padding(2, 12, torch.device("cuda"))
+    torch.library.opcheck(attention_op.attention_fwd, (q, k, v, mask, True, 0.125, "bnhd", "cuda"))

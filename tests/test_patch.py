@@ -1,0 +1,243 @@
+"""vtkernels.optimize: fused modules swapped into HF transformers (ViT, CLIP, Swin) and timm models
+in place; counts in the report; outputs and gradients within tolerance of the original model; the
+fused path is really taken (calls counted), and masks it cannot express fall back exactly."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import vtkernels
+from vtkernels.testing import assert_close, grads, rel_error
+
+from model_configs import exact_fp32  # noqa: F401 - autouse fixture
+from model_configs import DEPTH, IMAGE, PATCH, hf_clip, hf_vit, needs_transformers_5, perturb_, token_ids
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts the calls that reach vtkernels.attention / patch_embed / window_attention."""
+    counts = {"attention": 0, "patch_embed": 0, "window_attention": 0}
+    for name in counts:
+        original = getattr(vtkernels, name)
+
+        def counting(*args, _name=name, _original=original, **kwargs):
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(vtkernels, name, counting)
+    return counts
+
+
+def _optimized(model, **kwargs):
+    return vtkernels.optimize(copy.deepcopy(model), backend="triton", return_report=True, **kwargs)
+
+
+@needs_transformers_5
+def test_hf_vit_forward_and_backward(fused_calls, device):
+    hf = hf_vit().to(device)
+    fused, report = _optimized(hf)
+    assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1}
+    assert fused.vtkernels_report is report and report.total == 3 * DEPTH + 2
+    assert isinstance(fused.vit.layers[0].layernorm_before, vtkernels.nn.LayerNorm)
+    images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
+    out = fused(images).logits
+    assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0}
+    expected = hf(images).logits
+    assert_close(out, expected, torch.float32, names=["logits"])
+    cotangent = torch.randn_like(out)
+    names = [name for name, _ in fused.named_parameters()]
+    assert names == [name for name, _ in hf.named_parameters()]  # same parameters, same names
+    ours, theirs = grads(out, list(fused.parameters()), cotangent), grads(expected, list(hf.parameters()), cotangent)
+    # the key bias cancels in the softmax: its gradient is rounding noise on both sides
+    kept = [i for i, name in enumerate(names) if not name.endswith("k_proj.bias")]
+    assert_close([ours[i] for i in kept], [theirs[i] for i in kept], torch.float32, tol=2e-5,
+                 names=[names[i] for i in kept])
+
+
+@needs_transformers_5
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("padding", [False, True])
+def test_hf_clip(fused_calls, attn_implementation, padding, device):
+    hf = hf_clip(attn_implementation=attn_implementation).to(device)
+    fused, report = _optimized(hf)
+    # vision: 2 per layer + pre + post; text: 2 per layer + final
+    assert report.replaced == {"LayerNorm": 4 * DEPTH + 3, "Attention": 2 * DEPTH, "PatchEmbed": 1}
+    images = torch.randn(3, 3, IMAGE, IMAGE, device=device)
+    ids, mask = (t.to(device) for t in token_ids(3))
+    mask = mask if padding else None
+    with torch.no_grad():
+        out = fused(input_ids=ids, pixel_values=images, attention_mask=mask)
+        expected = hf(input_ids=ids, pixel_values=images, attention_mask=mask)
+    # the causal (+ padding) masks are taken by the op: no fallback
+    assert fused_calls == {"attention": 2 * DEPTH, "patch_embed": 1, "window_attention": 0}
+    assert_close([out.logits_per_image, out.text_model_output.last_hidden_state],
+                 [expected.logits_per_image, expected.text_model_output.last_hidden_state], torch.float32,
+                 names=["logits_per_image", "text last_hidden_state"])
+
+
+@needs_transformers_5
+def test_mask_the_op_cannot_express_falls_back(fused_calls, device):
+    hf = hf_clip(attn_implementation="eager").to(device)
+    fused, _ = _optimized(hf)
+    attention = fused.text_model.encoder.layers[0].self_attn
+    x = torch.randn(2, 5, attention.embed_dim, device=device)
+    mask = torch.zeros(2, 1, 5, 5, device=device)
+    mask[0, 0, 2, 1] = torch.finfo(torch.float32).min  # one query blind to one key: not causal + padding
+    with torch.no_grad():
+        out, _ = attention(x, mask)
+        expected, _ = hf.text_model.encoder.layers[0].self_attn(x, mask)
+    assert fused_calls["attention"] == 0
+    assert rel_error(out, expected) < 1e-6
+
+
+def _tiny_swin(image: int = IMAGE + 4, window: int = 4):
+    from transformers import SwinConfig, SwinForImageClassification
+
+    config = SwinConfig(image_size=image, patch_size=4, embed_dim=32, depths=[2, 2], num_heads=[1, 2],
+                        window_size=window, num_labels=5)
+    return perturb_(SwinForImageClassification(config)).eval()
+
+
+@needs_transformers_5
+@pytest.mark.parametrize("image, window", [(IMAGE, 4), (IMAGE + 4, 4), (IMAGE, 3)])  # padded maps: 9x9, 8x8/3
+def test_hf_swin_norms_and_window_attention(fused_calls, image, window, device):
+    """Shifted windows, padding (map not a multiple of the window) and the shrink rule (stage 2: 4x4)."""
+    hf = _tiny_swin(image, window).to(device)
+    norms = sum(type(m) is nn.LayerNorm for m in hf.modules())
+    fused, report = _optimized(hf)
+    assert report.replaced == {"LayerNorm": norms, "WindowAttention": 4}
+    images = torch.randn(2, 3, image, image, device=device)
+    out = fused(images).logits
+    assert fused_calls["window_attention"] == 4
+    expected = hf(images).logits
+    assert_close(out, expected, torch.float32)
+    cotangent = torch.randn_like(out)
+    ours, theirs = grads(out, list(fused.parameters()), cotangent), grads(expected, list(hf.parameters()), cotangent)
+    names = [name for name, _ in hf.named_parameters()]
+    kept = [i for i, name in enumerate(names) if not name.endswith("k_proj.bias")]  # cancels in the softmax
+    tables = [i for i in kept if name_is_table(names[i])]
+    others = [i for i in kept if i not in tables]
+    assert_close([ours[i] for i in others], [theirs[i] for i in others], torch.float32, tol=2e-5,
+                 names=[names[i] for i in others])
+    # The bias-table gradient sums dS over every window and row, where most of it cancels (its norm
+    # is ~1e-2 of the dS it sums): the kernel's fp32 rounding (tf32x3 dots for windows <= 64
+    # tokens) shows up ~1e-4 relative there, HF's plain fp32 ~4e-7.
+    # TODO(window_attention): back to 2e-5 once the table gradient is accumulated more precisely.
+    assert_close([ours[i] for i in tables], [theirs[i] for i in tables], torch.float32, tol=5e-4,
+                 names=[names[i] for i in tables])
+
+
+def name_is_table(name: str) -> bool:
+    return name.endswith("relative_position_bias_table")
+
+
+@needs_transformers_5
+@pytest.mark.parametrize("name", ["vit", "clip", "swin"])
+def test_autocast_bf16(name, device):
+    """fp32 weights under bf16 autocast (fused on the GPU; the CPU has no bf16 interpreter: reference)."""
+    images = torch.randn(3, 3, IMAGE, IMAGE, device=device)
+    ids, mask = (t.to(device) for t in token_ids(3))
+    model, run = {
+        "vit": (hf_vit, lambda m: m(images).logits),
+        "clip": (hf_clip, lambda m: m(input_ids=ids, pixel_values=images, attention_mask=mask).logits_per_image),
+        "swin": (_tiny_swin, lambda m: m(torch.nn.functional.pad(images, (0, 4, 0, 4))).logits),
+    }[name]
+    model = model().to(device)
+    fused = vtkernels.optimize(copy.deepcopy(model), backend=None if device.type == "cuda" else "reference")
+    with torch.no_grad():
+        expected = run(model)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out, peer = run(fused), run(model)
+    assert out.dtype == torch.bfloat16
+    assert rel_error(out, expected) < max(3 * rel_error(peer, expected), 1e-2)
+
+
+@needs_transformers_5
+def test_idempotent_and_selective():
+    hf = hf_vit()
+    fused, first = _optimized(hf, attention=False)
+    assert first["Attention"] == 0 and first["LayerNorm"] == 2 * DEPTH + 1
+    second = vtkernels.optimize(fused, return_report=True)[1]
+    assert second.replaced == {"Attention": DEPTH}  # norms and patch embedding were already fused
+    assert vtkernels.optimize(fused, return_report=True)[1].total == 0
+    assert "Attention: 2" in str(second)
+
+
+def test_channels_first_norm_subclass_is_left_alone():
+    class LayerNorm2d(nn.LayerNorm):  # like timm's: normalizes dim 1 of NCHW
+        def forward(self, x):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    model = nn.Sequential(LayerNorm2d(8), nn.LayerNorm(8))
+    report = vtkernels.optimize(model, return_report=True)[1]
+    assert report.replaced == {"LayerNorm": 1}
+    assert type(model[0]) is LayerNorm2d and isinstance(model[1], vtkernels.nn.LayerNorm)
+
+
+@needs_transformers_5
+def test_patched_embeddings_fall_back_for_special_calls(fused_calls, device):
+    hf = hf_vit().to(device)
+    fused, _ = _optimized(hf)
+    images = torch.randn(1, 3, IMAGE + PATCH, IMAGE + PATCH, device=device)
+    with torch.no_grad():
+        out = fused(images, interpolate_pos_encoding=True).logits
+        expected = hf(images, interpolate_pos_encoding=True).logits
+    assert fused_calls["patch_embed"] == 0
+    assert rel_error(out, expected) < 1e-5
+
+
+@needs_transformers_5
+def test_compiled_optimized_model(device):
+    hf = hf_vit().to(device)
+    fused, _ = _optimized(hf)
+    images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
+    compiled = torch.compile(fused, backend="aot_eager")
+    with torch.no_grad():
+        assert rel_error(compiled(images).logits, hf(images).logits) < 1e-5
+
+
+# --- timm (GPU machine: timm is importable there) -------------------------------------------------
+
+def test_timm_vit(fused_calls, device):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=IMAGE, patch_size=PATCH,
+                              embed_dim=64, depth=DEPTH, num_heads=2, num_classes=5)
+    model = perturb_(model).eval().to(device)
+    fused, report = _optimized(model)
+    assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1}
+    images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
+    out = fused(images)
+    assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0}
+    expected = model(images)
+    assert_close(out, expected, torch.float32)
+    cotangent = torch.randn_like(out)
+    assert_close(grads(out, list(fused.parameters()), cotangent), grads(expected, list(model.parameters()), cotangent),
+                 torch.float32, tol=2e-5)
+
+
+@needs_transformers_5
+@pytest.mark.gpu
+def test_hf_vit_bf16_on_gpu():
+    hf = hf_vit(hidden_size=256, num_attention_heads=4, intermediate_size=512).cuda().bfloat16()
+    fused = vtkernels.optimize(copy.deepcopy(hf))
+    reference = copy.deepcopy(hf).double()
+    images = torch.randn(4, 3, IMAGE, IMAGE, device="cuda")
+    with torch.no_grad():
+        assert_close(fused(images.bfloat16()).logits, reference(images.double()).logits, torch.bfloat16,
+                     same_dtype_ref=hf(images.bfloat16()).logits)
+
+
+@needs_transformers_5
+def test_unknown_tensor_arguments_fall_back(fused_calls):
+    """transformers 4.x passes CLIP's causal mask as ``causal_attention_mask``: never ignore it."""
+    hf = hf_clip(attn_implementation="eager")
+    fused, _ = _optimized(hf)
+    attention = fused.text_model.encoder.layers[0].self_attn
+    x = torch.randn(2, 5, attention.embed_dim)
+    causal = torch.full((5, 5), torch.finfo(torch.float32).min).triu(1)[None, None].expand(2, 1, 5, 5)
+    calls = []
+    attention._vtkernels_original_forward = lambda *args, **kwargs: calls.append(kwargs) or (x, None)
+    attention(x, None, causal_attention_mask=causal)
+    assert fused_calls["attention"] == 0 and "causal_attention_mask" in calls[0]

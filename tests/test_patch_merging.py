@@ -1,0 +1,124 @@
+"""Swin patch merging (2x2 gather + LayerNorm(4C)): reference vs HF, Triton vs the float64
+reference (forward, dx, dweight, dbias), custom ops, torch.compile, module, bad input."""
+
+import pytest
+import torch
+
+import vtkernels
+from vtkernels.reference import window_attention as ref
+from vtkernels.testing import assert_close, grads, upcast
+
+CPU_DTYPES = [torch.float32, torch.float16]
+GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SHAPES = [(2, 8, 6, 24), (1, 7, 9, 32), (3, 5, 5, 20), (1, 1, 1, 16)]
+
+
+def make_inputs(shape, dtype, device, affine=True):
+    x = (torch.randn(*shape, device=device) * 2 + 0.5).to(dtype).requires_grad_()
+    c4 = 4 * shape[-1]
+    w = torch.randn(c4, device=device).to(dtype).requires_grad_() if affine else None
+    b = torch.randn(c4, device=device).to(dtype).requires_grad_() if affine else None
+    return x, w, b
+
+
+def check_against_reference(shape, dtype, device, backend, affine=True, transform=None):
+    x, w, b = make_inputs(shape, dtype, device, affine)
+    used = transform(x) if transform else x
+    out = vtkernels.patch_merging_norm(used, w, b, 1e-5, backend=backend)
+    cot = torch.randn_like(out)
+    ours = grads(out, [x, w, b], cot)
+    x64, w64, b64 = upcast(x, w, b)
+    out64 = vtkernels.patch_merging_norm(transform(x64) if transform else x64, w64, b64, 1e-5, backend="reference")
+    expected = grads(out64, [x64, w64, b64], cot)
+    peer = vtkernels.patch_merging_norm(used.detach(), w if w is None else w.detach(), b if b is None else b.detach(),
+                                        1e-5, backend="reference")
+    assert_close(out, out64, dtype, names=["y"], same_dtype_ref=peer)
+    kept = [i for i, t in enumerate([x, w, b]) if t is not None]
+    assert_close([ours[i] for i in kept], [expected[i] for i in kept], dtype,
+                 names=[["dx", "dweight", "dbias"][i] for i in kept], tol=None if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("height, width", [(8, 6), (7, 9)])
+def test_reference_gather_matches_hf(height, width):
+    pytest.importorskip("transformers")
+    from transformers.models.swin.modeling_swin import SwinPatchMerging
+
+    hf = SwinPatchMerging(16).double()
+    torch.nn.init.normal_(hf.norm.weight)
+    torch.nn.init.normal_(hf.norm.bias)
+    x = torch.randn(2, height, width, 16, dtype=torch.float64)
+    expected = hf(x.view(2, -1, 16), (height, width))
+    ours = vtkernels.patch_merging_norm(x, hf.norm.weight, hf.norm.bias, hf.norm.eps, backend="reference")
+    got = hf.reduction(ours).view(2, -1, 32)
+    assert torch.allclose(got, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_triton_matches_reference(shape, dtype, device):
+    check_against_reference(shape, dtype, device, "triton")
+
+
+def test_triton_without_affine_and_non_contiguous(device):
+    check_against_reference((2, 6, 7, 24), torch.float32, device, "triton", affine=False)
+    check_against_reference((2, 6, 7, 24), torch.float32, device, "triton",
+                            transform=lambda t: t.transpose(1, 2).contiguous().transpose(1, 2))
+
+
+def test_empty_batch(device):
+    x, w, b = make_inputs((0, 6, 6, 16), torch.float32, device)
+    out = vtkernels.patch_merging_norm(x, w, b, backend="triton")
+    assert out.shape == (0, 3, 3, 64)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(8, 56, 56, 96), (8, 28, 28, 192), (4, 14, 14, 384), (2, 7, 7, 512)])
+def test_gpu_triton_matches_reference(shape, dtype):
+    check_against_reference(shape, dtype, torch.device("cuda"), "triton")
+
+
+@pytest.mark.gpu
+def test_gpu_weight_grad_is_deterministic():
+    x, w, b = make_inputs((16, 56, 56, 96), torch.bfloat16, torch.device("cuda"))
+    cot = torch.randn(16, 28, 28, 384, device="cuda", dtype=torch.bfloat16)
+    first = torch.autograd.grad(vtkernels.patch_merging_norm(x, w, b, backend="triton"), [x, w, b], cot)
+    second = torch.autograd.grad(vtkernels.patch_merging_norm(x, w, b, backend="triton"), [x, w, b], cot)
+    for a, c in zip(first, second):
+        assert torch.equal(a, c)
+
+
+def test_opcheck_patch_merging_ops(device):
+    x, w, b = make_inputs((2, 5, 6, 8), torch.float32, device)
+    torch.library.opcheck(torch.ops.vtkernels.patch_merging_norm_fwd.default, (x, w, b, 1e-5, "triton"))
+    torch.library.opcheck(torch.ops.vtkernels.patch_merging_norm_fwd.default, (x, None, None, 1e-5, "triton"))
+    y, mean, rstd = torch.ops.vtkernels.patch_merging_norm_fwd(x.detach(), w.detach(), b.detach(), 1e-5, "triton")
+    torch.library.opcheck(torch.ops.vtkernels.patch_merging_norm_bwd.default,
+                          (torch.randn_like(y), x.detach(), w.detach(), mean, rstd, True, "triton"))
+
+
+def test_module_state_dict_and_compile(device):
+    ours = vtkernels.nn.PatchMerging(16, backend="triton").to(device)
+    assert set(ours.state_dict()) == {"norm.weight", "norm.bias", "reduction.weight"}
+    x = torch.randn(2, 7, 6, 16, device=device, requires_grad=True)
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    expected = ours.reduction(ref.patch_merging_norm(x, ours.norm.weight, ours.norm.bias, 1e-5))
+    assert out.shape == (2, 4, 3, 32)
+    assert_close(out, expected.double(), torch.float32)
+    assert x.grad is not None and ours.norm.weight.grad is not None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(weight=torch.randn(63)), "weight"),
+    (dict(x=torch.randn(4, 4, 16)), "x"),
+    (dict(eps=0.0), "eps"),
+    (dict(bias=torch.randn(64).double()), "bias"),
+])
+def test_bad_input_names_the_argument(kwargs, match):
+    x = kwargs.get("x", torch.randn(1, 4, 4, 16))
+    with pytest.raises((ValueError, TypeError), match=match):
+        vtkernels.patch_merging_norm(x, kwargs.get("weight"), kwargs.get("bias"), kwargs.get("eps", 1e-5))

@@ -1,0 +1,377 @@
+"""Swin window attention: reference vs HF transformers and timm's mask procedure, kernels vs the
+float64 reference (forward, d qkv, d bias table, d pad_qkv), custom ops, torch.compile, modules,
+dispatch and bad input. Patch merging lives in test_patch_merging.py."""
+
+import pytest
+import torch
+
+import vtkernels
+from vtkernels.reference import window_attention as ref
+from vtkernels.testing import assert_close, grads, upcast
+
+HAS_CUDA = torch.cuda.is_available()
+CPU_DTYPES = [torch.float32, torch.float16]
+GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+# (B, H, W, heads, head_dim, window, shift, pad_first, with pad_qkv)
+CASES = [
+    (2, 14, 14, 2, 32, 7, 3, False, False),   # shifted, 4 windows, 2 per program
+    (1, 14, 21, 1, 32, 7, 0, False, False),   # unshifted, odd number of windows
+    (1, 9, 11, 2, 16, 7, 3, False, True),     # odd map: padding, timm order (roll, pad)
+    (1, 9, 11, 2, 16, 7, 3, True, True),      # odd map: HF order (pad, roll)
+    (1, 5, 9, 2, 16, 7, 3, False, True),      # window larger than the map: shrinks to 5, unshifted
+    (1, 24, 24, 1, 32, 12, 6, False, False),  # window 12 (144 tokens, query chunks)
+    (1, 14, 14, 1, 64, 7, 3, False, False),   # head_dim 64
+    (1, 27, 14, 1, 16, 7, 3, False, True),    # 4 window pairs: backward loops 3 per program, ragged end
+]
+
+
+def make_inputs(b, h, w, heads, head_dim, window, with_pad, dtype, device):
+    c = heads * head_dim
+    qkv = torch.randn(b, h, w, 3 * c, device=device).to(dtype).requires_grad_()
+    table = torch.randn((2 * window - 1) ** 2, heads, device=device).to(dtype).requires_grad_()
+    pad = torch.randn(3 * c, device=device).to(dtype).requires_grad_() if with_pad else None
+    return qkv, table, pad
+
+
+def check_against_reference(case, dtype, device, backend, mask_value=-100.0, qkv_transform=None, cot_scale=1.0):
+    b, h, w, heads, head_dim, window, shift, pad_first, with_pad = case
+    qkv, table, pad = make_inputs(b, h, w, heads, head_dim, window, with_pad, dtype, device)
+    inputs = [qkv, table, pad]
+    used = qkv_transform(qkv) if qkv_transform else qkv
+
+    def run(q, t, p, which):
+        return vtkernels.window_attention(q, t, heads, window, shift, None, mask_value, which, pad_qkv=p,
+                                          pad_first=pad_first)
+
+    out = run(used, table, pad, backend)
+    cot = torch.randn_like(out) * cot_scale
+    ours = grads(out, inputs, cot)
+    q64, t64, p64 = upcast(*inputs)
+    out64 = run(qkv_transform(q64) if qkv_transform else q64, t64, p64, "reference")
+    expected = grads(out64, [q64, t64, p64], cot)
+    peer = run(used.detach(), table.detach(), None if pad is None else pad.detach(), "reference")
+    assert_close(out, out64, dtype, names=["out"], same_dtype_ref=peer)
+    kept = [i for i, t in enumerate(inputs) if t is not None]
+    tol = None if dtype == torch.float32 else 2e-2
+    assert_close([ours[i] for i in kept], [expected[i] for i in kept], dtype,
+                 names=[["dqkv", "dtable", "dpad_qkv"][i] for i in kept], tol=tol)
+
+
+# --- the reference against HF transformers and timm's procedure ---------------------------------
+
+def _hf_layer(dim, heads, window, resolution, shift):
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.swin.modeling_swin import SwinLayer
+
+    config = transformers.SwinConfig(embed_dim=dim, window_size=window, num_heads=[heads], depths=[1])
+    layer = SwinLayer(config, dim, resolution, heads, shift_size=shift).double().eval()
+    with torch.no_grad():
+        layer.attention.relative_position_bias.relative_position_bias_table.normal_()
+    return layer
+
+
+@pytest.mark.parametrize("height, width, shift", [(14, 14, 3), (14, 14, 0), (9, 11, 3), (7, 10, 3), (10, 7, 0)])
+def test_reference_matches_hf_swin_layer(height, width, shift):
+    dim, heads, window = 24, 3, 7
+    layer = _hf_layer(dim, heads, window, (height, width), shift)
+    x = torch.randn(2, height * width, dim, dtype=torch.float64)
+    expected = layer(x, (height, width))[0]
+    attn = layer.attention
+    qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+    qkv_bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+    h = torch.nn.functional.linear(layer.layernorm_before(x).view(2, height, width, dim), qkv, qkv_bias)
+    table = attn.relative_position_bias.relative_position_bias_table
+    o = ref.window_attention(h, table, heads, window, shift, pad_qkv=qkv_bias, pad_first=True)
+    y = x + attn.o_proj(o).view_as(x)
+    y = y + layer.mlp(layer.layernorm_after(y))
+    # HF's eager softmax runs in float32, hence the bound.
+    assert (y - expected).abs().max().item() < 1e-6
+
+
+def _timm_shift_mask(height_pad, width_pad, window, shift):
+    """timm's SwinTransformerBlock.get_attn_mask, transcribed (slice loop)."""
+    img = torch.zeros(1, height_pad, width_pad, 1)
+    cnt = 0
+    for hs in ((0, -window), (-window, -shift), (-shift, None)):
+        for ws in ((0, -window), (-window, -shift), (-shift, None)):
+            img[:, hs[0]:hs[1], ws[0]:ws[1], :] = cnt
+            cnt += 1
+    windows = ref.window_partition(img, window).view(-1, window * window)
+    mask = windows.unsqueeze(1) - windows.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
+@pytest.mark.parametrize("height_pad, width_pad, window, shift", [(14, 14, 7, 3), (28, 21, 7, 3), (24, 24, 12, 6)])
+def test_reference_shift_mask_matches_timm(height_pad, width_pad, window, shift):
+    assert torch.equal(ref.shift_mask(height_pad, width_pad, window, shift), _timm_shift_mask(height_pad, width_pad, window, shift))
+
+
+def test_reference_relative_position_index_matches_hf():
+    pytest.importorskip("transformers")
+    from transformers.models.swin.modeling_swin import SwinRelativePositionBias
+
+    hf = SwinRelativePositionBias(2, (7, 7))
+    assert torch.equal(ref.relative_position_index(7).flatten(), hf.relative_position_index)
+
+
+# --- kernels vs the float64 reference ------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:7])) + ("-hf" if c[7] else "") + ("-pad" if c[8] else ""))
+def test_triton_matches_reference(case, dtype, device):
+    check_against_reference(case, dtype, device, "triton")
+
+
+def test_triton_hard_mask(device):
+    check_against_reference(CASES[0], torch.float32, device, "triton", mask_value=float("-inf"))
+
+
+def test_triton_tiny_gradients_keep_their_precision(device):
+    # A deep network's gradients can be ~1e-7: the on-chip bias fold must not underflow them.
+    check_against_reference(CASES[2], torch.float32, device, "triton", cot_scale=1e-7)
+
+
+def test_triton_non_contiguous_qkv(device):
+    # qkv as a channel slice of a wider tensor, and with H and W strides swapped.
+    check_against_reference(CASES[2], torch.float32, device, "triton", qkv_transform=lambda t: torch.cat([t, t], -1)[..., : t.shape[-1]])
+    check_against_reference(CASES[0], torch.float32, device, "triton",
+                            qkv_transform=lambda t: t.transpose(1, 2).contiguous().transpose(1, 2))
+
+
+def test_empty_batch(device):
+    qkv, table, _ = make_inputs(0, 14, 14, 2, 16, 7, False, torch.float32, device)
+    out = vtkernels.window_attention(qkv, table, 2, 7, 3, backend="triton")
+    assert out.shape == (0, 14, 14, 32)
+    out.sum().backward()
+    assert qkv.grad.shape == qkv.shape and torch.count_nonzero(table.grad) == 0
+
+
+def test_padding_without_pad_qkv_means_zero_tokens(device):
+    qkv, table, _ = make_inputs(1, 9, 11, 2, 16, 7, False, torch.float32, device)
+    zeros = torch.zeros(qkv.shape[-1], device=device)
+    a = vtkernels.window_attention(qkv, table, 2, 7, 3, backend="triton")
+    b = vtkernels.window_attention(qkv, table, 2, 7, 3, backend="reference", pad_qkv=zeros)
+    assert_close(a, b.double(), torch.float32)
+
+
+# --- GPU -----------------------------------------------------------------------------------------
+
+SWIN_STAGES = [  # (B, H, W, heads, window): Swin-T stages at 224, Swin-B stage 1 at 384 (window 12)
+    (4, 56, 56, 3, 7), (4, 28, 28, 6, 7), (4, 14, 14, 12, 7), (4, 7, 7, 24, 7), (2, 96, 96, 4, 12),
+]
+
+
+def _cuda_takes(window, head_dim):
+    return window * window <= 144 and head_dim <= 64
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_gpu_kernels_match_reference(case, dtype, backend):
+    if backend == "cuda" and not _cuda_takes(case[5], case[4]):
+        pytest.skip("the CUDA kernel takes windows of <= 144 tokens")
+    check_against_reference(case, dtype, torch.device("cuda"), backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("stage", SWIN_STAGES)
+def test_gpu_swin_stage_shapes(stage, dtype, backend):
+    b, h, w, heads, window = stage
+    if backend == "cuda" and not _cuda_takes(window, 32):
+        pytest.skip("the CUDA kernel takes windows of <= 144 tokens")
+    check_against_reference((b, h, w, heads, 32, window, window // 2, False, False), dtype, torch.device("cuda"), backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # fp16 itself cannot hold 1e-7 gradients
+def test_gpu_tiny_gradients_keep_their_precision(dtype, backend):
+    check_against_reference(CASES[2], dtype, torch.device("cuda"), backend, cot_scale=1e-7)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_refuses_big_windows_with_a_reason():
+    qkv, table, _ = make_inputs(1, 26, 26, 1, 32, 13, False, torch.float16, torch.device("cuda"))
+    with pytest.raises(vtkernels.BackendError, match="144"):
+        vtkernels.window_attention(qkv, table, 1, 13, 6, backend="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_table_grad_is_deterministic(backend):
+    qkv, table, pad = make_inputs(8, 57, 57, 3, 32, 7, True, torch.bfloat16, torch.device("cuda"))
+    cot = torch.randn(8, 57, 57, 96, device="cuda", dtype=torch.bfloat16)
+    results = []
+    for _ in range(2):
+        out = vtkernels.window_attention(qkv, table, 3, 7, 3, backend=backend, pad_qkv=pad)
+        results.append(torch.autograd.grad(out, [qkv, table, pad], cot))
+    for first, second in zip(*results):
+        assert torch.equal(first, second)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_cuda_graph_capture(backend):
+    qkv, table, _ = make_inputs(2, 28, 28, 6, 32, 7, False, torch.bfloat16, torch.device("cuda"))
+    qkv, table = qkv.detach(), table.detach()
+    expected = vtkernels.window_attention(qkv, table, 6, 7, 3, backend=backend)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = vtkernels.window_attention(qkv, table, 6, 7, 3, backend=backend)
+    qkv.copy_(torch.randn_like(qkv))
+    graph.replay()
+    assert_close(out, vtkernels.window_attention(qkv, table, 6, 7, 3, backend="reference").double(), torch.bfloat16)
+    assert not torch.equal(out, expected)
+
+
+# --- registration, compile, modules ------------------------------------------------------------
+
+def test_opcheck_window_attention_ops(device):
+    qkv, table, pad = make_inputs(1, 9, 11, 2, 16, 7, True, torch.float32, device)
+    args = (2, 7, 7, 3, 0.25, -100.0, False, "triton")
+    torch.library.opcheck(torch.ops.vtkernels.window_attention_fwd.default, (qkv, table, pad, *args))
+    torch.library.opcheck(torch.ops.vtkernels.window_attention_fwd.default, (qkv, table, None, *args))
+    dout = torch.randn(1, 9, 11, 32, device=device)
+    torch.library.opcheck(torch.ops.vtkernels.window_attention_bwd.default,
+                          (dout, qkv.detach(), table.detach(), pad.detach(), *args))
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck_cuda_backend():
+    qkv, table, pad = make_inputs(1, 9, 11, 2, 16, 7, True, torch.float32, torch.device("cuda"))
+    args = (2, 7, 7, 3, 0.25, -100.0, False, "cuda")
+    torch.library.opcheck(torch.ops.vtkernels.window_attention_fwd.default, (qkv, table, pad, *args))
+    dout = torch.randn(1, 9, 11, 32, device="cuda")
+    torch.library.opcheck(torch.ops.vtkernels.window_attention_bwd.default,
+                          (dout, qkv.detach(), table.detach(), pad.detach(), *args))
+
+
+def test_torch_compile_fullgraph_has_no_graph_break(device):
+    block = vtkernels.nn.WindowAttention(32, 2, window_size=7, shift_size=3, backend="triton").to(device)
+    x = torch.randn(2, 9, 14, 32, device=device, requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    assert torch.allclose(out, block(x), atol=1e-5)
+    assert x.grad is not None and block.relative_position_bias_table.grad is not None
+
+
+@pytest.mark.parametrize("height, width, shift", [(14, 14, 3), (9, 11, 3)])
+def test_window_attention_module_from_hf_matches_hf(height, width, shift, device):
+    dim, heads, window = 32, 2, 7
+    layer = _hf_layer(dim, heads, window, (height, width), shift).float()
+    hf_attn = layer.attention
+    ours = vtkernels.nn.WindowAttention.from_hf(hf_attn, shift_size=shift, backend="triton").to(device)
+    assert set(ours.state_dict()) == {"relative_position_bias_table", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}
+    x = torch.randn(2, height, width, dim)
+    # HF's attention path of SwinLayer: pad, roll, partition, attention, reverse, roll back, crop.
+    layer.layernorm_before = torch.nn.Identity()
+    layer.mlp = _ZeroMlp()
+    expected = layer(x.view(2, -1, dim), (height, width))[0] - x.view(2, -1, dim)
+    out = ours(x.to(device)).cpu().view(2, -1, dim)
+    assert_close(out, expected.double(), torch.float32, tol=1e-5)
+
+
+@pytest.mark.parametrize("height, width, shift", [(14, 14, 3), (9, 11, 3), (7, 7, 3)])
+def test_hf_swin_layer_is_drop_in(height, width, shift, device):
+    dim, heads, window = 32, 2, 7
+    theirs = _hf_layer(dim, heads, window, (height, width), shift).float()
+    ours = vtkernels.nn.HFSwinLayer(theirs.attention.config, dim, (height, width), heads, shift_size=shift,
+                                    backend="triton")
+    ours.load_state_dict(theirs.state_dict())
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    x = torch.randn(2, height * width, dim)
+    expected = theirs(x, (height, width))[0]
+    got = ours.to(device)(x.to(device), (height, width))[0].cpu()
+    assert_close(got, expected.double(), torch.float32, tol=1e-5)
+
+
+class _ZeroMlp(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+def test_swin_block_state_dict_is_timms():
+    block = vtkernels.nn.SwinTransformerBlock(32, (14, 14), num_heads=2, window_size=7, shift_size=3)
+    keys = set(block.state_dict())
+    assert keys == {"norm1.weight", "norm1.bias", "attn.relative_position_bias_table", "attn.qkv.weight",
+                    "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
+                    "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"}
+    small = vtkernels.nn.SwinTransformerBlock(32, (7, 7), num_heads=2, window_size=7, shift_size=3)
+    assert (small.window_size, small.shift_size) == (7, 0)
+
+
+def test_window_attention_loads_old_timm_state_dicts_with_the_index():
+    ours = vtkernels.nn.WindowAttention(32, 2, window_size=7)
+    state = dict(ours.state_dict(), relative_position_index=ref.relative_position_index(7))
+    ours.load_state_dict(state)
+    with pytest.raises(ValueError, match="relative_position_index"):
+        ours.load_state_dict(dict(state, relative_position_index=ref.relative_position_index(7).flip(0)))
+
+
+def test_swin_block_matches_timm_when_available():
+    timm = pytest.importorskip("timm")
+    from timm.models.swin_transformer import SwinTransformerBlock as TimmBlock
+
+    theirs = TimmBlock(32, (14, 14), num_heads=2, window_size=7, shift_size=3).eval()
+    ours = vtkernels.nn.SwinTransformerBlock(32, (14, 14), num_heads=2, window_size=7, shift_size=3).eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 14, 14, 32)
+    assert_close(ours(x), theirs(x).double(), torch.float32, tol=1e-5)
+    assert timm is not None
+
+
+def test_swin_block_matches_reference_composition(device):
+    block = vtkernels.nn.SwinTransformerBlock(32, (9, 11), num_heads=2, window_size=7, shift_size=3,
+                                              backend="triton").to(device)
+    x = torch.randn(2, 9, 11, 32, device=device)
+    a = block.attn
+    qkv = a.qkv(block.norm1(x))
+    attn = a.proj(ref.window_attention(qkv, a.relative_position_bias_table, 2, 7, 3, pad_qkv=a.qkv.bias))
+    h = x + attn
+    expected = h + block.mlp(block.norm2(h))
+    assert_close(block(x), expected.double(), torch.float32, tol=1e-5)
+
+
+# --- dispatch and bad input ------------------------------------------------------------------------
+
+def test_cpu_tensors_default_to_reference():
+    qkv, table, _ = make_inputs(1, 7, 7, 1, 16, 7, False, torch.float32, "cpu")
+    assert vtkernels.ops.window_attention.dispatcher.choose(torch.device("cpu"), qkv=qkv, rel_pos_table=table,
+                                                            head_dim=16, window=7) == "reference"
+
+
+def test_forcing_cuda_explains_why():
+    qkv, table, _ = make_inputs(1, 7, 7, 1, 16, 7, False, torch.float32, "cpu")
+    with pytest.raises(vtkernels.BackendError, match="cuda"):
+        vtkernels.window_attention(qkv, table, 1, 7, backend="cuda")
+
+
+def test_triton_refuses_bf16_in_the_interpreter():
+    if HAS_CUDA:
+        pytest.skip("interpreter only")
+    qkv, table, _ = make_inputs(1, 7, 7, 1, 16, 7, False, torch.bfloat16, "cpu")
+    with pytest.raises(vtkernels.BackendError, match="interpreter"):
+        vtkernels.window_attention(qkv, table, 1, 7, backend="triton")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(table=torch.randn(168, 2)), "rel_pos_table"),
+    (dict(shift=7), "shift_size"),
+    (dict(heads=5), "num_heads"),
+    (dict(qkv=torch.randn(1, 7, 7, 96).int()), "qkv"),
+    (dict(qkv=torch.randn(7, 7, 96)), "qkv"),
+    (dict(pad=torch.randn(95)), "pad_qkv"),
+    (dict(scale=-1.0), "scale"),
+])
+def test_bad_input_names_the_argument(kwargs, match):
+    qkv = kwargs.get("qkv", torch.randn(1, 7, 7, 96))
+    table = kwargs.get("table", torch.randn(169, 2))
+    with pytest.raises((ValueError, TypeError), match=match):
+        vtkernels.window_attention(qkv, table, kwargs.get("heads", 2), 7, kwargs.get("shift", 0), kwargs.get("scale"),
+                                   pad_qkv=kwargs.get("pad"))

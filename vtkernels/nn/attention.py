@@ -1,0 +1,46 @@
+"""Drop-in multi-head self-attention: the attributes and state_dict of timm's ``Attention``.
+
+``qkv`` (Linear(dim, 3 * dim)) produces (B, N, 3, H, d); q, k and v are its unbound (B, N, H, d)
+views, handed to the fused op with ``layout="bnhd"`` and read in place (no permute, no copy).
+The op returns (B, N, H, d) contiguous, which is (B, N, dim) as a view for ``proj``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from vtkernels.ops.attention import attention
+
+
+class Attention(nn.Module):
+    """timm ``Attention`` (same ``qkv`` / ``proj`` Linear layers and state_dict keys) on the fused op.
+
+    ``causal=True`` gives iGPT / CLIP-text attention. ``forward(x, key_padding_mask)`` takes a
+    bool (B, N) mask, True marking padding tokens to ignore as keys.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, proj_bias: bool = True,
+                 causal: bool = False, backend: Optional[str] = None):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.causal = causal
+        self.backend = backend
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).unbind(2)
+        out = attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask, scale=self.scale,
+                        backend=self.backend, layout="bnhd")
+        return self.proj(out.reshape(batch, tokens, dim))
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}, causal={self.causal}"

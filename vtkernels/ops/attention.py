@@ -1,0 +1,221 @@
+"""Fused scaled dot-product attention: validation, dispatch, autograd, torch.library registration.
+
+Semantics (bottom-right causal alignment, key-padding mask, zeros for a row with no key) are
+those of :mod:`vtkernels.reference.attention`, the spec. The kernel backends run behind two
+custom ops, ``vtkernels::attention_fwd`` (returns the output and the fp32 row logsumexp) and
+``vtkernels::attention_bwd`` (dq, dk, dv from the saved output and logsumexp, never an N x N
+matrix), tied together by ``register_autograd``. The reference backend is plain PyTorch and
+gets its gradients from autograd.
+
+Both layouts are read in place: ``"bnhd"`` tensors (e.g. the unbound output of a fused qkv
+projection, whose sequence stride is 3 * H * d) are handed to the kernels as transposed
+(B, H, N, d) views with their strides. Only a non-unit stride along head_dim forces a copy.
+Outputs and gradients are contiguous in the caller's layout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from vtkernels.backend import OpDispatcher
+from vtkernels.ops import checks
+from vtkernels.reference import attention as reference_attention
+
+LAYOUTS = ("bhnd", "bnhd")
+HEAD_DIMS = (32, 64, 80, 96, 128)
+MAX_BATCH_HEADS = 65535  # the kernels put batch * heads on the grid's y dimension
+
+
+def _kernel_refusals(backend: str, q: Tensor, layout: str, **_) -> list[str]:
+    reasons = checks.dtype_refusals(q, backend)
+    if q.shape[-1] not in HEAD_DIMS:
+        reasons.append(f"head_dim {q.shape[-1]} is not one of {HEAD_DIMS}")
+    if q.shape[0] * q.shape[2 if layout == "bnhd" else 1] > MAX_BATCH_HEADS:
+        reasons.append(f"batch * heads must be <= {MAX_BATCH_HEADS} (one grid row per (batch, head))")
+    return reasons
+
+
+dispatcher = OpDispatcher(
+    "attention",
+    # TODO(bench): order by the measured H100 results once a GPU run lands in benchmarks/results.
+    gpu_preference=("triton", "cuda"),
+    checks={name: (lambda name=name, **call: _kernel_refusals(name, **call)) for name in ("triton", "cuda")},
+)
+
+
+def _bhnd(t: Tensor, layout: str) -> Tensor:
+    """The (B, H, N, d) view of a tensor in ``layout`` (no copy)."""
+    return t.transpose(1, 2) if layout == "bnhd" else t
+
+
+def _kernels(backend: str):
+    if backend == "triton":
+        from vtkernels.triton import attention as triton_attention
+
+        return triton_attention.forward, triton_attention.backward
+    if backend == "cuda":
+        from vtkernels._extension import load_extension
+
+        ext = load_extension()
+        return ext.attention_fwd, ext.attention_bwd
+    raise ValueError(f"attention kernels: unknown backend {backend!r}")
+
+
+def _lse_shape(q: Tensor, layout: str) -> tuple[int, int, int]:
+    batch, heads, n_q, _ = _bhnd(q, layout).shape
+    return batch, heads, n_q
+
+
+@torch.library.custom_op("vtkernels::attention_fwd", mutates_args=())
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], causal: bool,
+                  scale: float, layout: str, backend: str) -> tuple[Tensor, Tensor]:
+    """Returns out (q's shape, contiguous) and lse (B, H, Nq) fp32 (+inf on rows with no key)."""
+    forward, _ = _kernels(backend)
+    # Inputs come in with unit head_dim stride; a compiled graph may relayout them, so check again.
+    q, k, v, key_padding_mask = (_unit_last_stride(t) for t in (q, k, v, key_padding_mask))
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(_lse_shape(q, layout), dtype=torch.float32, device=q.device)
+    forward(_bhnd(q, layout), _bhnd(k, layout), _bhnd(v, layout), key_padding_mask, _bhnd(out, layout), lse,
+            causal, scale)
+    return out, lse
+
+
+@attention_fwd.register_fake
+def _(q, k, v, key_padding_mask, causal, scale, layout, backend):
+    return q.new_empty(q.shape), q.new_empty(_lse_shape(q, layout), dtype=torch.float32)
+
+
+@torch.library.custom_op("vtkernels::attention_bwd", mutates_args=())
+def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                  key_padding_mask: Optional[Tensor], causal: bool, scale: float, layout: str,
+                  backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns dq, dk, dv, each contiguous with the shape of its input."""
+    _, backward = _kernels(backend)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    # With no query at all, no program visits the keys: their gradients are zeros.
+    alloc = torch.zeros if q.numel() == 0 else torch.empty
+    dk = alloc(k.shape, dtype=k.dtype, device=k.device)
+    dv = alloc(v.shape, dtype=v.dtype, device=v.device)
+    dout, q, k, v, out, key_padding_mask = (_unit_last_stride(t) for t in (dout, q, k, v, out, key_padding_mask))
+    bhnd = [_bhnd(t, layout) for t in (dout, q, k, v)]
+    backward(*bhnd, key_padding_mask, _bhnd(out, layout), lse, _bhnd(dq, layout), _bhnd(dk, layout),
+             _bhnd(dv, layout), causal, scale)
+    return dq, dk, dv
+
+
+@attention_bwd.register_fake
+def _(dout, q, k, v, out, lse, key_padding_mask, causal, scale, layout, backend):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_padding_mask, causal, scale, layout, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
+    ctx.causal, ctx.scale, ctx.layout, ctx.backend = causal, scale, layout, backend
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(_unit_last_stride(dout), q, k, v, out, lse, key_padding_mask, ctx.causal,
+                               ctx.scale, ctx.layout, ctx.backend)
+    return dq, dk, dv, None, None, None, None, None
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _unit_last_stride(t: Optional[Tensor]) -> Optional[Tensor]:
+    # The kernels take any batch / head / sequence strides but read head_dim (and the mask's
+    # keys) contiguously.
+    if t is None or t.numel() == 0 or t.stride(-1) == 1:
+        return t
+    return t.contiguous()
+
+
+def _validate(q, k, v, causal, key_padding_mask, scale, layout) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        checks.check_tensor(name, t, ndim=4)
+    checks.check_same_device("q", q, k=k, v=v, key_padding_mask=key_padding_mask)
+    checks.check_same_dtype("q", q, k=k, v=v)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite float or None, got {scale!r}")
+    names = "(B, H, N, head_dim)" if layout == "bhnd" else "(B, N, H, head_dim)"
+    qb, kb = _bhnd(q, layout), _bhnd(k, layout)
+    batch, heads, _, head_dim = qb.shape
+    n_kv = kb.shape[2]
+    if kb.shape[0] != batch or kb.shape[1] != heads or kb.shape[3] != head_dim:
+        raise ValueError(f"k must match q in batch, heads and head_dim (layout {layout!r}: {names}); "
+                         f"got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    checks.check_shape("v", v, tuple(k.shape))
+    if head_dim == 0:
+        raise ValueError(f"q must have a non-empty head_dim, got shape {tuple(q.shape)}")
+    if n_kv == 0:
+        raise ValueError(f"k and v must hold at least one key, got k of shape {tuple(k.shape)}")
+    if key_padding_mask is not None:
+        checks.check_tensor("key_padding_mask", key_padding_mask, dtypes=(torch.bool,), ndim=2)
+        checks.check_shape("key_padding_mask", key_padding_mask, (batch, n_kv))
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
+              scale: Optional[float] = None, backend: Optional[str] = None, layout: str = "bhnd") -> Tensor:
+    """``softmax(q k^T * scale) v``, fused (FlashAttention-2 style: no N x N matrix in memory).
+
+    Args:
+        q, k, v: ``layout="bhnd"``: q (B, H, Nq, d), k and v (B, H, Nkv, d). ``layout="bnhd"``:
+            (B, N, H, d), e.g. ``qkv.view(B, N, 3, H, d).unbind(2)`` read in place. Nq may differ
+            from Nkv (cross-attention, decoding with a KV cache). head_dim 32, 64, 80, 96 or 128 on
+            the kernel backends. fp16 / bf16 fast; fp32 exact (no tf32); softmax in fp32.
+        causal: query ``i`` attends key ``j`` iff ``j <= i + Nkv - Nq`` (aligned bottom-right,
+            so with a KV cache the new queries see the whole cache).
+        key_padding_mask: bool (B, Nkv); True marks a key to ignore (as torch.nn.MultiheadAttention).
+        scale: defaults to ``head_dim ** -0.5``.
+
+    A query row with no key left to attend (all keys padded, or causal with Nq > Nkv) returns
+    zeros (never NaN), and its gradients are zeros. Returns a tensor shaped like q (contiguous from
+    the kernel backends).
+    """
+    _validate(q, k, v, causal, key_padding_mask, scale, layout)
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    chosen = dispatcher.choose(q.device, backend, q=q, layout=layout)
+    if chosen == "reference":
+        return reference_attention.attention(q, k, v, causal, key_padding_mask, scale, layout)
+    q, k, v, key_padding_mask = (_unit_last_stride(t) for t in (q, k, v, key_padding_mask))
+    out, _ = attention_fwd(q, k, v, key_padding_mask, causal, scale, layout, chosen)
+    return out
+
+
+def selfcheck_cases():
+    """Small Triton-vs-reference checks (output, dq, dk, dv) for `python -m vtkernels selfcheck`."""
+    from vtkernels.testing import assert_close, grads, upcast
+
+    def check(n_q, n_kv, head_dim, causal, padded, layout, dtype):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        shape = (lambda n: (2, 3, n, head_dim)) if layout == "bhnd" else (lambda n: (2, n, 3, head_dim))
+        q, k, v = (torch.randn(shape(n), device=device).to(dtype).requires_grad_() for n in (n_q, n_kv, n_kv))
+        mask = None
+        if padded:
+            mask = torch.rand(2, n_kv, device=device) < 0.3
+            mask[0] = True  # a fully padded batch: zeros, never NaN
+        out = attention(q, k, v, causal, mask, backend="triton", layout=layout)
+        ref_inputs = upcast(q, k, v)
+        ref_out = attention(*ref_inputs, causal, mask, backend="reference", layout=layout)
+        assert_close(out, ref_out, dtype, names=["out"])
+        dout = torch.randn_like(ref_out)
+        assert_close(grads(out, [q, k, v], dout), grads(ref_out, ref_inputs, dout), dtype, names=["dq", "dk", "dv"])
+
+    cases = [(49, 49, 64, False, False, "bnhd"), (20, 77, 80, True, True, "bhnd"), (1, 50, 128, False, True, "bnhd"),
+             (33, 17, 32, True, False, "bhnd")]
+    for n_q, n_kv, head_dim, causal, padded, layout in cases:
+        for dtype in (torch.float32, torch.float16):
+            name = (f"{n_q}x{n_kv} d={head_dim}{' causal' if causal else ''}{' padded' if padded else ''} "
+                    f"{layout} {dtype}")
+            yield name, (lambda c=(n_q, n_kv, head_dim, causal, padded, layout, dtype): check(*c))

@@ -1,0 +1,112 @@
+"""Triton GEMM with an fp32 output, for the clip_loss backward's strip products.
+
+``C (+)= alpha * A @ B``: A (m, k) through any strides (the dS strip is read transposed for
+dS^T @ I), B (k, n) and C (m, n) with unit column stride, C fp32 so that products of many
+strips accumulate without rounding to the feature dtype. Few output tiles (dT: W x d) are
+split along K into fp32 partials that are summed afterwards (no atomics).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from vtkernels.backend import triton_interpreter_enabled
+
+
+@triton.jit
+def strip_matmul_kernel(
+    A, B, C, M, N, K, k_per_split, stride_am, stride_ak, stride_bk, stride_cm, stride_csplit, alpha,
+    ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """C[split] (fp32) (+)= alpha * A[:, ks] @ B[ks, :] over the split's K range ``ks`` (split =
+    program_id(1)); alpha is a power of two (exact);
+    B and C have unit column stride, A any strides (the dS strip is also read transposed).
+    Grouped launch order for L2 reuse."""
+    pid = tl.program_id(0)
+    n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    group_size = GROUP_M * n_n
+    first_m = (pid // group_size) * GROUP_M
+    rows_in_group = min(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group_size) % rows_in_group
+    pid_n = (pid % group_size) // rows_in_group
+    # This program's K split: shift the base pointers, then walk k_len columns of A / rows of B.
+    k_start = tl.program_id(1) * k_per_split
+    k_len = min(K - k_start, k_per_split)
+    A += k_start.to(tl.int64) * stride_ak
+    B += k_start.to(tl.int64) * stride_bk
+    C += tl.program_id(1).to(tl.int64) * stride_csplit
+
+    om = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    on = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if ACCUMULATE:  # start from C: cheaper in registers than adding it after the loop
+        acc = tl.load(C + om.to(tl.int64)[:, None] * stride_cm + on[None, :],
+                      mask=(om < M)[:, None] & (on < N)[None, :], other=0.0) / alpha
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # Loads wrap rows / columns around (modulo) instead of masking them; only K is masked.
+    rm = om % M
+    rn = on % N
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = A + rm.to(tl.int64)[:, None] * stride_am + ks[None, :] * stride_ak
+    b_ptrs = B + ks[:, None] * stride_bk + rn[None, :]
+    for k in range(0, k_len, BLOCK_K):
+        a = tl.load(a_ptrs, mask=ks[None, :] < k_len - k, other=0.0)
+        b = tl.load(b_ptrs, mask=ks[:, None] < k_len - k, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    # C pointers are recomputed here rather than kept live (in registers) across the K loop.
+    tl.store(C + om.to(tl.int64)[:, None] * stride_cm + on[None, :], acc * alpha,
+             mask=(om < M)[:, None] & (on < N)[None, :])
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # only fp32 operands read it
+
+
+def launch_config(dtype: torch.dtype = torch.bfloat16, interpret: bool = False) -> dict:
+    if interpret:
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "num_warps": 4}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64 if dtype != torch.float32 else 32, "GROUP_M": 8,
+            "num_warps": 8, "num_stages": 3}
+
+
+def _split_k(programs: int, k: int, block_k: int, device: torch.device) -> int:
+    """K splits so that a GEMM with few output tiles (dT: W x d) still fills the GPU twice over
+    (each split keeps >= 4 K blocks); on the interpreter 2, to exercise the path."""
+    if device.type != "cuda" or triton_interpreter_enabled():
+        return 2
+    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(target, programs), k // (4 * block_k)))
+
+
+def matmul_fp32_out(a, b, c, m, n, k, a_strides, accumulate, dtype, interpret, alpha=1.0):
+    """c (+)= alpha * a @ b; c is fp32 (m, n) with unit column stride; a read through ``a_strides``."""
+    cfg = launch_config(dtype, interpret)
+    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    splits = 1 if accumulate else _split_k(tiles, k, cfg["BLOCK_K"], c.device)
+    per_split = triton.cdiv(triton.cdiv(k, splits), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
+    splits = triton.cdiv(k, per_split)
+    out = c if splits == 1 else torch.empty((splits, m, n), dtype=torch.float32, device=c.device)
+    strides = (out.stride(0), 0) if splits == 1 else (out.stride(1), out.stride(0))
+    strip_matmul_kernel[(tiles, splits)](a, b, out, m, n, k, per_split, *a_strides, b.stride(0), *strides, alpha,
+                                         ACCUMULATE=accumulate, PRECISION=_precision(dtype), **cfg)
+    if splits > 1:
+        torch.sum(out, dim=0, out=c)
+
+
+def aot_configs():
+    """(kernel, signature, constexprs, options) for the sm_90 ahead-of-time compile check."""
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
+        prec = {"PRECISION": _precision(dtype)}
+        mm = launch_config(dtype)
+        opts = {"num_warps": mm.pop("num_warps"), "num_stages": mm.pop("num_stages")}
+        for row_major in (True, False):  # dI += dS @ T (accumulates); dT = dS^T @ I (split-K)
+            sig = {"A": f"*{name}", "B": f"*{name}", "C": "*fp32", "M": "i32", "N": "i32", "K": "i32",
+                   "k_per_split": "i32", "stride_am": "i32", "stride_ak": "i32", "stride_bk": "i32",
+                   "stride_cm": "i32", "stride_csplit": "i32", "alpha": "fp32"}
+            unit = {"stride_ak": 1} if row_major else {"stride_am": 1}
+            yield strip_matmul_kernel, sig, {**unit, "ACCUMULATE": row_major, **mm, **prec}, opts

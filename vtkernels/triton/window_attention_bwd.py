@@ -1,0 +1,233 @@
+"""Triton Swin window attention, backward (layout and index math: see window_attention.py).
+
+A program owns GROUPS consecutive groups of G windows of one (batch, head). Per group it keeps
+K and V on chip, walks the query chunks, recomputes the exact softmax P (whole windows on chip,
+so neither the output nor the row statistics are needed), and produces
+
+    dP = dO V^T,  dS = P * (dP - rowsum(P * dP)),
+    dQ = dS K * scale (stored per chunk),  dK += dS^T Q * scale,  dV += P^T dO (stored per group),
+
+each scattered straight to image order in dqkv: every real token belongs to exactly one window,
+so there are no atomics. The bias-table gradient is deterministic: each program first reduces
+its windows' dS on chip into one (N, N) partial indexed by the two tokens' positions in their
+window (windows over 64 tokens: one partial per window), torch.sum adds the partials over
+batch and programs, and a fixed gather folds (N, N) into the ((2Mt-1)^2, heads) table.
+Padding tokens' dK / dV rows are summed per program into a partial for ``pad_qkv``'s gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from vtkernels.reference.window_attention import relative_position_index
+from vtkernels.triton.window_attention import (
+    Geometry, attention_probs, common_args, common_constexprs, launch_config, load_tokens,
+    window_tokens,
+)
+
+
+@triton.jit
+def store_tokens(DQKV, x, b, src_r, src_c, real, part, h, C, stride_b, stride_h, stride_w,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    d = tl.arange(0, BLOCK_D)
+    col = part * C + h * HEAD_DIM + d
+    offs = b.to(tl.int64) * stride_b + src_r.to(tl.int64)[:, None] * stride_h + src_c[:, None] * stride_w + col[None, :]
+    tl.store(DQKV + offs, x.to(DQKV.dtype.element_ty), mask=real[:, None] & (d < HEAD_DIM)[None, :])
+
+
+@triton.jit
+def fold_dot(x, onehot, EXACT: tl.constexpr):
+    """x @ onehot for fp32 x and an exact 0/1 matrix of bf16 (fp32 in the interpreter, where the
+    split is a no-op), on tensor cores: x = hi + mid (+ lo when EXACT, for fp32 inputs), each in
+    bf16 (fp32's exponent range, so tiny gradients keep their precision), so the products are
+    exact to 16 (24) significant bits."""
+    hi = x.to(onehot.dtype)
+    rest = x - hi.to(tl.float32)
+    mid = rest.to(onehot.dtype)
+    acc = tl.dot(hi, onehot) + tl.dot(mid, onehot)
+    if EXACT:
+        acc += tl.dot((rest - mid.to(tl.float32)).to(onehot.dtype), onehot)
+    return acc
+
+
+@triton.jit
+def window_attn_bwd_kernel(
+    QKV, TABLE, PAD, DOUT, DQKV, DBIAS_PARTIAL, DPAD_PARTIAL,
+    H, W, Hp, Wp, nWw, n_win, heads, C, SH, SW, stride_b, stride_h, stride_w,
+    dout_b, dout_h, dout_w, dqkv_b, dqkv_h, dqkv_w, scale, mask_value,
+    MH: tl.constexpr, MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr, G: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PAD_FIRST: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    GROUPS: tl.constexpr, FOLD: tl.constexpr, NP: tl.constexpr, FOLD_DTYPE: tl.constexpr, FOLD_EXACT: tl.constexpr,
+):
+    """Program (b * heads + h, i) owns window groups [i * GROUPS, (i + 1) * GROUPS) of (b, h).
+
+    FOLD (windows of <= NP = 64 tokens): dS is folded on chip by local token index,
+    acc[p_i, p_j] += sum over rows/cols with those indices (two one-hot dots), over all its
+    windows; one (N, N) partial per program. Otherwise each window's dS block is stored as is.
+    """
+    N: tl.constexpr = MH * MW
+    bh = tl.program_id(0)  # (batch, head) fastest, as in the forward
+    b = bh // heads
+    h = bh % heads
+    program = bh.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    local = tl.arange(0, NP)
+    bias_acc = tl.zeros([NP, NP], dtype=tl.float32)
+    pad_dk = tl.zeros([BLOCK_D], dtype=tl.float32)
+    pad_dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+    for group in range(GROUPS):
+        w0 = tl.program_id(1) * GROUPS + group  # past the last window: every row masked off
+        keys = tl.arange(0, BLOCK_N)
+        k_ok, k_real, k_r, k_c, k_pr, k_pc, k_g, k_region = window_tokens(
+            keys, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
+        k = load_tokens(QKV, PAD, b, k_r, k_c, k_ok, k_real, 1, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, HAS_PAD)
+        v = load_tokens(QKV, PAD, b, k_r, k_c, k_ok, k_real, 2, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, HAS_PAD)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+        for start in range(0, G * N, BLOCK_M):
+            rows = start + tl.arange(0, BLOCK_M)
+            q_ok, q_real, q_r, q_c, q_pr, q_pc, q_g, q_region = window_tokens(
+                rows, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
+            q = load_tokens(QKV, PAD, b, q_r, q_c, q_ok, q_real, 0, h, C, stride_b, stride_h, stride_w, HEAD_DIM,
+                            BLOCK_D, False)
+            # dO of a padding row is 0: timm / HF crop those outputs away.
+            do_offs = (b.to(tl.int64) * dout_b + q_r.to(tl.int64)[:, None] * dout_h + q_c[:, None] * dout_w
+                       + (h * HEAD_DIM + d)[None, :])
+            do = tl.load(DOUT + do_offs, mask=q_real[:, None] & d_ok[None, :], other=0.0).to(v.dtype)
+            p = attention_probs(q, k, TABLE, h, heads, scale, mask_value, q_ok, q_pr, q_pc, q_g, q_region,
+                                k_ok, k_pr, k_pc, k_g, k_region, MHT, MWT, HAS_SHIFT, DOT_PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])  # zero outside each row's own window
+
+            dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION) * scale
+            store_tokens(DQKV, dq, b, q_r, q_c, q_real, 0, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION) * scale
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+
+            if FOLD:
+                key_onehot = (((k_pr * MW + k_pc)[:, None] == local[None, :]) & k_ok[:, None]).to(FOLD_DTYPE)
+                query_onehot = (((q_pr * MW + q_pc)[:, None] == local[None, :]) & q_ok[:, None]).to(FOLD_DTYPE)
+                by_key = fold_dot(ds, key_onehot, FOLD_EXACT)  # (BLOCK_M, NP)
+                bias_acc += fold_dot(tl.trans(by_key), query_onehot, FOLD_EXACT)  # (NP keys, NP queries)
+            else:
+                # Window slot g's (N, N) block of the (B * heads * n_win, N, N) partial.
+                same = (q_g[:, None] == k_g[None, :]) & q_ok[:, None] & k_ok[None, :]
+                pair = (q_g * (N * N) + (q_pr * MW + q_pc) * N)[:, None] + (k_pr * MW + k_pc)[None, :]
+                base = (bh.to(tl.int64) * n_win + w0 * G) * (N * N)
+                tl.store(DBIAS_PARTIAL + base + pair, ds, mask=same)
+
+        store_tokens(DQKV, dk, b, k_r, k_c, k_real, 1, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
+        store_tokens(DQKV, dv, b, k_r, k_c, k_real, 2, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
+        if HAS_PAD:
+            is_pad = (k_ok & (k_real == 0))[:, None]
+            pad_dk += tl.sum(tl.where(is_pad, dk, 0.0), axis=0)
+            pad_dv += tl.sum(tl.where(is_pad, dv, 0.0), axis=0)
+
+    if FOLD:
+        pair = local[None, :] * N + local[:, None]  # bias_acc is transposed: [key p_j, query p_i]
+        tl.store(DBIAS_PARTIAL + program * (N * N) + pair, bias_acc, mask=(local[:, None] < N) & (local[None, :] < N))
+    if HAS_PAD:
+        tl.store(DPAD_PARTIAL + program * 2 * HEAD_DIM + d, pad_dk, mask=d_ok)
+        tl.store(DPAD_PARTIAL + program * 2 * HEAD_DIM + HEAD_DIM + d, pad_dv, mask=d_ok)
+
+
+@functools.lru_cache(maxsize=None)
+def _pairs_by_offset_cpu(window: int, table_window: int) -> torch.Tensor:
+    """(T, N) flat (p * N + q) positions of the token pairs at each table row; N * N pads (a zero slot)."""
+    tokens = window * window
+    rel = relative_position_index(window, table_window).flatten()
+    rows = (2 * table_window - 1) ** 2
+    order = torch.argsort(rel, stable=True)
+    counts = torch.bincount(rel, minlength=rows)
+    starts = torch.cumsum(counts, 0) - counts
+    slots = torch.full((rows, tokens), tokens * tokens, dtype=torch.long)
+    sorted_rows = rel[order]
+    slots[sorted_rows, torch.arange(tokens * tokens) - starts[sorted_rows]] = order
+    return slots
+
+
+_pairs_cache: dict = {}
+
+
+def pairs_by_offset(window: int, table_window: int, device: torch.device) -> torch.Tensor:
+    """Device copy, made once per (window, device), so later calls do no host work."""
+    key = (window, table_window, str(device))
+    if key not in _pairs_cache:
+        _pairs_cache[key] = _pairs_by_offset_cpu(window, table_window).to(device)
+    return _pairs_cache[key]
+
+
+FOLD_MAX_TOKENS = 64
+
+
+def backward_schedule(n_groups: int, batch_heads: int, tokens: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """Window groups per program: enough programs to fill the GPU (about 8 per SM), the rest
+    looped on chip so that the folded bias partials stay few. No folding above 64 tokens."""
+    # The interpreter computes fp32 dots exactly and its bf16 is broken: plain fp32 there.
+    fold_dtype = {"FOLD_DTYPE": tl.bfloat16 if device.type == "cuda" else tl.float32,
+                  "FOLD_EXACT": dtype == torch.float32}
+    if tokens > FOLD_MAX_TOKENS:
+        return {"GROUPS": 1, "FOLD": False, "NP": 16, **fold_dtype}
+    if device.type == "cuda":
+        wanted = max(1, 8 * torch.cuda.get_device_properties(device).multi_processor_count // max(batch_heads, 1))
+        groups = max(1, min(8, n_groups // wanted))
+    else:
+        groups = min(3, n_groups)  # the interpreter: exercise the loop and a ragged last program
+    return {"GROUPS": groups, "FOLD": True, "NP": FOLD_MAX_TOKENS, **fold_dtype}
+
+
+def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, pad_qkv, geo: Geometry, scale: float,
+             mask_value: float, pad_first: bool):
+    """Returns (dqkv (B, H, W, 3C), dtable like table, dpad (3C) or empty)."""
+    batch = qkv.shape[0]
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    cfg = launch_config(geo.tokens, geo.head_dim, backward=True)
+    options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+    n_groups = triton.cdiv(geo.n_windows, cfg["G"])
+    schedule = backward_schedule(n_groups, batch * geo.heads, geo.tokens, qkv.device, qkv.dtype)
+    programs = triton.cdiv(n_groups, schedule["GROUPS"])
+    n_tokens = geo.tokens
+    slabs = programs if schedule["FOLD"] else geo.n_windows  # bias partials per (batch, head)
+    bias_partial = torch.empty(batch * geo.heads * slabs, n_tokens, n_tokens, dtype=torch.float32, device=qkv.device)
+    has_pad = pad_qkv is not None
+    pad_partial = torch.empty((batch * geo.heads * programs, 2, geo.head_dim) if has_pad else (0,), dtype=torch.float32,
+                              device=qkv.device)
+    if dqkv.numel() > 0:
+        window_attn_bwd_kernel[(batch * geo.heads, programs)](
+            qkv, table, pad_qkv, dout, dqkv, bias_partial, pad_partial, *common_args(qkv, geo),
+            dout.stride(0), dout.stride(1), dout.stride(2), dqkv.stride(0), dqkv.stride(1), dqkv.stride(2),
+            scale, mask_value, **common_constexprs(qkv, geo, pad_first, has_pad), **cfg, **schedule, **options,
+        )
+    # Deterministic reductions: fixed-shape sums, then a fixed gather per table row.
+    per_pair = bias_partial.view(batch, geo.heads, slabs, n_tokens * n_tokens).sum((0, 2))
+    per_pair = torch.cat([per_pair, per_pair.new_zeros(geo.heads, 1)], dim=1)
+    dtable = per_pair[:, pairs_by_offset(geo.window, geo.table_window, qkv.device)].sum(-1).t()
+    dtable = dtable.to(table.dtype).contiguous()
+    if not has_pad:
+        return dqkv, dtable, qkv.new_empty(0)
+    dkv = pad_partial.view(batch, geo.heads, programs, 2, geo.head_dim).sum((0, 2)).transpose(0, 1)  # 2, heads, D
+    dpad = torch.cat([torch.zeros_like(dkv[:1]), dkv]).reshape(-1).to(pad_qkv.dtype)
+    return dqkv, dtable, dpad
+
+
+def aot_signature(dtype: str, ints: list[str]):
+    sig = {"QKV": f"*{dtype}", "TABLE": "*fp32", "PAD": f"*{dtype}", "DOUT": f"*{dtype}", "DQKV": f"*{dtype}",
+           "DBIAS_PARTIAL": "*fp32", "DPAD_PARTIAL": "*fp32", **{n: "i32" for n in ints},
+           "dout_b": "i32", "dout_h": "i32", "dout_w": "i32", "dqkv_b": "i32", "dqkv_h": "i32", "dqkv_w": "i32",
+           "scale": "fp32", "mask_value": "fp32"}
+    return window_attn_bwd_kernel, sig
+
+
+def aot_schedule(tokens: int, dtype: torch.dtype) -> dict:
+    fold = {"GROUPS": 4, "FOLD": True, "NP": FOLD_MAX_TOKENS} if tokens <= FOLD_MAX_TOKENS else \
+        {"GROUPS": 1, "FOLD": False, "NP": 16}
+    return {**fold, "FOLD_DTYPE": tl.bfloat16, "FOLD_EXACT": dtype == torch.float32}
+
