@@ -16,11 +16,15 @@ VOCAB, CONTEXT, EMBED = 99, 16, 24
 
 
 @pytest.fixture(autouse=True)
-def exact_fp32(monkeypatch):
+def exact_fp32():
     """No tf32 on the GPU (cuDNN convolutions, matmuls, the Triton patch-embedding GEMM follow these
-    flags): the fp32 comparisons are meant at fp32 precision. Import it into a test module to use."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    flags): the fp32 comparisons are meant at fp32 precision. Import it into a test module to use.
+    (Saved and restored by hand: torch's cuBLAS flag object is no plain attribute holder, and
+    pytest's monkeypatch fails to restore it on some pytest versions.)"""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def perturb_(model: nn.Module, scale: float = 0.05) -> nn.Module:
