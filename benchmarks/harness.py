@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 

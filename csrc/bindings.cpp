@@ -10,6 +10,7 @@
 #include "bindings/palette.h"
 #include "bindings/detr_cost.h"
 #include "bindings/window_attention.h"
+#include "bindings/patch_merging.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vtkernels CUDA kernels";
@@ -20,4 +21,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   vtk_torch::bind_palette(m);
   vtk_torch::bind_detr_cost(m);
   vtk_torch::bind_window_attention(m);
+  vtk_torch::bind_patch_merging(m);
 }

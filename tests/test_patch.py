@@ -121,11 +121,7 @@ def test_hf_swin_norms_and_window_attention(fused_calls, image, window, device):
     others = [i for i in kept if i not in tables]
     assert_close([ours[i] for i in others], [theirs[i] for i in others], torch.float32, tol=2e-5,
                  names=[names[i] for i in others])
-    # The bias-table gradient sums dS over every window and row, where most of it cancels (its norm
-    # is ~1e-2 of the dS it sums): the kernel's fp32 rounding (tf32x3 dots for windows <= 64
-    # tokens) shows up ~1e-4 relative there, HF's plain fp32 ~4e-7.
-    # TODO(window_attention): back to 2e-5 once the table gradient is accumulated more precisely.
-    assert_close([ours[i] for i in tables], [theirs[i] for i in tables], torch.float32, tol=5e-4,
+    assert_close([ours[i] for i in tables], [theirs[i] for i in tables], torch.float32, tol=2e-5,
                  names=[names[i] for i in tables])
 
 

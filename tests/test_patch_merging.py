@@ -73,21 +73,61 @@ def test_empty_batch(device):
     assert x.grad.shape == x.shape
 
 
+GPU_SHAPES = SHAPES + [(8, 56, 56, 96), (8, 28, 28, 192), (4, 14, 14, 384), (2, 7, 7, 512), (2, 9, 11, 36),
+                       (2, 3, 5, 1100), (1, 3, 4, 2048)]
+
+
+# CUDA scalar path: channels not a multiple of 8 in fp16 / bf16 ((3, 5, 5, 20), (2, 9, 11, 36)), and
+# fp32 backward rows longer than its widest vector layout (4 * 1100, 4 * 2048 > 4096 columns).
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("shape", SHAPES + [(8, 56, 56, 96), (8, 28, 28, 192), (4, 14, 14, 384), (2, 7, 7, 512)])
-def test_gpu_triton_matches_reference(shape, dtype):
-    check_against_reference(shape, dtype, torch.device("cuda"), "triton")
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+def test_gpu_kernels_match_reference(shape, dtype, backend):
+    check_against_reference(shape, dtype, torch.device("cuda"), backend)
 
 
 @pytest.mark.gpu
-def test_gpu_weight_grad_is_deterministic():
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+def test_gpu_without_affine_and_non_contiguous(dtype, backend):
+    cuda = torch.device("cuda")
+    check_against_reference((2, 13, 10, 64), dtype, cuda, backend, affine=False)
+    check_against_reference((2, 13, 10, 64), dtype, cuda, backend,
+                            transform=lambda t: t.transpose(1, 2).contiguous().transpose(1, 2))
+    # Channels 1..64 of a 66-channel buffer: pixels start off 16-byte alignment (the CUDA scalar path).
+    check_against_reference((2, 6, 7, 66), dtype, cuda, backend, affine=False, transform=lambda t: t[..., 1:65])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_empty_batch(backend):
+    x, w, b = make_inputs((0, 6, 6, 16), torch.float32, torch.device("cuda"))
+    out = vtkernels.patch_merging_norm(x, w, b, backend=backend)
+    assert out.shape == (0, 3, 3, 64)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and torch.all(w.grad == 0) and torch.all(b.grad == 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_weight_grad_is_deterministic(backend):
     x, w, b = make_inputs((16, 56, 56, 96), torch.bfloat16, torch.device("cuda"))
     cot = torch.randn(16, 28, 28, 384, device="cuda", dtype=torch.bfloat16)
-    first = torch.autograd.grad(vtkernels.patch_merging_norm(x, w, b, backend="triton"), [x, w, b], cot)
-    second = torch.autograd.grad(vtkernels.patch_merging_norm(x, w, b, backend="triton"), [x, w, b], cot)
+    first = torch.autograd.grad(vtkernels.patch_merging_norm(x, w, b, backend=backend), [x, w, b], cot)
+    second = torch.autograd.grad(vtkernels.patch_merging_norm(x, w, b, backend=backend), [x, w, b], cot)
     for a, c in zip(first, second):
         assert torch.equal(a, c)
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck_cuda_ops():
+    x, w, b = make_inputs((2, 5, 6, 8), torch.float32, torch.device("cuda"))
+    torch.library.opcheck(torch.ops.vtkernels.patch_merging_norm_fwd.default, (x, w, b, 1e-5, "cuda"))
+    torch.library.opcheck(torch.ops.vtkernels.patch_merging_norm_fwd.default, (x, None, None, 1e-5, "cuda"))
+    y, mean, rstd = torch.ops.vtkernels.patch_merging_norm_fwd(x.detach(), w.detach(), b.detach(), 1e-5, "cuda")
+    torch.library.opcheck(torch.ops.vtkernels.patch_merging_norm_bwd.default,
+                          (torch.randn_like(y), x.detach(), w.detach(), mean, rstd, True, "cuda"))
 
 
 def test_opcheck_patch_merging_ops(device):

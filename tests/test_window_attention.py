@@ -123,6 +123,52 @@ def test_triton_matches_reference(case, dtype, device):
     check_against_reference(case, dtype, device, "triton")
 
 
+@pytest.fixture
+def gpu_dot_precision(monkeypatch, device):
+    """The interpreter computes every fp32 tl.dot exactly, whatever its input_precision: make it
+    round like sm_90's tensor cores instead, so that a dot left at tf32 shows up on the CPU.
+    "tf32": operands truncated to tf32 (10 mantissa bits); "tf32x3": Triton's split (big =
+    round(x) to tf32, small = x - big truncated, small*big + big*small + big*big). On a GPU the
+    hardware does this itself. Returns the precisions of the fp32 dots the kernels issued."""
+    seen = set()
+    if device.type != "cpu":
+        return seen
+    import numpy as np
+    from triton._C.libtriton import ir
+    from triton.runtime import interpreter
+
+    def tf32(x, rounded=False):
+        bits = x.astype(np.float32).view(np.uint32) + np.uint32(0x1000 if rounded else 0)
+        return (bits & np.uint32(0xFFFFE000)).view(np.float32)
+
+    exact = interpreter.InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, acc, input_precision, max_num_imprecise_acc):
+        if a.data.dtype != np.float32 or input_precision == ir.INPUT_PRECISION.IEEE:
+            seen.add(str(input_precision) if a.data.dtype == np.float32 else "not fp32")
+            return exact(self, a, b, acc, input_precision, max_num_imprecise_acc)
+        seen.add(str(input_precision))
+        if input_precision == ir.INPUT_PRECISION.TF32x3:
+            a_big, b_big = tf32(a.data, rounded=True), tf32(b.data, rounded=True)
+            a_small, b_small = tf32(a.data - a_big), tf32(b.data - b_big)
+            out = (a_small @ b_big + a_big @ b_small) + a_big @ b_big
+        else:
+            out = tf32(a.data) @ tf32(b.data)
+        return interpreter.TensorHandle(out.astype(np.float32) + acc.data, acc.dtype.scalar)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
+    return seen
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[7]], ids=["shifted", "padded", "ragged"])
+def test_triton_fp32_is_fp32_accurate_with_gpu_dot_rounding(case, device, gpu_dot_precision):
+    # fp32 inputs must take exact fp32 dots everywhere, the bias-table fold included: its dS
+    # mostly cancel, so a tf32 dot there costs ~5e-4 on d table (the default bound is 1e-5).
+    check_against_reference(case, torch.float32, device, "triton")
+    if device.type == "cpu":
+        assert gpu_dot_precision == {"INPUT_PRECISION.IEEE"}  # the fixture saw the kernels' dots
+
+
 def test_triton_hard_mask(device):
     check_against_reference(CASES[0], torch.float32, device, "triton", mask_value=float("-inf"))
 

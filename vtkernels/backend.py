@@ -1,9 +1,9 @@
 """Backend availability and per-call dispatch.
 
 Every op has three implementations: ``reference`` (plain PyTorch, the spec), ``triton`` and
-``cuda``. Each op builds an :class:`OpDispatcher` that knows, per backend, why it may refuse a
-call; the dispatcher picks the first capable backend in the op's preference order, or raises
-an error listing the reasons when the user forced one that cannot take the call.
+``cuda``. Each op builds an :class:`OpDispatcher` with one function that says why a kernel
+backend may refuse a call; the dispatcher picks the first capable backend in the op's preference
+order, or raises an error listing the reasons when the user forced one that cannot take the call.
 
 The backend is chosen, first match wins, by the ``backend=`` argument of the call, by the
 innermost ``with vtkernels.use_backend(name)`` block, by the ``VTKERNELS_BACKEND`` environment
@@ -23,7 +23,10 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from vtkernels.ops.checks import dtype_refusals
+
 BACKENDS = ("reference", "triton", "cuda")
+KERNEL_BACKENDS = ("triton", "cuda")
 ENV_VAR = "VTKERNELS_BACKEND"
 
 _context_backend: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
@@ -104,9 +107,9 @@ def backend_unavailable(name: str, device_type: str) -> Optional[str]:
     raise ValueError(f"unknown backend {name!r}")
 
 
-# A check receives the call's keyword arguments and returns the reasons a backend refuses it.
-SupportCheck = Callable[..., Sequence[str]]
-
+# ``refusals(backend, **call)``: the reasons kernel backend ``backend`` cannot take a call with
+# these keyword arguments (empty when it can).
+RefusalCheck = Callable[..., Sequence[str]]
 
 PREFERENCES_FILE = os.path.join(os.path.dirname(__file__), "preferences.json")
 
@@ -127,22 +130,32 @@ class OpDispatcher:
 
     ``gpu_preference`` is the automatic order on CUDA tensors when no measurement exists
     (``preferences.json`` overrides it with the measured order); the reference always comes
-    last. ``checks`` maps a backend to a function of the call's keyword arguments returning
-    the reasons that backend cannot take the call.
+    last. For a kernel backend (``triton`` or ``cuda``) that :func:`backend_unavailable` finds
+    usable at all, the reasons it refuses a call are those of
+    :func:`vtkernels.ops.checks.dtype_refusals` for the call's keyword argument named ``dtype_of``
+    (the tensor whose dtype the kernels compute in), then those of ``refusals(backend, **call)``
+    (the op's own limits). The reference takes every call.
     """
 
-    def __init__(self, op: str, gpu_preference: Sequence[str], checks: dict[str, SupportCheck]):
+    def __init__(self, op: str, gpu_preference: Sequence[str], refusals: Optional[RefusalCheck] = None, *,
+                 dtype_of: Optional[str] = None):
         self.op = op
         measured = measured_preferences().get(op)
         self.gpu_preference = tuple(measured or gpu_preference)
-        self.checks = checks
+        self.kernel_refusals = refusals
+        self.dtype_of = dtype_of
 
     def refusals(self, backend: str, device: torch.device, **call) -> list[str]:
+        """Why ``backend`` cannot take this call on ``device`` (empty when it can)."""
         reason = backend_unavailable(backend, device.type)
         if reason:
             return [reason]
-        check = self.checks.get(backend)
-        return list(check(**call)) if check else []
+        if backend not in KERNEL_BACKENDS:
+            return []
+        reasons = dtype_refusals(call[self.dtype_of], backend) if self.dtype_of else []
+        if self.kernel_refusals is not None:
+            reasons += self.kernel_refusals(backend, **call)
+        return reasons
 
     def choose(self, device: torch.device, backend: Optional[str] = None, **call) -> str:
         forced = requested_backend(backend)

@@ -29,7 +29,9 @@ def _cases():
 def run(verbose: bool = True) -> int:
     import torch
 
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    from vtkernels.backend import triton_interpreter_enabled
+
+    if not torch.cuda.is_available() and not triton_interpreter_enabled():
         # The interpreter must be chosen before triton is first imported (torch imports it):
         # start again with it switched on.
         os.environ["TRITON_INTERPRET"] = "1"

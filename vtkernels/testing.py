@@ -74,7 +74,7 @@ def upcast(*tensors: Optional[torch.Tensor]) -> list[Optional[torch.Tensor]]:
 
 def grads(outputs: Tensors, inputs: Sequence[Optional[torch.Tensor]], cotangents: Tensors) -> list[Optional[torch.Tensor]]:
     """Gradients of sum(<output_i, cotangent_i>) w.r.t. each input (None for an input without grad)."""
-    outs = [o for o in _as_list(outputs)]
+    outs = _as_list(outputs)
     cots = [c.to(o.dtype) for o, c in zip(outs, _as_list(cotangents))]
     wanted = [t for t in inputs if t is not None and t.requires_grad]
     found = iter(torch.autograd.grad(outs, wanted, cots, allow_unused=True))

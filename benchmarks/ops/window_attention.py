@@ -151,6 +151,7 @@ def merge_cases(quick: bool = False):
     size_of = torch.tensor([], dtype=DTYPE).element_size()
     providers = {
         "vtkernels-triton": lambda x, w, b: vtkernels.patch_merging_norm(x, w, b, backend="triton"),
+        "vtkernels-cuda": lambda x, w, b: vtkernels.patch_merging_norm(x, w, b, backend="cuda"),
         "timm-eager": _merge_eager,
         "timm-eager.compile": torch.compile(_merge_eager, dynamic=False),
     }

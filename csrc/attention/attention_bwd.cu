@@ -41,14 +41,14 @@ __global__ void __launch_bounds__(32 * kWarps) attention_bwd_delta_kernel(const 
   const AttentionShape& s = p.shape;
   const int lane = threadIdx.x % 32;
   const int row = blockIdx.x * kWarps + threadIdx.x / 32;
-  const int b = blockIdx.y / s.heads, h = blockIdx.y % s.heads;
+  const auto [b, h, bh] = block_head(s);
   if (row >= s.n_q) return;
   const T* o = p.out.at<T>(b, h) + int64_t(row) * p.out.row_stride;
   const T* d_o = p.dout.at<T>(b, h) + int64_t(row) * p.dout.row_stride;
   float sum = 0.f;
   for (int d = lane; d < s.head_dim; d += 32) sum += to_float(o[d]) * to_float(d_o[d]);
   sum = warp_sum(sum);
-  if (lane == 0) p.delta[int64_t(blockIdx.y) * s.n_q + row] = sum;
+  if (lane == 0) p.delta[bh * s.n_q + row] = sum;
 }
 
 template <typename T, int D>
@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(32 * kWarps) attention_bwd_dkdv_mma_kernel(con
 
   const AttentionShape& s = p.shape;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int b = blockIdx.y / s.heads, h = blockIdx.y % s.heads;
+  const auto [b, h, bh] = block_head(s);
   const int k0 = blockIdx.x * kKeysPerBlock, warp_k0 = k0 + warp * 16;
   const int keys[2] = {warp_k0 + g, warp_k0 + g + 8};
   const uint8_t* mask = padding_row(s, b);
@@ -77,8 +77,8 @@ __global__ void __launch_bounds__(32 * kWarps) attention_bwd_dkdv_mma_kernel(con
   const float scale_log2 = s.scale * kLog2e;
   const T* q = p.q.at<T>(b, h);
   const T* d_o = p.dout.at<T>(b, h);
-  const float* lse = p.lse + int64_t(blockIdx.y) * s.n_q;
-  const float* dlt = p.delta + int64_t(blockIdx.y) * s.n_q;
+  const float* lse = p.lse + bh * s.n_q;
+  const float* dlt = p.delta + bh * s.n_q;
 
   const int q_begin = (first_query_for_key(s, k0) / kQueryTile) * kQueryTile;
   for (int q0 = q_begin; q0 < s.n_q; q0 += kQueryTile) {
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(32 * kWarps) attention_bwd_dq_mma_kernel(const
 
   const AttentionShape& s = p.shape;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int b = blockIdx.y / s.heads, h = blockIdx.y % s.heads;
+  const auto [b, h, bh] = block_head(s);
   const int m0 = blockIdx.x * kQueriesPerBlock, warp_m0 = m0 + warp * 16;
   const int rows[2] = {warp_m0 + g, warp_m0 + g + 8};
   const uint8_t* mask = padding_row(s, b);
@@ -140,8 +140,8 @@ __global__ void __launch_bounds__(32 * kWarps) attention_bwd_dq_mma_kernel(const
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const bool ok = rows[i] < s.n_q;
-    lse_log2[i] = ok ? p.lse[int64_t(blockIdx.y) * s.n_q + rows[i]] * kLog2e : INFINITY;
-    delta[i] = ok ? p.delta[int64_t(blockIdx.y) * s.n_q + rows[i]] : 0.f;
+    lse_log2[i] = ok ? p.lse[bh * s.n_q + rows[i]] * kLog2e : INFINITY;
+    delta[i] = ok ? p.delta[bh * s.n_q + rows[i]] : 0.f;
   }
   float dq[D / 8][4] = {};
   const float scale_log2 = s.scale * kLog2e;
@@ -186,12 +186,12 @@ __global__ void __launch_bounds__(32 * kWarps) attention_bwd_scalar_kernel(const
   const AttentionShape& s = p.shape;
   const int lane = threadIdx.x % 32;
   const int row = blockIdx.x * kWarps + threadIdx.x / 32;
-  const int b = blockIdx.y / s.heads, h = blockIdx.y % s.heads;
+  const auto [b, h, bh] = block_head(s);
   if (row >= (KEY_ROWS ? s.n_kv : s.n_q)) return;
   const uint8_t* mask = padding_row(s, b);
   const float scale_log2 = s.scale * kLog2e;
-  const float* lse = p.lse + int64_t(blockIdx.y) * s.n_q;
-  const float* dlt = p.delta + int64_t(blockIdx.y) * s.n_q;
+  const float* lse = p.lse + bh * s.n_q;
+  const float* dlt = p.delta + bh * s.n_q;
 
   auto load_row = [&](const BhndView& view, int r, float (&out)[kDims]) {
     const T* ptr = view.at<T>(b, h) + int64_t(r) * view.row_stride;
@@ -256,24 +256,23 @@ __global__ void __launch_bounds__(32 * kWarps) attention_bwd_scalar_kernel(const
 cudaError_t attention_bwd(const AttentionBwdParams& p, cudaStream_t stream) {
   const AttentionShape& s = p.shape;
   if (s.batch == 0 || s.heads == 0) return cudaSuccess;
-  const int bh = s.batch * s.heads;
   const dim3 threads(32 * kWarps);
   return VTK_DISPATCH_DTYPE(s.dtype, [&] {
     if (s.n_q > 0) {
-      attention_bwd_delta_kernel<scalar_t><<<dim3(ceil_div(s.n_q, kWarps), bh), threads, 0, stream>>>(p);
+      attention_bwd_delta_kernel<scalar_t><<<attention_grid(ceil_div(s.n_q, kWarps), s), threads, 0, stream>>>(p);
       VTK_RETURN_IF_ERROR(cudaGetLastError());
     }
     return with_head_dim(s.head_dim, [&]<int D>() {
       if constexpr (std::is_same_v<scalar_t, float>) {
-        attention_bwd_scalar_kernel<scalar_t, D, true><<<dim3(ceil_div(s.n_kv, kWarps), bh), threads, 0, stream>>>(p);
+        attention_bwd_scalar_kernel<scalar_t, D, true><<<attention_grid(ceil_div(s.n_kv, kWarps), s), threads, 0, stream>>>(p);
         VTK_RETURN_IF_ERROR(cudaGetLastError());
         if (s.n_q > 0)
-          attention_bwd_scalar_kernel<scalar_t, D, false><<<dim3(ceil_div(s.n_q, kWarps), bh), threads, 0, stream>>>(p);
+          attention_bwd_scalar_kernel<scalar_t, D, false><<<attention_grid(ceil_div(s.n_q, kWarps), s), threads, 0, stream>>>(p);
       } else {
-        attention_bwd_dkdv_mma_kernel<scalar_t, D><<<dim3(ceil_div(s.n_kv, kKeysPerBlock), bh), threads, 0, stream>>>(p);
+        attention_bwd_dkdv_mma_kernel<scalar_t, D><<<attention_grid(ceil_div(s.n_kv, kKeysPerBlock), s), threads, 0, stream>>>(p);
         VTK_RETURN_IF_ERROR(cudaGetLastError());
         if (s.n_q > 0)
-          attention_bwd_dq_mma_kernel<scalar_t, D><<<dim3(ceil_div(s.n_q, kQueriesPerBlock), bh), threads, 0, stream>>>(p);
+          attention_bwd_dq_mma_kernel<scalar_t, D><<<attention_grid(ceil_div(s.n_q, kQueriesPerBlock), s), threads, 0, stream>>>(p);
       }
       return cudaGetLastError();
     });

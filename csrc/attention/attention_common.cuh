@@ -36,6 +36,20 @@ __device__ __forceinline__ bool key_visible(const AttentionShape& s, int row, in
   return key < s.n_kv && !(s.causal && key > row + causal_offset(s));
 }
 
+// Every attention kernel runs on a (row blocks, heads, batch) grid: blockIdx.z is the batch and
+// blockIdx.y the head (each <= 65535, checked by the bindings; B * H itself may exceed it).
+struct BlockHead {
+  int b, h;
+  int64_t bh;  // b * heads + h: row of the (B, H, n_q) lse / delta
+};
+
+__device__ __forceinline__ BlockHead block_head(const AttentionShape& s) {
+  const int b = blockIdx.z, h = blockIdx.y;
+  return {b, h, int64_t(b) * s.heads + h};
+}
+
+inline dim3 attention_grid(int row_blocks, const AttentionShape& s) { return dim3(row_blocks, s.heads, s.batch); }
+
 __device__ __forceinline__ const uint8_t* padding_row(const AttentionShape& s, int b) {
   return s.key_padding_mask ? s.key_padding_mask + b * s.mask_batch_stride : nullptr;
 }

@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_mma_kernel(const At
 
   const AttentionShape& s = p.shape;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int b = blockIdx.y / s.heads, h = blockIdx.y % s.heads;
+  const auto [b, h, bh] = block_head(s);
   const int m0 = blockIdx.x * kBlockM;
   const int rows[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
   const T* k = p.k.at<T>(b, h);
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_mma_kernel(const At
     l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
     inv[i] = l[i] > 0.f ? 1.f / l[i] : 0.f;  // no key at all: zeros
     if (t == 0 && rows[i] < s.n_q)
-      p.lse[int64_t(blockIdx.y) * s.n_q + rows[i]] = l[i] > 0.f ? (m[i] + log2f(l[i])) * kLn2 : INFINITY;
+      p.lse[bh * s.n_q + rows[i]] = l[i] > 0.f ? (m[i] + log2f(l[i])) * kLn2 : INFINITY;
   }
   store_accumulators<T, D>(o, p.out.at<T>(b, h), p.out.row_stride, m0 + warp * 16, s.n_q, inv);
 }
@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_scalar_kernel(const
   __shared__ float q_rows[kWarps][D];
   const AttentionShape& s = p.shape;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int b = blockIdx.y / s.heads, h = blockIdx.y % s.heads;
+  const auto [b, h, bh] = block_head(s);
   const int row = blockIdx.x * kWarps + warp;
   if (row >= s.n_q) return;  // no block barrier below
   const T* q = p.q.at<T>(b, h) + int64_t(row) * p.q.row_stride;
@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_scalar_kernel(const
     const float value = warp_sum(acc[d] * factor);
     if (d % 32 == lane) out[d] = from_float<T>(value * inv);
   }
-  if (lane == 0) p.lse[int64_t(blockIdx.y) * s.n_q + row] = total > 0.f ? (row_max + log2f(total)) * kLn2 : INFINITY;
+  if (lane == 0) p.lse[bh * s.n_q + row] = total > 0.f ? (row_max + log2f(total)) * kLn2 : INFINITY;
 }
 
 }  // namespace
@@ -173,13 +173,12 @@ bool attention_head_dim_supported(int head_dim) {
 cudaError_t attention_fwd(const AttentionFwdParams& p, cudaStream_t stream) {
   const AttentionShape& s = p.shape;
   if (s.batch == 0 || s.heads == 0 || s.n_q == 0) return cudaSuccess;
-  const int bh = s.batch * s.heads;
   return VTK_DISPATCH_DTYPE(s.dtype, [&] {
     return with_head_dim(s.head_dim, [&]<int D>() {
       if constexpr (std::is_same_v<scalar_t, float>) {
-        attention_fwd_scalar_kernel<scalar_t, D><<<dim3(ceil_div(s.n_q, kWarps), bh), 32 * kWarps, 0, stream>>>(p);
+        attention_fwd_scalar_kernel<scalar_t, D><<<attention_grid(ceil_div(s.n_q, kWarps), s), 32 * kWarps, 0, stream>>>(p);
       } else {
-        attention_fwd_mma_kernel<scalar_t, D><<<dim3(ceil_div(s.n_q, kBlockM), bh), 32 * kWarps, 0, stream>>>(p);
+        attention_fwd_mma_kernel<scalar_t, D><<<attention_grid(ceil_div(s.n_q, kBlockM), s), 32 * kWarps, 0, stream>>>(p);
       }
       return cudaGetLastError();
     });

@@ -58,6 +58,9 @@ vtk::AttentionShape attention_shape(const at::Tensor& q, const at::Tensor& k, co
   TORCH_CHECK(vtk::attention_head_dim_supported(static_cast<int>(head_dim)),
               "q: head_dim must be 32, 64, 80, 96 or 128, got ", head_dim);
   TORCH_CHECK(n_kv > 0, "k must hold at least one key");
+  // The kernels' grid is (row blocks, heads, batch): gridDim.y and gridDim.z are at most 65535.
+  TORCH_CHECK(batch <= 65535 && heads <= 65535, "q: batch (", batch, ") and heads (", heads,
+              ") must each be at most 65535 for the CUDA kernels");
   if (key_padding_mask) {
     const at::Tensor& mask = *key_padding_mask;
     TORCH_CHECK(mask.is_cuda() && mask.device() == q.device(), "key_padding_mask must be on ", q.device());

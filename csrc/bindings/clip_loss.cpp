@@ -139,6 +139,7 @@ std::vector<at::Tensor> grad_features(const at::Tensor& image, const at::Tensor&
   const int64_t tile_n = vtk::kClipTileN;
   int64_t width = std::max<int64_t>(kMinStrip, kStripBytes / (n_rows * image.element_size())) / tile_n * tile_n;
   width = std::min(width, (n_cols + tile_n - 1) / tile_n * tile_n);
+  width = std::min(width, int64_t(65535) * tile_n);  // the dS kernel's column blocks are gridDim.y
   // fp16 strips hold 1024 * dS (|dS| <= 1): small probabilities stay normal numbers.
   const float ds_scale = image.scalar_type() == at::kHalf ? 1024.f : 1.f;
   at::Tensor strip = at::empty({n_rows, width}, image.options());

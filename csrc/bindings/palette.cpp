@@ -16,11 +16,17 @@ void check_clusters(const at::Tensor& clusters, const at::Tensor& like) {
   TORCH_CHECK(clusters.size(0) <= INT32_MAX, "clusters: too many clusters (", clusters.size(0), ")");
 }
 
+// The kernels put the batch on gridDim.y (at most 65535).
+void check_batch(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.size(0) <= 65535, name, ": batch of ", t.size(0), " > 65535 for the CUDA kernel");
+}
+
 at::Tensor palette_quantize(const at::Tensor& pixels, const at::Tensor& clusters) {
   TORCH_CHECK(pixels.is_cuda(), "pixels must be a CUDA tensor, got ", pixels.device());
   TORCH_CHECK(pixels.scalar_type() == at::kByte, "pixels must be uint8, got ", pixels.scalar_type());
   TORCH_CHECK(pixels.dim() == 3 && pixels.size(2) == 3, "pixels must have shape (B, N, 3), got ", pixels.sizes());
   check_clusters(clusters, pixels);
+  check_batch(pixels, "pixels");
   DeviceGuard guard(pixels);
   at::Tensor tokens = at::empty({pixels.size(0), pixels.size(1)}, pixels.options().dtype(at::kLong));
   vtk::PaletteQuantizeParams p{};
@@ -45,6 +51,7 @@ at::Tensor palette_dequantize(const at::Tensor& tokens, const at::Tensor& cluste
   TORCH_CHECK(tokens.dim() == 2 && tokens.is_contiguous(), "tokens must be a contiguous (B, N) tensor, got ",
               tokens.sizes());
   check_clusters(clusters, tokens);
+  check_batch(tokens, "tokens");
   DeviceGuard guard(tokens);
   const int64_t batch = tokens.size(0), n = tokens.size(1);
   const auto options = tokens.options().dtype(at::kByte);

@@ -17,8 +17,8 @@ vtk::PatchGeometry geometry(const at::Tensor& images, const at::Tensor& weight, 
   TORCH_CHECK(weight.is_cuda(), "weight must be a CUDA tensor, got ", weight.device());
   TORCH_CHECK(weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16,
               "weight has dtype ", weight.scalar_type(), "; the CUDA patch embedding takes float16 / bfloat16");
-  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == weight.size(3) && weight.size(2) > 0,
-              "weight must have shape (D, C, p, p), got ", weight.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == weight.size(3) && weight.numel() > 0,
+              "weight must have a non-empty shape (D, C, p, p), got ", weight.sizes());
   TORCH_CHECK(images.is_cuda() && images.device() == weight.device(), "images must be on ", weight.device(), ", got ",
               images.device());
   TORCH_CHECK(images.scalar_type() == weight.scalar_type() || images.scalar_type() == at::kByte, "images has dtype ",
@@ -61,6 +61,15 @@ void check_grad_out(const at::Tensor& grad_out, const vtk::PatchGeometry& g, con
                   grad_out.size(1) <= g.num_patches + 1 && grad_out.size(2) == g.dim && grad_out.is_contiguous(),
               "grad_out must be a contiguous (", g.batch, ", [1 +] ", g.num_patches, ", ", g.dim, ") tensor, got ",
               grad_out.sizes());
+}
+
+// Geometry of a backward call: images and weight checked, the cls prefix (0 or 1) read from
+// grad_out's token count.
+vtk::PatchGeometry backward_geometry(const at::Tensor& grad_out, const at::Tensor& images, const at::Tensor& weight) {
+  vtk::PatchGeometry g = geometry(images, weight, 0);
+  check_grad_out(grad_out, g, weight);
+  g.prefix = static_cast<int>(grad_out.size(1) - g.num_patches);
+  return g;
 }
 
 void check_affine(const OptTensor& scale, const OptTensor& shift, const at::Tensor& images, int64_t channels) {
@@ -111,15 +120,14 @@ at::Tensor patch_embed_fwd(const at::Tensor& images, const at::Tensor& weight, c
 at::Tensor patch_embed_bwd_images(const at::Tensor& grad_out, const at::Tensor& images, const at::Tensor& weight,
                                   const OptTensor& scale) {
   TORCH_CHECK(images.scalar_type() != at::kByte, "images: uint8 images have no gradient");
-  const vtk::PatchGeometry shape = geometry(images, weight, 0);
-  check_grad_out(grad_out, shape, weight);
-  check_vector(scale, "scale", images, shape.channels, at::kFloat);
-  const bool covered = images.size(2) % shape.patch == 0 && images.size(3) % shape.patch == 0;
+  vtk::PatchEmbedBwdImagesParams p{};
+  p.g = backward_geometry(grad_out, images, weight);
+  check_vector(scale, "scale", images, p.g.channels, at::kFloat);
+  const bool covered = images.size(2) % p.g.patch == 0 && images.size(3) % p.g.patch == 0;
   DeviceGuard guard(weight);
   // Laid out like images where they are dense; pixels past the last full patch get zeros.
   at::Tensor grad = covered ? at::empty_like(images) : at::zeros_like(images);
-  vtk::PatchEmbedBwdImagesParams p{};
-  p.g = geometry(grad, weight, grad_out.size(1) - shape.num_patches);
+  for (int i = 0; i < 4; ++i) p.g.image_stride[i] = grad.stride(i);  // the kernel writes grad, not images
   p.grad_out = grad_out.data_ptr();
   p.weight = weight.data_ptr();
   p.scale = float_or_null(scale);
@@ -131,13 +139,11 @@ at::Tensor patch_embed_bwd_images(const at::Tensor& grad_out, const at::Tensor& 
 
 at::Tensor patch_embed_bwd_weight(const at::Tensor& grad_out, const at::Tensor& images, const at::Tensor& weight,
                                   const OptTensor& scale, const OptTensor& shift) {
-  const vtk::PatchGeometry shape = geometry(images, weight, 0);
-  check_grad_out(grad_out, shape, weight);
-  check_affine(scale, shift, images, shape.channels);
+  vtk::PatchEmbedBwdWeightParams p{};
+  p.g = backward_geometry(grad_out, images, weight);
+  check_affine(scale, shift, images, p.g.channels);
   DeviceGuard guard(weight);
   at::Tensor grad = at::empty({weight.size(0), weight.size(1), weight.size(2), weight.size(3)}, weight.options());
-  vtk::PatchEmbedBwdWeightParams p{};
-  p.g = geometry(images, weight, grad_out.size(1) - shape.num_patches);
   p.grad_out = grad_out.data_ptr();
   p.images = images.data_ptr();
   p.images_uint8 = images.scalar_type() == at::kByte;

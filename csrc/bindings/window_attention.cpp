@@ -9,6 +9,13 @@ namespace {
 
 using OptTensor = std::optional<at::Tensor>;
 
+// Batch, row and column strides of a (B, H, W, channels) map.
+void map_strides(const at::Tensor& t, int64_t& stride_b, int64_t& stride_h, int64_t& stride_w) {
+  stride_b = t.stride(0);
+  stride_h = t.stride(1);
+  stride_w = t.stride(2);
+}
+
 // Validates the call and fills the geometry / qkv part of the params.
 vtk::WindowAttnParams make_params(const at::Tensor& qkv, const at::Tensor& table, const OptTensor& pad_qkv, int64_t heads,
                                   int64_t window, int64_t table_window, int64_t shift, double scale, double mask_value,
@@ -46,30 +53,39 @@ vtk::WindowAttnParams make_params(const at::Tensor& qkv, const at::Tensor& table
   p.table_window = static_cast<int>(table_window);
   p.shift = static_cast<int>(shift);
   p.pad_first = pad_first;
-  p.qkv_stride_b = qkv.stride(0);
-  p.qkv_stride_h = qkv.stride(1);
-  p.qkv_stride_w = qkv.stride(2);
+  map_strides(qkv, p.qkv_stride_b, p.qkv_stride_h, p.qkv_stride_w);
   p.scale = static_cast<float>(scale);
   p.mask_value = static_cast<float>(mask_value);
   p.dtype = kernel_dtype(qkv, "qkv");
   return p;
 }
 
+// fp32 copies of the relative-position table and padding vector (tiny: the kernels read them as
+// fp32 whatever their dtype); they must outlive the launch.
+struct Fp32Tables {
+  at::Tensor table;
+  OptTensor pad_qkv;
+
+  Fp32Tables(const at::Tensor& table_in, const OptTensor& pad_in)
+      : table(table_in.to(at::kFloat).contiguous()),
+        pad_qkv(pad_in ? OptTensor(pad_in->to(at::kFloat).contiguous()) : std::nullopt) {}
+
+  void fill(vtk::WindowAttnParams& p) const {
+    p.table = table.data_ptr<float>();
+    p.pad_qkv = pad_qkv ? pad_qkv->data_ptr<float>() : nullptr;
+  }
+};
+
 at::Tensor window_attention_fwd(const at::Tensor& qkv, const at::Tensor& table, const OptTensor& pad_qkv, int64_t heads,
                                 int64_t window, int64_t table_window, int64_t shift, double scale, double mask_value,
                                 bool pad_first) {
   vtk::WindowAttnParams p = make_params(qkv, table, pad_qkv, heads, window, table_window, shift, scale, mask_value, pad_first);
   DeviceGuard guard(qkv);
-  // Table and padding vector are tiny: the kernels read them as fp32 whatever their dtype.
-  const at::Tensor table_f = table.to(at::kFloat).contiguous();
-  const OptTensor pad_f = pad_qkv ? OptTensor(pad_qkv->to(at::kFloat).contiguous()) : std::nullopt;
+  const Fp32Tables tables(table, pad_qkv);
+  tables.fill(p);
   at::Tensor out = at::empty({qkv.size(0), qkv.size(1), qkv.size(2), qkv.size(3) / 3}, qkv.options());
-  p.table = table_f.data_ptr<float>();
-  p.pad_qkv = pad_f ? pad_f->data_ptr<float>() : nullptr;
   p.out = out.data_ptr();
-  p.out_stride_b = out.stride(0);
-  p.out_stride_h = out.stride(1);
-  p.out_stride_w = out.stride(2);
+  map_strides(out, p.out_stride_b, p.out_stride_h, p.out_stride_w);
   check_launch(vtk::window_attention_fwd(p, current_stream(qkv)), "window_attention_fwd");
   return out;
 }
@@ -83,23 +99,17 @@ std::vector<at::Tensor> window_attention_bwd(const at::Tensor& dout, const at::T
                   dout.size(3) == qkv.size(3) / 3,
               "dout must have shape (B, H, W, C) of qkv's map, got ", dout.sizes());
   DeviceGuard guard(qkv);
-  const at::Tensor table_f = table.to(at::kFloat).contiguous();
-  const OptTensor pad_f = pad_qkv ? OptTensor(pad_qkv->to(at::kFloat).contiguous()) : std::nullopt;
+  const Fp32Tables tables(table, pad_qkv);
+  tables.fill(p);
   const int64_t tokens = window * window, n_windows = p.n_windows(), slabs = qkv.size(0) * heads * n_windows;
   const auto f32 = qkv.options().dtype(at::kFloat);
   at::Tensor dqkv = at::empty(qkv.sizes(), qkv.options());
   at::Tensor bias_partial = at::empty({slabs, tokens, tokens}, f32);
   at::Tensor pad_partial = at::empty({pad_qkv ? slabs * 2 * p.head_dim : 0}, f32);
-  p.table = table_f.data_ptr<float>();
-  p.pad_qkv = pad_f ? pad_f->data_ptr<float>() : nullptr;
   p.dout = dout.data_ptr();
-  p.out_stride_b = dout.stride(0);
-  p.out_stride_h = dout.stride(1);
-  p.out_stride_w = dout.stride(2);
+  map_strides(dout, p.out_stride_b, p.out_stride_h, p.out_stride_w);
   p.dqkv = dqkv.data_ptr();
-  p.dqkv_stride_b = dqkv.stride(0);
-  p.dqkv_stride_h = dqkv.stride(1);
-  p.dqkv_stride_w = dqkv.stride(2);
+  map_strides(dqkv, p.dqkv_stride_b, p.dqkv_stride_h, p.dqkv_stride_w);
   p.dbias_partial = bias_partial.data_ptr<float>();
   p.dpad_partial = pad_qkv ? pad_partial.data_ptr<float>() : nullptr;
   const cudaStream_t stream = current_stream(qkv);

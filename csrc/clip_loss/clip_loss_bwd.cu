@@ -164,14 +164,7 @@ cudaError_t clip_strip_gemm(const ClipGemmParams& p, cudaStream_t stream) {
 
 cudaError_t clip_finish_grad(const ClipFinishParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-  const int blocks = ceil_div(p.rows, 4);
-  if (p.dtype == DType::kFloat16) {
-    finish_grad_kernel<__half><<<blocks, 128, 0, stream>>>(p);
-  } else if (p.dtype == DType::kBFloat16) {
-    finish_grad_kernel<__nv_bfloat16><<<blocks, 128, 0, stream>>>(p);
-  } else {
-    finish_grad_kernel<float><<<blocks, 128, 0, stream>>>(p);
-  }
+  VTK_DISPATCH_DTYPE(p.dtype, [&] { finish_grad_kernel<scalar_t><<<ceil_div(p.rows, 4), 128, 0, stream>>>(p); });
   return cudaGetLastError();
 }
 

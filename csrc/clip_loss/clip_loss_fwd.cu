@@ -124,14 +124,7 @@ __global__ void merge_lse_kernel(const ClipMergeParams p) {
 
 cudaError_t clip_normalize_rows(const ClipNormalizeParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-  const int blocks = ceil_div(p.rows, 4);
-  if (p.dtype == DType::kFloat16) {
-    normalize_rows_kernel<__half><<<blocks, 128, 0, stream>>>(p);
-  } else if (p.dtype == DType::kBFloat16) {
-    normalize_rows_kernel<__nv_bfloat16><<<blocks, 128, 0, stream>>>(p);
-  } else {
-    normalize_rows_kernel<float><<<blocks, 128, 0, stream>>>(p);
-  }
+  VTK_DISPATCH_DTYPE(p.dtype, [&] { normalize_rows_kernel<scalar_t><<<ceil_div(p.rows, 4), 128, 0, stream>>>(p); });
   return cudaGetLastError();
 }
 

@@ -78,7 +78,9 @@ __global__ void __launch_bounds__(kThreads) detr_cost_kernel(DetrCostParams p) {
     const int r = i / p.n_targets, t = i % p.n_targets;
     const Box pred = boxes[r];
     const Box target = load_box(targets + t * p.target_stride_t);
-    const float picked = to_float(logits[(q0 + r) * p.logits_stride_q + labels[t]]);
+    const int64_t label = labels[t];  // the op checks the range; an invalid id gives FLT_MAX, never a wild read
+    const float picked =
+        (label >= 0 && label < p.n_classes) ? to_float(logits[(q0 + r) * p.logits_stride_q + label]) : NAN;
     const float prob = expf(picked - row_max[r]) * row_inv_sum[r];
     const float l1 = fabsf(pred.cx - target.cx) + fabsf(pred.cy - target.cy) + fabsf(pred.w - target.w) +
                      fabsf(pred.h - target.h);

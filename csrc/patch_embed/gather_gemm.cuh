@@ -34,8 +34,6 @@ constexpr int kBM = 128, kBN = 64, kBK = 32;
 constexpr int kThreads = 256;
 constexpr int kWarpM = 32, kWarpN = 32;  // warp tile; warps form a (kBM / kWarpM) x (kBN / kWarpN) grid
 constexpr int kRowPad = 8;
-constexpr int kAPerThread = kBM * kBK / kThreads;
-constexpr int kBPerThread = kBN * kBK / kThreads;
 static_assert((kBM / kWarpM) * (kBN / kWarpN) * 32 == kThreads, "one warp per warp tile");
 
 // Element i of a (ROWS x kBK) tile -> (row, k): k fastest or row fastest.
@@ -49,6 +47,50 @@ __device__ __forceinline__ void tile_coords(int i, int& row, int& k) {
     row = i % ROWS;
   }
 }
+
+// The elements of one operand's (ROWS x kBK) shared tile that this thread moves: element
+// threadIdx.x + i * kThreads of the tile for i < kPerThread. Row parts are computed once per
+// block tile (rows past the end are clamped to row 0 and masked); values are fetched into
+// registers (zero out of range) and stashed into shared memory as T.
+template <bool KFast, int ROWS, typename RowPart>
+struct OperandLoader {
+  static constexpr int kPerThread = ROWS * kBK / kThreads;
+  RowPart row_part[kPerThread];
+  bool in_range[kPerThread];
+  float value[kPerThread];
+
+  __device__ static void coords(int i, int& row, int& k) { tile_coords<KFast, ROWS>(threadIdx.x + i * kThreads, row, k); }
+
+  template <typename RowFn>
+  __device__ __forceinline__ void init(int row0, int n_rows, RowFn&& row_fn) {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      int r, k;
+      coords(i, r, k);
+      in_range[i] = row0 + r < n_rows;
+      row_part[i] = row_fn(in_range[i] ? row0 + r : 0);
+    }
+  }
+  // value[i] = element(row_part[i], col_fn(k0 + k)) for k0 + k < k_end.
+  template <typename ColFn, typename ElemFn>
+  __device__ __forceinline__ void fetch(int k0, int k_end, ColFn&& col_fn, ElemFn&& element) {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      int r, k;
+      coords(i, r, k);
+      value[i] = (in_range[i] && k0 + k < k_end) ? element(row_part[i], col_fn(k0 + k)) : 0.f;
+    }
+  }
+  template <typename T>
+  __device__ __forceinline__ void stash(T (*tile)[kBK + kRowPad]) const {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      int r, k;
+      coords(i, r, k);
+      tile[r][k] = from_float<T>(value[i]);
+    }
+  }
+};
 
 template <typename T, class Problem>
 __global__ void __launch_bounds__(kThreads) gather_gemm_kernel(const Problem p) {
@@ -67,55 +109,18 @@ __global__ void __launch_bounds__(kThreads) gather_gemm_kernel(const Problem p) 
   const int wm = (warp / (kBN / kWarpN)) * kWarpM, wn = (warp % (kBN / kWarpN)) * kWarpN;
 
   float acc[kWarpM / 16][kWarpN / 8][4] = {};
-  float a_reg[kAPerThread], b_reg[kBPerThread];
-
-  // Row parts of this thread's elements (fixed for the whole tile); rows past the end are
-  // clamped to a valid one and masked by *_in.
-  decltype(p.a_row(0)) a_rows[kAPerThread];
-  decltype(p.b_row(0)) b_rows[kBPerThread];
-  bool a_in[kAPerThread], b_in[kBPerThread];
-#pragma unroll
-  for (int i = 0; i < kAPerThread; ++i) {
-    int r, k;
-    tile_coords<Problem::kAKFast, kBM>(threadIdx.x + i * kThreads, r, k);
-    a_in[i] = m0 + r < rows;
-    a_rows[i] = p.a_row(a_in[i] ? m0 + r : 0);
-  }
-#pragma unroll
-  for (int i = 0; i < kBPerThread; ++i) {
-    int n, k;
-    tile_coords<Problem::kBKFast, kBN>(threadIdx.x + i * kThreads, n, k);
-    b_in[i] = n0 + n < cols;
-    b_rows[i] = p.b_row(b_in[i] ? n0 + n : 0);
-  }
+  OperandLoader<Problem::kAKFast, kBM, decltype(p.a_row(0))> a_load;  // A[m, k]
+  OperandLoader<Problem::kBKFast, kBN, decltype(p.b_row(0))> b_load;  // B[k, n], staged as b_s[n][k]
+  a_load.init(m0, rows, [&](int m) { return p.a_row(m); });
+  b_load.init(n0, cols, [&](int n) { return p.b_row(n); });
 
   auto fetch = [&](int k0) {
-#pragma unroll
-    for (int i = 0; i < kAPerThread; ++i) {
-      int r, k;
-      tile_coords<Problem::kAKFast, kBM>(threadIdx.x + i * kThreads, r, k);
-      a_reg[i] = (a_in[i] && k0 + k < k_end) ? p.a(a_rows[i], p.a_col(k0 + k)) : 0.f;
-    }
-#pragma unroll
-    for (int i = 0; i < kBPerThread; ++i) {
-      int n, k;
-      tile_coords<Problem::kBKFast, kBN>(threadIdx.x + i * kThreads, n, k);
-      b_reg[i] = (b_in[i] && k0 + k < k_end) ? p.b(b_rows[i], p.b_col(k0 + k)) : 0.f;
-    }
+    a_load.fetch(k0, k_end, [&](int k) { return p.a_col(k); }, [&](auto row, auto col) { return p.a(row, col); });
+    b_load.fetch(k0, k_end, [&](int k) { return p.b_col(k); }, [&](auto row, auto col) { return p.b(row, col); });
   };
   auto stash = [&]() {
-#pragma unroll
-    for (int i = 0; i < kAPerThread; ++i) {
-      int r, k;
-      tile_coords<Problem::kAKFast, kBM>(threadIdx.x + i * kThreads, r, k);
-      a_s[r][k] = from_float<T>(a_reg[i]);
-    }
-#pragma unroll
-    for (int i = 0; i < kBPerThread; ++i) {
-      int n, k;
-      tile_coords<Problem::kBKFast, kBN>(threadIdx.x + i * kThreads, n, k);
-      b_s[n][k] = from_float<T>(b_reg[i]);
-    }
+    a_load.stash(a_s);
+    b_load.stash(b_s);
   };
 
   fetch(k_begin);

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.reference import attention as reference_attention
@@ -31,7 +32,7 @@ MAX_BATCH_HEADS = 65535  # the kernels put batch * heads on the grid's y dimensi
 
 
 def _kernel_refusals(backend: str, q: Tensor, layout: str, **_) -> list[str]:
-    reasons = checks.dtype_refusals(q, backend)
+    reasons = []
     if q.shape[-1] not in HEAD_DIMS:
         reasons.append(f"head_dim {q.shape[-1]} is not one of {HEAD_DIMS}")
     if q.shape[0] * q.shape[2 if layout == "bnhd" else 1] > MAX_BATCH_HEADS:
@@ -39,12 +40,7 @@ def _kernel_refusals(backend: str, q: Tensor, layout: str, **_) -> list[str]:
     return reasons
 
 
-dispatcher = OpDispatcher(
-    "attention",
-    # TODO(bench): order by the measured H100 results once a GPU run lands in benchmarks/results.
-    gpu_preference=("triton", "cuda"),
-    checks={name: (lambda name=name, **call: _kernel_refusals(name, **call)) for name in ("triton", "cuda")},
-)
+dispatcher = OpDispatcher("attention", gpu_preference=("triton", "cuda"), dtype_of="q", refusals=_kernel_refusals)
 
 
 def _bhnd(t: Tensor, layout: str) -> Tensor:
@@ -53,16 +49,9 @@ def _bhnd(t: Tensor, layout: str) -> Tensor:
 
 
 def _kernels(backend: str):
-    if backend == "triton":
-        from vtkernels.triton import attention as triton_attention
-
-        return triton_attention.forward, triton_attention.backward
-    if backend == "cuda":
-        from vtkernels._extension import load_extension
-
-        ext = load_extension()
-        return ext.attention_fwd, ext.attention_bwd
-    raise ValueError(f"attention kernels: unknown backend {backend!r}")
+    """The backend's (forward, backward)."""
+    return kernel_functions(backend, triton_module="vtkernels.triton.attention", triton=("forward", "backward"),
+                            cuda=("attention_fwd", "attention_bwd"))
 
 
 def _lse_shape(q: Tensor, layout: str) -> tuple[int, int, int]:

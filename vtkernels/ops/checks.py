@@ -46,7 +46,8 @@ def check_positive(name: str, value: float) -> None:
 
 
 def dtype_refusals(t: torch.Tensor, backend: str) -> list[str]:
-    """Reasons a kernel backend refuses ``t``'s dtype on its device (shared by every op)."""
+    """Reasons a kernel backend refuses ``t``'s dtype on its device; every op's dispatcher applies it
+    to the tensor named by its ``dtype_of`` (see :class:`vtkernels.backend.OpDispatcher`)."""
     if t.device.type == "cpu" and backend == "triton" and t.dtype not in INTERPRETER_DTYPES:
         return [f"the Triton interpreter on the CPU computes {t.dtype} wrongly; use float32/float16 there"]
     if t.dtype not in KERNEL_DTYPES:

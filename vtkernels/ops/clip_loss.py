@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from vtkernels import distributed as vt_dist
+from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.reference import clip_loss as reference
@@ -35,30 +36,23 @@ CUDA_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _kernel_refusals(backend: str, image_features: Tensor, **_) -> list[str]:
-    reasons = checks.dtype_refusals(image_features, backend)
     if backend == "cuda" and image_features.dtype not in CUDA_DTYPES + (torch.float64,):
-        reasons.append(f"the CUDA clip_loss kernels take float16/bfloat16 (tensor cores), got {image_features.dtype}")
-    return reasons
+        return [f"the CUDA clip_loss kernels take float16/bfloat16 (tensor cores), got {image_features.dtype}"]
+    return []
 
 
-dispatcher = OpDispatcher(
-    "clip_loss",
-    # TODO(bench): order by the measured H100 results once a GPU run lands in benchmarks/results.
-    gpu_preference=("triton", "cuda"),
-    checks={name: (lambda name=name, **call: _kernel_refusals(name, **call)) for name in ("triton", "cuda")},
-)
+dispatcher = OpDispatcher("clip_loss", gpu_preference=("triton", "cuda"), dtype_of="image_features",
+                          refusals=_kernel_refusals)
 
 
-def _kernels(backend: str):
-    if backend == "triton":
-        from vtkernels.triton import clip_loss as triton_clip
+KERNEL_STEPS = ("normalize_rows", "logit_stats", "grad_features", "finish_grad")
 
-        return triton_clip
-    from vtkernels._extension import load_extension
 
-    ext = load_extension()
-    return types.SimpleNamespace(normalize_rows=ext.clip_normalize_rows, logit_stats=ext.clip_logit_stats,
-                                 grad_features=ext.clip_grad_features, finish_grad=ext.clip_finish_grad)
+def _kernels(backend: str) -> types.SimpleNamespace:
+    """The backend's four building blocks by name (the extension prefixes them with ``clip_``)."""
+    functions = kernel_functions(backend, triton_module="vtkernels.triton.clip_loss", triton=KERNEL_STEPS,
+                                 cuda=tuple(f"clip_{step}" for step in KERNEL_STEPS))
+    return types.SimpleNamespace(**dict(zip(KERNEL_STEPS, functions)))
 
 
 def _scale(logit_scale: Tensor, max_scale: float) -> Tensor:

@@ -13,38 +13,28 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.reference import detr_cost as reference_detr_cost
 
 
 def _kernel_refusals(backend: str, logits: Tensor, **_) -> list[str]:
-    reasons = checks.dtype_refusals(logits, backend)
     if backend == "cuda" and logits.shape[0] > 65535:
-        reasons.append(f"batch {logits.shape[0]} > 65535 (one grid row per image)")
-    return reasons
+        return [f"batch {logits.shape[0]} > 65535 (one grid row per image)"]
+    return []
 
 
-dispatcher = OpDispatcher(
-    "detr_match_cost",
-    # TODO(bench): order by the measured H100 results once a GPU run lands in benchmarks/results.
-    gpu_preference=("triton", "cuda"),
-    checks={name: (lambda name=name, **call: _kernel_refusals(name, **call)) for name in ("triton", "cuda")},
-)
+dispatcher = OpDispatcher("detr_match_cost", gpu_preference=("triton", "cuda"), dtype_of="logits",
+                          refusals=_kernel_refusals)
 
 
 @torch.library.custom_op("vtkernels::detr_match_cost", mutates_args=())
 def detr_match_cost_op(logits: Tensor, pred_boxes: Tensor, target_labels: Tensor, target_boxes: Tensor,
                        class_weight: float, bbox_weight: float, giou_weight: float, backend: str) -> Tensor:
-    if backend == "cuda":
-        from vtkernels._extension import load_extension
-
-        return load_extension().detr_match_cost(logits, pred_boxes, target_labels, target_boxes, class_weight,
-                                                bbox_weight, giou_weight)
-    from vtkernels.triton import detr_cost as triton_detr_cost
-
-    return triton_detr_cost.forward(logits, pred_boxes, target_labels, target_boxes, class_weight, bbox_weight,
-                                    giou_weight)
+    (forward,) = kernel_functions(backend, triton_module="vtkernels.triton.detr_cost", triton=("forward",),
+                                  cuda=("detr_match_cost",))
+    return forward(logits, pred_boxes, target_labels, target_boxes, class_weight, bbox_weight, giou_weight)
 
 
 @detr_match_cost_op.register_fake

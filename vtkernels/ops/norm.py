@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.reference import norm as reference_norm
@@ -21,29 +22,18 @@ MAX_COLS = 8192
 
 
 def _kernel_refusals(backend: str, x: Tensor, **_) -> list[str]:
-    reasons = checks.dtype_refusals(x, backend)
     if x.shape[-1] > MAX_COLS:
-        reasons.append(f"normalized size {x.shape[-1]} > {MAX_COLS} (one row must fit on chip)")
-    return reasons
+        return [f"normalized size {x.shape[-1]} > {MAX_COLS} (one row must fit on chip)"]
+    return []
 
 
-dispatcher = OpDispatcher(
-    "layer_norm",
-    # TODO(bench): order by the measured H100 results once a GPU run lands in benchmarks/results.
-    gpu_preference=("cuda", "triton"),
-    checks={name: (lambda name=name, **call: _kernel_refusals(name, **call)) for name in ("triton", "cuda")},
-)
+dispatcher = OpDispatcher("layer_norm", gpu_preference=("cuda", "triton"), dtype_of="x", refusals=_kernel_refusals)
 
 
 def _kernels(backend: str):
-    if backend == "triton":
-        from vtkernels.triton import norm as triton_norm
-
-        return triton_norm.forward, triton_norm.backward
-    from vtkernels._extension import load_extension
-
-    ext = load_extension()
-    return ext.norm_fwd, ext.norm_bwd
+    """The backend's (forward, backward)."""
+    return kernel_functions(backend, triton_module="vtkernels.triton.norm", triton=("forward", "backward"),
+                            cuda=("norm_fwd", "norm_bwd"))
 
 
 @torch.library.custom_op("vtkernels::norm_fwd", mutates_args=())

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vtkernels._extension import kernel_functions, load_extension
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.reference import palette as reference_palette
@@ -25,29 +26,16 @@ LAYOUTS = ("nchw", "nhwc")
 TOKEN_DTYPES = (torch.int64, torch.int32)
 
 
-def _kernel_refusals(backend: str, clusters: Tensor, **_) -> list[str]:
-    return checks.dtype_refusals(clusters, backend)
-
-
-dispatcher = OpDispatcher(
-    "palette",
-    # CUDA first: its ids equal the fp32 reference bit for bit (no FMA contraction).
-    # TODO(bench): confirm the order with the H100 results.
-    gpu_preference=("cuda", "triton"),
-    checks={name: (lambda name=name, **call: _kernel_refusals(name, **call)) for name in ("triton", "cuda")},
-)
+# CUDA first without a measurement: its ids equal the fp32 reference bit for bit (no FMA contraction).
+dispatcher = OpDispatcher("palette", gpu_preference=("cuda", "triton"), dtype_of="clusters")
 
 
 @torch.library.custom_op("vtkernels::palette_quantize", mutates_args=())
 def palette_quantize_op(pixels: Tensor, clusters: Tensor, backend: str) -> Tensor:
     """pixels: (B, N, 3) uint8 (any strides); clusters (K, 3) contiguous. Returns (B, N) int64."""
-    if backend == "cuda":
-        from vtkernels._extension import load_extension
-
-        return load_extension().palette_quantize(pixels, clusters)
-    from vtkernels.triton import palette as triton_palette
-
-    return triton_palette.quantize(pixels, clusters)
+    (quantize,) = kernel_functions(backend, triton_module="vtkernels.triton.palette", triton=("quantize",),
+                                   cuda=("palette_quantize",))
+    return quantize(pixels, clusters)
 
 
 @palette_quantize_op.register_fake
@@ -59,8 +47,6 @@ def _(pixels, clusters, backend):
 def palette_dequantize_op(tokens: Tensor, clusters: Tensor, channels_first: bool, backend: str) -> Tensor:
     """tokens (B, N) contiguous; returns uint8 (B, 3, N) if channels_first else (B, N, 3)."""
     if backend == "cuda":
-        from vtkernels._extension import load_extension
-
         return load_extension().palette_dequantize(tokens, clusters, channels_first)
     from vtkernels.triton import palette as triton_palette
 

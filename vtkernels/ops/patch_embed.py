@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vtkernels._extension import kernel_functions, load_extension
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.reference import patch_embed as reference
@@ -21,39 +22,23 @@ from vtkernels.reference import patch_embed as reference
 IMAGE_DTYPES = checks.FLOAT_DTYPES + (torch.uint8,)
 
 
-def _triton_refusals(weight: Tensor, **_) -> list[str]:
-    return checks.dtype_refusals(weight, "triton")
-
-
-def _cuda_refusals(weight: Tensor, **_) -> list[str]:
-    from vtkernels._extension import load_extension
-
-    if not hasattr(load_extension(), "patch_embed_fwd"):  # only reached once the extension imports
+def _kernel_refusals(backend: str, weight: Tensor, **_) -> list[str]:
+    if backend == "cuda" and not hasattr(load_extension(), "patch_embed_fwd"):  # the extension imports here
         return ["vtkernels._C was built without patch_embed; rebuild it (pip install -e .)"]
-    reasons = checks.dtype_refusals(weight, "cuda")
-    if weight.dtype == torch.float32:
-        reasons.append("the CUDA patch embedding runs fp16 / bf16 tensor-core MMAs only; float32 runs on Triton")
-    return reasons
+    if backend == "cuda" and weight.dtype == torch.float32:
+        return ["the CUDA patch embedding runs fp16 / bf16 tensor-core MMAs only; float32 runs on Triton"]
+    return []
 
 
-dispatcher = OpDispatcher(
-    "patch_embed",
-    # TODO(bench): order by the measured H100 results once a GPU run lands in benchmarks/results.
-    gpu_preference=("triton", "cuda"),
-    checks={"triton": _triton_refusals, "cuda": _cuda_refusals},
-)
+dispatcher = OpDispatcher("patch_embed", gpu_preference=("triton", "cuda"), dtype_of="weight",
+                          refusals=_kernel_refusals)
 
 
 def _kernels(backend: str):
     """The backend's (forward, backward_images, backward_weight)."""
-    if backend == "triton":
-        from vtkernels.triton import patch_embed as triton_patch_embed
-
-        return triton_patch_embed.forward, triton_patch_embed.backward_images, triton_patch_embed.backward_weight
-    from vtkernels._extension import load_extension
-
-    ext = load_extension()
-    return ext.patch_embed_fwd, ext.patch_embed_bwd_images, ext.patch_embed_bwd_weight
+    return kernel_functions(backend, triton_module="vtkernels.triton.patch_embed",
+                            triton=("forward", "backward_images", "backward_weight"),
+                            cuda=("patch_embed_fwd", "patch_embed_bwd_images", "patch_embed_bwd_weight"))
 
 
 def _num_patches(images: Tensor, weight: Tensor) -> int:

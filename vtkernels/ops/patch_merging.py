@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.ops.norm import MAX_COLS
@@ -18,27 +19,23 @@ from vtkernels.reference import window_attention as reference
 
 
 def _kernel_refusals(backend: str, x: Tensor, **_) -> list[str]:
-    reasons = checks.dtype_refusals(x, backend)
+    reasons = []
     if 4 * x.shape[-1] > MAX_COLS:
         reasons.append(f"merged row of 4 * {x.shape[-1]} channels > {MAX_COLS} (one row must fit on chip)")
-    if backend == "cuda":
-        reasons.append("the CUDA patch-merging kernel is not written yet (use backend='triton')")
     return reasons
 
 
 dispatcher = OpDispatcher(
     "patch_merging_norm",
     gpu_preference=("triton", "cuda"),
-    checks={name: (lambda name=name, **call: _kernel_refusals(name, **call)) for name in ("triton", "cuda")},
+    refusals=_kernel_refusals,
+    dtype_of="x",
 )
 
 
 def _kernels(backend: str):
-    if backend == "triton":
-        from vtkernels.triton import patch_merging
-
-        return patch_merging.forward, patch_merging.backward
-    raise RuntimeError(f"patch_merging_norm: no {backend} kernels")  # the dispatcher refuses cuda first
+    return kernel_functions(backend, triton_module="vtkernels.triton.patch_merging", triton=("forward", "backward"),
+                            cuda=("patch_merging_fwd", "patch_merging_bwd"))
 
 
 @torch.library.custom_op("vtkernels::patch_merging_norm_fwd", mutates_args=())

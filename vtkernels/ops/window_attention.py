@@ -32,7 +32,7 @@ def _geometry(qkv: Tensor, num_heads: int, window: int, table_window: int, shift
 
 
 def _kernel_refusals(backend: str, qkv: Tensor, rel_pos_table: Tensor, head_dim: int, window: int, **_) -> list[str]:
-    reasons = checks.dtype_refusals(qkv, backend)
+    reasons = []
     if rel_pos_table.dtype not in checks.KERNEL_DTYPES:
         reasons.append(f"rel_pos_table dtype {rel_pos_table.dtype} is not float32/float16/bfloat16")
     if backend == "cuda":
@@ -49,12 +49,9 @@ def _kernel_refusals(backend: str, qkv: Tensor, rel_pos_table: Tensor, head_dim:
     return reasons
 
 
-dispatcher = OpDispatcher(
-    "window_attention",
-    # TODO(bench): order by measured H100 results (the CUDA kernel is SIMT, Triton uses tensor cores).
-    gpu_preference=("triton", "cuda"),
-    checks={name: (lambda name=name, **call: _kernel_refusals(name, **call)) for name in ("triton", "cuda")},
-)
+# Triton first without a measurement: it uses tensor cores, the CUDA kernel is SIMT.
+dispatcher = OpDispatcher("window_attention", gpu_preference=("triton", "cuda"), dtype_of="qkv",
+                          refusals=_kernel_refusals)
 
 
 def _kernels(backend: str):

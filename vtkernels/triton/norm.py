@@ -44,6 +44,48 @@ def normalized_input_grad(dy, xhat, w, rstd, n_cols, IS_RMS: tl.constexpr):
 
 
 @triton.jit
+def apply_affine(y, W, B, cols, col_ok, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """``y * weight + bias`` on a (rows, cols) fp32 tile (either factor optional), in fp32."""
+    if HAS_WEIGHT:
+        y *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        y += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    return y
+
+
+# The backward's dweight / dbias: each persistent program starts with affine_grad_start, adds every
+# row tile it walks with affine_grad_add and stores its partial sums with affine_grad_store.
+@triton.jit
+def affine_grad_start(W, cols, col_ok, HAS_WEIGHT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(w: the (1, BLOCK_N) fp32 weight row, or 1.0 without weight; zero dweight and dbias sums)."""
+    if HAS_WEIGHT:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    else:
+        w = 1.0
+    return w, tl.zeros([BLOCK_N], dtype=tl.float32), tl.zeros([BLOCK_N], dtype=tl.float32)
+
+
+@triton.jit
+def affine_grad_add(dw_acc, db_acc, dy, xhat, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Adds a tile's column sums of dy * xhat (dweight) and dy (dbias); zeros outside the tile."""
+    if HAS_WEIGHT:
+        dw_acc += tl.sum(dy * xhat, axis=0)
+    if HAS_BIAS:
+        db_acc += tl.sum(dy, axis=0)
+    return dw_acc, db_acc
+
+
+@triton.jit
+def affine_grad_store(DW_PARTIAL, DB_PARTIAL, dw_acc, db_acc, pid, n_cols, cols, col_ok,
+                      HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Row ``pid`` of the (programs, n_cols) fp32 partial sums, added up on the host."""
+    if HAS_WEIGHT:
+        tl.store(DW_PARTIAL + pid * n_cols + cols, dw_acc, mask=col_ok)
+    if HAS_BIAS:
+        tl.store(DB_PARTIAL + pid * n_cols + cols, db_acc, mask=col_ok)
+
+
+@triton.jit
 def norm_fwd_kernel(
     X, R, W, B, Y, H, Mean, Rstd,
     n_rows, n_cols, stride_x, stride_r, stride_y, stride_h, eps,
@@ -66,11 +108,7 @@ def norm_fwd_kernel(
         tl.store(Mean + row_ids, mean, mask=row_ok)
     tl.store(Rstd + row_ids, rstd, mask=row_ok)
 
-    y = centered * rstd[:, None]
-    if HAS_WEIGHT:
-        y *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if HAS_BIAS:
-        y += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    y = apply_affine(centered * rstd[:, None], W, B, cols, col_ok, HAS_WEIGHT, HAS_BIAS)
     tl.store(Y + rows * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=ok)
 
 
@@ -84,12 +122,7 @@ def norm_bwd_kernel(
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
-    if HAS_WEIGHT:
-        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    else:
-        w = 1.0
-    dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    w, dw_acc, db_acc = affine_grad_start(W, cols, col_ok, HAS_WEIGHT, BLOCK_N)
 
     for i in range(tiles_per_program):
         # Tiles pid, pid + n_programs, ...; the last round may run past n_rows and is masked off.
@@ -110,15 +143,9 @@ def norm_bwd_kernel(
         if HAS_DH:
             dx += tl.load(DH + rows * stride_dh + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         tl.store(DX + rows * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=ok)
-        if HAS_WEIGHT:
-            dw_acc += tl.sum(dy * xhat, axis=0)
-        if HAS_BIAS:
-            db_acc += tl.sum(dy, axis=0)
+        dw_acc, db_acc = affine_grad_add(dw_acc, db_acc, dy, xhat, HAS_WEIGHT, HAS_BIAS)
 
-    if HAS_WEIGHT:
-        tl.store(DW_PARTIAL + pid * n_cols + cols, dw_acc, mask=col_ok)
-    if HAS_BIAS:
-        tl.store(DB_PARTIAL + pid * n_cols + cols, db_acc, mask=col_ok)
+    affine_grad_store(DW_PARTIAL, DB_PARTIAL, dw_acc, db_acc, pid, n_cols, cols, col_ok, HAS_WEIGHT, HAS_BIAS)
 
 
 def launch_config(n_cols: int, backward: bool = False) -> dict:

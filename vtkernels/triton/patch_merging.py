@@ -14,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from vtkernels.triton.norm import _persistent_programs, normalized_input_grad, row_statistics
+from vtkernels.triton.norm import (_persistent_programs, affine_grad_add, affine_grad_start, affine_grad_store,
+                                   apply_affine, normalized_input_grad, row_statistics)
 
 
 @triton.jit
@@ -46,11 +47,7 @@ def patch_merging_fwd_kernel(
     centered, mean, rstd = row_statistics(x, ok, n_cols, eps, False)
     tl.store(Mean + row_ids, mean, mask=row_ok)
     tl.store(Rstd + row_ids, rstd, mask=row_ok)
-    y = centered * rstd[:, None]
-    if HAS_WEIGHT:
-        y *= tl.load(Wt + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
-    if HAS_BIAS:
-        y += tl.load(B + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    y = apply_affine(centered * rstd[:, None], Wt, B, cols, cols < n_cols, HAS_WEIGHT, HAS_BIAS)
     out = row_ids.to(tl.int64)[:, None] * n_cols + cols[None, :]
     tl.store(Y + out, y.to(Y.dtype.element_ty), mask=ok)
 
@@ -65,12 +62,7 @@ def patch_merging_bwd_kernel(
     cols = tl.arange(0, BLOCK_N)
     n_cols = 4 * C
     col_ok = cols < n_cols
-    if HAS_WEIGHT:
-        w = tl.load(Wt + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    else:
-        w = 1.0
-    dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    w, dw_acc, db_acc = affine_grad_start(Wt, cols, col_ok, HAS_WEIGHT, BLOCK_N)
     for t in range(tiles_per_program):
         row_ids = (pid + t * n_programs) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
         row_ok = row_ids < n_rows
@@ -84,14 +76,8 @@ def patch_merging_bwd_kernel(
         dx = normalized_input_grad(dy, xhat, w, rstd, n_cols, False)
         dx_offs, _ = gather_offsets(row_ids, cols, n_rows, H, W, H2, W2, C, dx_b, dx_h, dx_w)
         tl.store(DX + dx_offs, dx.to(DX.dtype.element_ty), mask=in_bounds)  # padding pixels have no dx
-        if HAS_WEIGHT:
-            dw_acc += tl.sum(dy * xhat, axis=0)
-        if HAS_BIAS:
-            db_acc += tl.sum(dy, axis=0)
-    if HAS_WEIGHT:
-        tl.store(DW_PARTIAL + pid * n_cols + cols, dw_acc, mask=col_ok)
-    if HAS_BIAS:
-        tl.store(DB_PARTIAL + pid * n_cols + cols, db_acc, mask=col_ok)
+        dw_acc, db_acc = affine_grad_add(dw_acc, db_acc, dy, xhat, HAS_WEIGHT, HAS_BIAS)
+    affine_grad_store(DW_PARTIAL, DB_PARTIAL, dw_acc, db_acc, pid, n_cols, cols, col_ok, HAS_WEIGHT, HAS_BIAS)
 
 
 def launch_config(channels: int, backward: bool = False) -> dict:
@@ -109,8 +95,8 @@ def _shape(x: torch.Tensor):
 def forward(x: torch.Tensor, weight, bias, eps: float):
     """x (B, H, W, C), unit channel stride -> (y (B, H2, W2, 4C), mean, rstd)."""
     n_rows, dims = _shape(x)
-    b, (h, w, h2, w2, c) = x.shape[0], dims
-    y = x.new_empty(b, h2, w2, 4 * c)
+    _, _, h2, w2, c = dims
+    y = x.new_empty(x.shape[0], h2, w2, 4 * c)
     mean = x.new_empty(n_rows, dtype=torch.float32)
     rstd = x.new_empty(n_rows, dtype=torch.float32)
     if n_rows == 0:

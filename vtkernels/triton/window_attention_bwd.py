@@ -40,17 +40,20 @@ def store_tokens(DQKV, x, b, src_r, src_c, real, part, h, C, stride_b, stride_h,
 
 
 @triton.jit
-def fold_dot(x, onehot, EXACT: tl.constexpr):
-    """x @ onehot for fp32 x and an exact 0/1 matrix of bf16 (fp32 in the interpreter, where the
-    split is a no-op), on tensor cores: x = hi + mid (+ lo when EXACT, for fp32 inputs), each in
-    bf16 (fp32's exponent range, so tiny gradients keep their precision), so the products are
-    exact to 16 (24) significant bits."""
-    hi = x.to(onehot.dtype)
-    rest = x - hi.to(tl.float32)
-    mid = rest.to(onehot.dtype)
-    acc = tl.dot(hi, onehot) + tl.dot(mid, onehot)
-    if EXACT:
-        acc += tl.dot((rest - mid.to(tl.float32)).to(onehot.dtype), onehot)
+def fold_dot(x, onehot):
+    """x @ onehot for fp32 x and an exact 0/1 matrix ``onehot``.
+
+    fp32 onehot (fp32 inputs, and the interpreter): exact fp32 products and accumulation ("ieee",
+    FMA units), i.e. an fp32 sum, like the reference's. bf16 onehot (fp16 / bf16 inputs on the
+    GPU): tensor cores, x = hi + lo, each in bf16 (fp32's exponent range, so tiny gradients keep
+    their precision): 16 significant bits (~1e-5 per element), far inside the fp16 / bf16 bound.
+    (tf32 would keep 11 bits: ~5e-4 on the table gradient, whose dS mostly cancel.)"""
+    if onehot.dtype == tl.float32:
+        acc = tl.dot(x, onehot, input_precision="ieee")
+    else:
+        hi = x.to(tl.bfloat16)
+        lo = (x - hi.to(tl.float32)).to(tl.bfloat16)
+        acc = tl.dot(hi, onehot) + tl.dot(lo, onehot)
     return acc
 
 
@@ -62,7 +65,7 @@ def window_attn_bwd_kernel(
     MH: tl.constexpr, MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr, G: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PAD_FIRST: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    GROUPS: tl.constexpr, FOLD: tl.constexpr, NP: tl.constexpr, FOLD_DTYPE: tl.constexpr, FOLD_EXACT: tl.constexpr,
+    GROUPS: tl.constexpr, FOLD: tl.constexpr, NP: tl.constexpr, FOLD_DTYPE: tl.constexpr,
 ):
     """Program (b * heads + h, i) owns window groups [i * GROUPS, (i + 1) * GROUPS) of (b, h).
 
@@ -115,8 +118,8 @@ def window_attn_bwd_kernel(
             if FOLD:
                 key_onehot = (((k_pr * MW + k_pc)[:, None] == local[None, :]) & k_ok[:, None]).to(FOLD_DTYPE)
                 query_onehot = (((q_pr * MW + q_pc)[:, None] == local[None, :]) & q_ok[:, None]).to(FOLD_DTYPE)
-                by_key = fold_dot(ds, key_onehot, FOLD_EXACT)  # (BLOCK_M, NP)
-                bias_acc += fold_dot(tl.trans(by_key), query_onehot, FOLD_EXACT)  # (NP keys, NP queries)
+                by_key = fold_dot(ds, key_onehot)  # (BLOCK_M, NP)
+                bias_acc += fold_dot(tl.trans(by_key), query_onehot)  # (NP keys, NP queries)
             else:
                 # Window slot g's (N, N) block of the (B * heads * n_win, N, N) partial.
                 same = (q_g[:, None] == k_g[None, :]) & q_ok[:, None] & k_ok[None, :]
@@ -168,12 +171,16 @@ def pairs_by_offset(window: int, table_window: int, device: torch.device) -> tor
 FOLD_MAX_TOKENS = 64
 
 
+def fold_dtype_for(dtype: torch.dtype, on_gpu: bool):
+    """One-hot dtype of the bias fold: fp32 (exact fp32 sums) for fp32 inputs and in the interpreter
+    (whose bf16 is broken); a bf16 hi/lo split on tensor cores for fp16 / bf16 inputs on the GPU."""
+    return tl.bfloat16 if on_gpu and dtype != torch.float32 else tl.float32
+
+
 def backward_schedule(n_groups: int, batch_heads: int, tokens: int, device: torch.device, dtype: torch.dtype) -> dict:
     """Window groups per program: enough programs to fill the GPU (about 8 per SM), the rest
     looped on chip so that the folded bias partials stay few. No folding above 64 tokens."""
-    # The interpreter computes fp32 dots exactly and its bf16 is broken: plain fp32 there.
-    fold_dtype = {"FOLD_DTYPE": tl.bfloat16 if device.type == "cuda" else tl.float32,
-                  "FOLD_EXACT": dtype == torch.float32}
+    fold_dtype = {"FOLD_DTYPE": fold_dtype_for(dtype, device.type == "cuda")}
     if tokens > FOLD_MAX_TOKENS:
         return {"GROUPS": 1, "FOLD": False, "NP": 16, **fold_dtype}
     if device.type == "cuda":
@@ -229,5 +236,5 @@ def aot_signature(dtype: str, ints: list[str]):
 def aot_schedule(tokens: int, dtype: torch.dtype) -> dict:
     fold = {"GROUPS": 4, "FOLD": True, "NP": FOLD_MAX_TOKENS} if tokens <= FOLD_MAX_TOKENS else \
         {"GROUPS": 1, "FOLD": False, "NP": 16}
-    return {**fold, "FOLD_DTYPE": tl.bfloat16, "FOLD_EXACT": dtype == torch.float32}
+    return {**fold, "FOLD_DTYPE": fold_dtype_for(dtype, on_gpu=True)}
 
