@@ -103,10 +103,19 @@ def progress(i: int, total: int, label: str) -> None:
     sys.stderr.flush()
 
 
-def run_cases(cases: list[BenchCase], ceilings: dict, env: dict) -> list[Record]:
+def run_cases(cases: list[BenchCase], ceilings: dict, env: dict, budget_s: Optional[float] = None,
+              log_path: Optional[str] = None) -> list[Record]:
+    """Times every case. With ``budget_s``, stops starting cases once that many seconds have
+    passed (the rest are reported as not run); with ``log_path``, appends each record as one JSON
+    line the moment it is measured, so a run killed at a time limit still leaves its numbers."""
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = time.monotonic()
     records = []
     for i, case in enumerate(cases):
+        if budget_s is not None and time.monotonic() - started > budget_s:
+            sys.stderr.write(f"\ntime budget of {budget_s:.0f} s spent: {len(cases) - i} cases not run, "
+                             f"from {case.op} {case.shape} {case.mode} {case.provider}\n")
+            break
         progress(i, len(cases), f"{case.op} {case.shape} {case.mode} {case.provider}")
         rec = Record(case.op, case.provider, case.mode, case.shape, case.dtype, "ms", None, None, None,
                      baseline=case.baseline, extra=dict(case.extra), gpu=env["gpu"],
@@ -132,7 +141,10 @@ def run_cases(cases: list[BenchCase], ceilings: dict, env: dict) -> list[Record]
             if floors:
                 rec.pct_of_floor = 100 * max(floors) / seconds
         records.append(rec)
-    progress(len(cases), len(cases), "done")
+        if log_path:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(dataclasses.asdict(rec)) + "\n")
+    progress(len(records), len(cases), "done")
     _fill_ratios(records)
     return records
 

@@ -1,4 +1,4 @@
-"""Run the benchmark suite on a GPU: python benchmarks/run.py [--ops norm,attention] [--quick] [--out DIR]
+"""Run the benchmark suite on a GPU: python benchmarks/run.py [--ops norm,attention] [--quick] [--match RE] [--budget-s S] [--out DIR]
 
 Discovers every module in benchmarks/ops/ and benchmarks/models/ that defines ``cases()``,
 measures the copy-bandwidth and bf16-matmul ceilings once, times every case with do_bench, and
@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pkgutil
+import re
 import sys
 
 import torch
@@ -68,6 +69,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ops", help="comma-separated module names (default: all)")
     parser.add_argument("--quick", action="store_true", help="one shape per op")
     parser.add_argument("--out", help="output folder (default benchmarks/results/<date>_<gpu>)")
+    parser.add_argument("--match", help="regular expression: run only cases whose 'op shape mode provider' matches")
+    parser.add_argument("--budget-s", type=float,
+                        help="start no case after this many seconds (for machines with a per-call time limit)")
     parser.add_argument("--update-preferences", action="store_true",
                         help="write the measured fastest kernel backend per op to vtkernels/preferences.json")
     args = parser.parse_args(argv)
@@ -86,8 +90,13 @@ def main(argv=None) -> int:
             cases.extend(module.cases(quick=args.quick))
         except Exception as exc:  # noqa: BLE001 - one broken module must not stop the suite
             print(f"benchmarks.{name}: cases() failed: {type(exc).__name__}: {exc}")
-    records = harness.run_cases(cases, ceilings, env)
+    if args.match:
+        pattern = re.compile(args.match)
+        cases = [c for c in cases if pattern.search(f"{c.op} {c.shape} {c.mode} {c.provider}")]
     out = args.out or harness.default_out_dir(env)
+    os.makedirs(out, exist_ok=True)
+    records = harness.run_cases(cases, ceilings, env, budget_s=args.budget_s,
+                                log_path=os.path.join(out, "records.jsonl"))
     harness.write_results(records, ceilings, env, out)
     print(harness.markdown_table(records, ceilings, env))
     print(f"results written to {out}")

@@ -113,6 +113,7 @@ CPU_CASES = [
     (1, 2, 49, 20, 128, True, False, "bhnd"),  # causal with Nq > Nkv: the first rows see no key
     (3, 2, 33, 70, 64, False, True, "bnhd"),  # cross-attention with a fully padded batch
     (1, 2, 40, 73, 80, True, False, "bhnd"),  # causal offset 33: a key block starts 1 row before a query block
+    (1, 2, 197, 197, 64, False, False, "bnhd"),  # ViT-B: 3 full key blocks, then a 16-wide tail of 5 keys
 ]
 
 

@@ -11,7 +11,10 @@
 # 5. the benchmark suite                                 -> bench/ (results.json, .md, PNGs)
 # and prints a summary table last. Pure-Python peers (Liger-Kernel, Inf-CL) are installed from
 # .whl/ when carried there. Steps: STEPS="build,info,tests,sanitizer,bench" (default all);
-# BENCH_ARGS is passed to benchmarks/run.py (e.g. "--ops norm --quick").
+# BENCH_ARGS is passed to benchmarks/run.py (e.g. "--ops norm --quick --budget-s 400": with a
+# budget the suite stops starting cases in time and still writes its results). The tests run in
+# TEST_WORKERS processes (default 8) when pytest-xdist is installed: most of their time is Triton
+# compiling kernels, which parallelizes across cores.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 FINAL_DIR=${1:-${OUT:-gpu_out}}
@@ -42,13 +45,15 @@ step() {  # step NAME LOG COMMAND...
 nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1
 step build build.log env FORCE_CUDA=1 python3 setup.py build_ext --inplace
 step info info.log python3 -m vtkernels info
-step tests tests.log python3 -m pytest tests -q -x --junitxml="$OUT_DIR/tests.xml" -p no:cacheprovider
+TEST_PARALLEL=()
+python3 -c "import xdist" 2>/dev/null && TEST_PARALLEL=(-n "${TEST_WORKERS:-8}")
+step tests tests.log python3 -m pytest tests -q -rfE --maxfail="${MAX_FAIL:-30}" --durations=15 "${TEST_PARALLEL[@]}" --junitxml="$OUT_DIR/tests.xml" -p no:cacheprovider
 sanitize() {
   local tool
   for tool in memcheck racecheck; do
     echo "-- $tool"
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 7 --target-processes all \
-      python3 -m pytest tests -q -x -m gpu -k "cuda and not compile" -p no:cacheprovider || return $?
+      python3 -m pytest tests -q -m gpu -k "cuda and not compile" -p no:cacheprovider || return $?
   done
 }
 step sanitizer sanitizer.log sanitize
@@ -62,6 +67,7 @@ summary() {
     echo "| $name | ${STATUS[$name]} | ${SECONDS_TAKEN[$name]:-} |"
   done
   grep -E "passed|failed" "$OUT_DIR/tests.log" 2>/dev/null | tail -n 1
+  grep -E "^(FAILED|ERROR) " "$OUT_DIR/tests.log" 2>/dev/null | head -n 40
   grep -E "ERROR SUMMARY" "$OUT_DIR/sanitizer.log" 2>/dev/null
 }
 summary >"$OUT_DIR/summary.md"

@@ -50,6 +50,17 @@ def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n_q: Optional[
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
 
 
+def key_tail_block(n_kv: int, block_n: int, causal: bool) -> int:
+    """Key block of the forward's bounds-checked last step. Without causal masking that step only
+    holds the n_kv % BLOCK_N leftover keys, so it shrinks to fit them (>= 16, a power of two): at
+    ViT-B's 197 keys, 5 keys ride in a 16-wide block instead of a 64-wide one, and the keys
+    computed fall from 256 to 208. Causal tiles keep BLOCK_N: their masked steps span the diagonal."""
+    leftover = n_kv % block_n
+    if causal or leftover == 0:
+        return block_n
+    return min(block_n, max(16, triton.next_power_of_2(leftover)))
+
+
 def _bhn_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
@@ -75,6 +86,7 @@ def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> 
         return
     mask, stride_mb = _pad_mask_args(key_padding_mask)
     cfg = launch_config(head_dim, q.dtype, "fwd", n_q)
+    cfg["TAIL_N"] = key_tail_block(n_kv, cfg["BLOCK_N"], causal)
     grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), batch * heads)
     attention_fwd_kernel[grid](
         q, k, v, mask, out, lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(out),
@@ -150,10 +162,13 @@ def aot_configs():
                                          ("dkdv", attention_bwd_dkdv_kernel, _DKDV_ARGS),
                                          ("dq", attention_bwd_dq_kernel, _DQ_ARGS)):
                     cfg = launch_config(head_dim, dtype, kernel)
+                    if kernel == "fwd":  # ViT-B's 197 keys: a 16-wide tail step (causal: BLOCK_N)
+                        cfg["TAIL_N"] = key_tail_block(197, cfg["BLOCK_N"], causal)
                     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
                     yield fn, _signature(args, ptrs), {**base, **cfg}, options
             if dtype == torch.bfloat16:  # decoding: one query against a cache (BLOCK_M = 16)
                 cfg = launch_config(head_dim, dtype, "fwd", n_q=1)
+                cfg["TAIL_N"] = key_tail_block(1025, cfg["BLOCK_N"], causal=False)
                 options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
                 yield attention_fwd_kernel, _signature(_FWD_ARGS, ptrs), {**base, **cfg}, options
             cfg = launch_config(head_dim, dtype, "delta")

@@ -7,7 +7,9 @@ scores once, so the exponentials are ``exp2``.
 
 The key range splits in two loops: blocks that every query of the tile may fully attend (no
 bounds or causal mask to apply) and the rest (the last partial block, the causal diagonal),
-which pay for the mask. The key-padding mask, when present, applies to every block.
+which pay for the mask, in steps of TAIL_N keys (non-causal: the leftover keys rounded up to a
+power of two >= 16, not a whole BLOCK_N). The key-padding mask, when present, applies to every
+block.
 
 Causal is bottom-right aligned: query ``i`` attends key ``j`` iff ``j <= i + causal_offset``
 with ``causal_offset = n_kv - n_q``. A row with no key left has ``l == 0``: it stores zeros and
@@ -92,7 +94,7 @@ def attention_fwd_kernel(
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on, stride_mb,
     n_heads, n_q, n_kv, qk_scale,
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -128,7 +130,7 @@ def attention_fwd_kernel(
                                        HAS_PAD_MASK, HEAD_DIM, D_PAD, BLOCK_N, PRECISION)
     acc, l_i, m_i = _attend_key_blocks(acc, l_i, m_i, q, K, V, PadMask, offs_m, cols, full_blocks_end, keys_end,
                                        stride_kn, stride_vn, n_kv, causal_offset, qk_scale, True, CAUSAL,
-                                       HAS_PAD_MASK, HEAD_DIM, D_PAD, BLOCK_N, PRECISION)
+                                       HAS_PAD_MASK, HEAD_DIM, D_PAD, TAIL_N, PRECISION)
 
     empty_row = l_i == 0.0  # no key to attend: output 0, lse +inf
     l_safe = tl.where(empty_row, 1.0, l_i)

@@ -1,0 +1,81 @@
+"""The benchmark suite's plumbing on the CPU: every case enumerates, records are written as they
+are measured, a time budget stops the run cleanly. (The timings themselves need a GPU.)"""
+
+import json
+import os
+import sys
+import types
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import harness  # noqa: E402
+from benchmarks.run import backend_order, discover  # noqa: E402
+
+MODES = {"fwd", "bwd", "fwd+bwd", "train"}
+ENV = {**harness.environment(), "gpu": "test GPU"}
+CEILINGS = {"copy_bytes_per_s": 1e12, "matmul_flops_per_s": 1e15}
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_case_enumerates_and_has_its_baseline(quick):
+    cases = [case for _, module in discover(None) for case in module.cases(quick=quick)]
+    assert {case.op for case in cases} >= {"layer_norm", "attention", "window_attention", "patch_embed",
+                                            "clip_loss"}
+    keys = {(c.op, c.shape, c.mode, c.provider) for c in cases}
+    assert len(keys) == len(cases), "two cases share op, shape, mode and provider"
+    for case in cases:
+        assert case.mode in MODES and callable(case.make)
+        assert (case.op, case.shape, case.mode, case.baseline) in keys, f"no baseline for {case}"
+        assert case.bytes or case.flops or case.op.startswith(("vit", "clip", "swin", "igpt", "detr")), case
+
+
+def _case(provider, fail=False):
+    def make():
+        if fail:
+            raise RuntimeError("peer not importable")
+        return lambda: None
+    return harness.BenchCase("op", "S", "fwd", provider, make, bytes=1e9)
+
+
+def _fake_time(monkeypatch, seconds_per_case=0.0):
+    """Every case takes 2 ms on the fake GPU and ``seconds_per_case`` on the harness's clock."""
+    clock = [0.0]
+
+    def time_ms(fn, grad_to_none=None):
+        fn()
+        clock[0] += seconds_per_case
+        return 2.0, 1.9, 2.1
+    monkeypatch.setattr(harness, "time_ms", time_ms)
+    monkeypatch.setattr(harness, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+
+def test_records_ratios_errors_and_log(tmp_path, monkeypatch):
+    _fake_time(monkeypatch)
+    log = tmp_path / "records.jsonl"
+    records = harness.run_cases([_case("torch"), _case("ours"), _case("peer", fail=True)], CEILINGS, ENV,
+                                log_path=str(log))
+    by_provider = {r.provider: r for r in records}
+    assert by_provider["ours"].median == 2.0 and by_provider["ours"].ratio_vs_baseline == 1.0
+    assert by_provider["ours"].tbps == pytest.approx(0.5) and by_provider["ours"].pct_of_floor == pytest.approx(50)
+    assert by_provider["peer"].median is None and "peer not importable" in by_provider["peer"].error
+    assert [json.loads(line)["provider"] for line in log.read_text().splitlines()] == ["torch", "ours", "peer"]
+    harness.write_results(records, CEILINGS, ENV, str(tmp_path))
+    assert len(json.loads((tmp_path / "results.json").read_text())["records"]) == 3
+    assert "ours" in (tmp_path / "results.md").read_text()
+
+
+def test_time_budget_stops_before_the_next_case(monkeypatch):
+    _fake_time(monkeypatch, seconds_per_case=6.0)
+    records = harness.run_cases([_case(f"p{i}") for i in range(4)], CEILINGS, ENV, budget_s=10)
+    assert [r.provider for r in records] == ["p0", "p1"]  # 12 s spent after two cases
+
+
+def test_backend_order_ranks_by_geometric_mean():
+    def record(provider, shape, median):
+        return harness.Record("op", provider, "fwd", shape, "bf16", "ms", median, None, None)
+    records = [record("vtkernels-triton", "a", 1.0), record("vtkernels-triton", "b", 4.0),
+               record("vtkernels-cuda", "a", 2.0), record("vtkernels-cuda", "b", 1.0),
+               record("torch", "a", 0.1)]
+    assert backend_order(records) == {"op": ["cuda", "triton"]}
