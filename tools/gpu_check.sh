@@ -30,34 +30,47 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     && export PYTHONPATH="$PYTHONPATH:/tmp/vtk_site"
 fi
 
+# Every step ends by DEADLINE_S seconds after the start (default 570: the device tool's calls
+# stop at 600), killed if it must be, so that the results are always packed and returned.
+DEADLINE_S=${DEADLINE_S:-570}
 step() {  # step NAME LOG COMMAND...
   local name=$1 log=$2; shift 2
   [[ ",$STEPS," == *",$name,"* ]] || { STATUS[$name]="skipped"; return; }
-  local start=$SECONDS
-  echo "== $name: $*"
-  "$@" >"$OUT_DIR/$log" 2>&1
+  local start=$SECONDS left=$((DEADLINE_S - SECONDS - 15))
+  (( left > 10 )) || { STATUS[$name]="not run (deadline)"; return; }
+  echo "== $name (at most ${left} s): $*"
+  timeout --kill-after=10 "$left" "$@" >"$OUT_DIR/$log" 2>&1
   local rc=$?
   SECONDS_TAKEN[$name]=$((SECONDS - start))
-  STATUS[$name]=$([[ $rc == 0 ]] && echo ok || echo "FAILED (rc $rc)")
+  STATUS[$name]=$([[ $rc == 0 ]] && echo ok || { [[ $rc == 124 ]] && echo "KILLED at the deadline"; } || echo "FAILED (rc $rc)")
   tail -n 5 "$OUT_DIR/$log"
 }
 
 nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1
 step build build.log env FORCE_CUDA=1 python3 setup.py build_ext --inplace
+# The built extension comes back with the results: a later call on a fresh machine can carry it
+# (carry ["vtkernels/<the .so>"]) and leave "build" out of STEPS instead of compiling again.
+[[ ${STATUS[build]} == ok ]] && cp vtkernels/_C*.so "$FINAL_DIR/"
 step info info.log python3 -m vtkernels info
 TEST_PARALLEL=()
 python3 -c "import xdist" 2>/dev/null && TEST_PARALLEL=(-n "${TEST_WORKERS:-8}")
 step tests tests.log python3 -m pytest tests -q -rfE --maxfail="${MAX_FAIL:-30}" --durations=15 "${TEST_PARALLEL[@]}" --junitxml="$OUT_DIR/tests.xml" -p no:cacheprovider
-sanitize() {
-  local tool
+sanitize() {  # both tools, whatever the first finds; fails if either does
+  local tool rc=0
   for tool in memcheck racecheck; do
     echo "-- $tool"
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 7 --target-processes all \
-      python3 -m pytest tests -q -m gpu -k "cuda and not compile" -p no:cacheprovider || return $?
+      python3 -m pytest tests -q -m gpu -k "cuda and not compile" -p no:cacheprovider || rc=$?
   done
+  return $rc
 }
-step sanitizer sanitizer.log sanitize
-step bench bench.log python3 benchmarks/run.py --update-preferences --out "$OUT_DIR/bench" ${BENCH_ARGS:-}
+export -f sanitize  # run through bash -c: timeout runs programs, not shell functions
+step sanitizer sanitizer.log bash -c sanitize
+# Unless BENCH_ARGS sets one, the suite's budget is what the deadline leaves, less a minute for
+# the case in flight and the writing of the results.
+BENCH_BUDGET=()
+[[ "${BENCH_ARGS:-}" == *--budget-s* ]] || BENCH_BUDGET=(--budget-s $((DEADLINE_S - SECONDS - 90)))
+step bench bench.log python3 benchmarks/run.py --update-preferences --out "$OUT_DIR/bench" "${BENCH_BUDGET[@]}" ${BENCH_ARGS:-}
 cp vtkernels/preferences.json "$OUT_DIR/bench/" 2>/dev/null  # commit it back: the measured backend order
 
 summary() {
