@@ -1,5 +1,7 @@
 #include "bindings/attention.h"
 
+#include <limits>
+
 #include "attention/attention.h"
 #include "cuda_context.h"
 #include "torch_checks.h"
@@ -52,12 +54,16 @@ vtk::BhndView view(const at::Tensor& t) {
 vtk::AttentionShape attention_shape(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const OptTensor& key_padding_mask, bool causal, double scale) {
   check_operand(q, "q", q, 4);
+  check_operand(k, "k", q, 4);  // before k.size(2): a k of the wrong rank gets an error naming k
   const int64_t batch = q.size(0), heads = q.size(1), n_q = q.size(2), head_dim = q.size(3), n_kv = k.size(2);
   check_bhnd(k, "k", q, n_kv);
   check_bhnd(v, "v", q, n_kv);
   TORCH_CHECK(vtk::attention_head_dim_supported(static_cast<int>(head_dim)),
               "q: head_dim must be 32, 64, 80, 96 or 128, got ", head_dim);
   TORCH_CHECK(n_kv > 0, "k must hold at least one key");
+  // The kernels index rows with int (and form row + n_kv - n_q): keep n_q + n_kv in int range.
+  TORCH_CHECK(n_q + n_kv <= std::numeric_limits<int>::max(), "q (", n_q, " queries) and k (", n_kv,
+              " keys): n_q + n_kv must fit in a 32-bit int for the CUDA kernels");
   // The kernels' grid is (row blocks, heads, batch): gridDim.y and gridDim.z are at most 65535.
   TORCH_CHECK(batch <= 65535 && heads <= 65535, "q: batch (", batch, ") and heads (", heads,
               ") must each be at most 65535 for the CUDA kernels");

@@ -128,7 +128,7 @@ std::vector<at::Tensor> grad_features(const at::Tensor& image, const at::Tensor&
   const auto f32 = image.options().dtype(at::kFloat);
   const bool finish_text = text_raw.has_value();
   if (finish_text) {
-    check_operand(*text_raw, "text_raw", *text_raw, 2);
+    check_operand(*text_raw, "text_raw", text, 2);  // same device and dtype as the features
     TORCH_CHECK(text_raw->sizes() == text.sizes(), "text_raw must have shape ", text.sizes(), ", got ", text_raw->sizes());
     TORCH_CHECK(coef.has_value(), "coef is required with text_raw");
   }

@@ -66,10 +66,12 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const OptTensor& dh, cons
   TORCH_CHECK(dy.sizes() == h.sizes(), "dy must have shape ", h.sizes(), ", got ", dy.sizes());
   if (dh) TORCH_CHECK(dh->sizes() == h.sizes(), "dh must have shape ", h.sizes(), ", got ", dh->sizes());
   check_row_length(weight, "weight", cols);
-  TORCH_CHECK(rstd.is_cuda() && rstd.scalar_type() == at::kFloat && rstd.numel() == rows && rstd.is_contiguous(),
-              "rstd must be a contiguous float32 CUDA tensor of ", rows, " elements");
-  TORCH_CHECK(rms || (mean.is_cuda() && mean.scalar_type() == at::kFloat && mean.numel() == rows && mean.is_contiguous()),
-              "mean must be a contiguous float32 CUDA tensor of ", rows, " elements");
+  TORCH_CHECK(rstd.device() == h.device() && rstd.scalar_type() == at::kFloat && rstd.numel() == rows &&
+                  rstd.is_contiguous(),
+              "rstd must be a contiguous float32 tensor of ", rows, " elements on ", h.device());
+  TORCH_CHECK(rms || (mean.device() == h.device() && mean.scalar_type() == at::kFloat && mean.numel() == rows &&
+                      mean.is_contiguous()),
+              "mean must be a contiguous float32 tensor of ", rows, " elements on ", h.device());
 
   DeviceGuard guard(h);
   at::Tensor dx = at::empty({rows, cols}, h.options());

@@ -26,9 +26,9 @@ void check_row_length(const OptTensor& t, const char* name, int64_t cols) {
   if (t) TORCH_CHECK(t->size(0) == cols, name, " must have ", cols, " elements (4 * channels), got ", t->sizes());
 }
 
-void check_stats(const at::Tensor& t, const char* name, int64_t rows) {
-  TORCH_CHECK(t.is_cuda() && t.scalar_type() == at::kFloat && t.numel() == rows && t.is_contiguous(), name,
-              " must be a contiguous float32 CUDA tensor of ", rows, " elements");
+void check_stats(const at::Tensor& t, const char* name, int64_t rows, const at::Tensor& like) {
+  TORCH_CHECK(t.device() == like.device() && t.scalar_type() == at::kFloat && t.numel() == rows && t.is_contiguous(),
+              name, " must be a contiguous float32 tensor of ", rows, " elements on ", like.device());
 }
 
 std::vector<at::Tensor> patch_merging_fwd(const at::Tensor& x, const OptTensor& weight, const OptTensor& bias,
@@ -76,8 +76,8 @@ std::vector<at::Tensor> patch_merging_bwd(const at::Tensor& dy, const at::Tensor
   TORCH_CHECK(dy.is_contiguous(), "dy must be contiguous");
   check_row_length(weight, "weight", cols);
   const int64_t rows = vtk::patch_merging_rows(shape);
-  check_stats(mean, "mean", rows);
-  check_stats(rstd, "rstd", rows);
+  check_stats(mean, "mean", rows, x);
+  check_stats(rstd, "rstd", rows, x);
 
   DeviceGuard guard(x);
   at::Tensor dx = at::empty(x.sizes(), x.options());

@@ -146,9 +146,24 @@ _DELTA_ARGS = "Out DOut Delta stride_ob stride_oh stride_on stride_db stride_dh 
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+# Per head_dim, a benchmark shape (batch, heads, n_q = n_kv) whose contiguous (B, H, N, d)
+# launch gives the compile check its launch-time specializations.
+_AOT_SHAPES = {32: (8, 8, 850), 64: (256, 12, 197), 80: (64, 16, 257), 96: (4, 16, 4096), 128: (16, 8, 1024)}
+
+
+def _aot_launch_values(head_dim: int) -> dict:
+    batch, heads, n = _AOT_SHAPES[head_dim]
+    values = {"n_heads": heads, "n_q": n, "n_kv": n, "stride_mb": n}
+    for t in ("q", "k", "v", "o", "do", "dk", "dv", "dq", "d"):
+        values.update({f"stride_{t}b": heads * n * head_dim, f"stride_{t}h": n * head_dim, f"stride_{t}n": head_dim})
+    return values
+
+
 def aot_configs():
-    """Every (kernel, signature, constexprs, options) the benchmark shapes launch (sm_90 check)."""
+    """Every (kernel, signature, constexprs, options, launch values) the benchmark shapes launch
+    (sm_90 check)."""
     for head_dim in HEAD_DIMS:
+        values = _aot_launch_values(head_dim)
         for name, dtype in _TORCH_DTYPES.items():
             if dtype == torch.float32 and head_dim not in (64, 80):
                 continue  # fp32 tiles do not depend on head_dim beyond padding; two suffice
@@ -162,18 +177,19 @@ def aot_configs():
                                          ("dkdv", attention_bwd_dkdv_kernel, _DKDV_ARGS),
                                          ("dq", attention_bwd_dq_kernel, _DQ_ARGS)):
                     cfg = launch_config(head_dim, dtype, kernel)
-                    if kernel == "fwd":  # ViT-B's 197 keys: a 16-wide tail step (causal: BLOCK_N)
-                        cfg["TAIL_N"] = key_tail_block(197, cfg["BLOCK_N"], causal)
+                    if kernel == "fwd":
+                        cfg["TAIL_N"] = key_tail_block(values["n_kv"], cfg["BLOCK_N"], causal)
                     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-                    yield fn, _signature(args, ptrs), {**base, **cfg}, options
+                    yield fn, _signature(args, ptrs), {**base, **cfg}, options, values
             if dtype == torch.bfloat16:  # decoding: one query against a cache (BLOCK_M = 16)
                 cfg = launch_config(head_dim, dtype, "fwd", n_q=1)
                 cfg["TAIL_N"] = key_tail_block(1025, cfg["BLOCK_N"], causal=False)
                 options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-                yield attention_fwd_kernel, _signature(_FWD_ARGS, ptrs), {**base, **cfg}, options
+                yield (attention_fwd_kernel, _signature(_FWD_ARGS, ptrs), {**base, **cfg}, options,
+                       {**values, "n_q": 1, "n_kv": 1025})
             cfg = launch_config(head_dim, dtype, "delta")
             options = {"num_warps": cfg.pop("num_warps")}
             yield (attention_bwd_delta_kernel, _signature(_DELTA_ARGS, ptrs),
-                   {"HEAD_DIM": head_dim, "D_PAD": padded_head_dim(head_dim), **cfg}, options)
+                   {"HEAD_DIM": head_dim, "D_PAD": padded_head_dim(head_dim), **cfg}, options, values)
 
 

@@ -289,11 +289,7 @@ def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, di
     cfg = launch_config("tile", image.dtype, _interpret(image))
     row_blocks = triton.cdiv(n_rows, cfg["BLOCK_M"])
     col_blocks = triton.cdiv(n_cols, cfg["BLOCK_N"])
-    groups = min(col_blocks, triton.cdiv(TARGET_PROGRAMS, row_blocks))
-    if _interpret(image):
-        groups = min(col_blocks, 2)  # still exercises several groups and the online row merge
-    blocks_per_group = triton.cdiv(col_blocks, groups)
-    groups = triton.cdiv(col_blocks, blocks_per_group)
+    groups, blocks_per_group = column_groups(row_blocks, col_blocks, _interpret(image))
     row_part = torch.empty((groups, n_rows), **f32)
     col_part = torch.empty((row_blocks, n_cols), **f32)
     row_part_max = torch.empty((groups, n_rows) if with_max else 0, **f32)
@@ -306,6 +302,15 @@ def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, di
     del row_part, row_part_max
     col_lse, col_max = _merge(col_part, col_part_max, n_cols, with_max)
     return row_lse, col_lse, diag, row_max, col_max
+
+
+def column_groups(row_blocks: int, col_blocks: int, interpret: bool = False) -> tuple[int, int]:
+    """(groups, column blocks per group) of the forward: enough programs to fill the GPU."""
+    groups = min(col_blocks, triton.cdiv(TARGET_PROGRAMS, row_blocks))
+    if interpret:
+        groups = min(col_blocks, 2)  # still exercises several groups and the online row merge
+    blocks_per_group = triton.cdiv(col_blocks, groups)
+    return triton.cdiv(col_blocks, blocks_per_group), blocks_per_group
 
 
 def strip_width(n_rows: int, n_cols: int, element_size: int, block_n: int) -> int:
@@ -373,26 +378,40 @@ def finish_grad(acc: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, normaliz
     return dx
 
 
+def _aot_launch_values(dtype: torch.dtype, n: int = 65536, d: int = 768) -> dict:
+    """The integer arguments of the n = 65536, d = 768 benchmark launch (one process), for the
+    compile check's launch-time specializations."""
+    tile = launch_config("tile", dtype)
+    row_blocks, col_blocks = triton.cdiv(n, tile["BLOCK_M"]), triton.cdiv(n, tile["BLOCK_N"])
+    width = strip_width(n, n, torch.empty((), dtype=dtype).element_size(), tile["BLOCK_N"])
+    return {"n_rows": n, "n_cols": n, "d": d, "stride_i": d, "stride_t": d, "diag_offset": 0,
+            "blocks_per_group": column_groups(row_blocks, col_blocks)[1],
+            "stride_ds": width, "col_start": 0, "strip_end": width, "n": n, "stride_x": d, "stride_y": d,
+            "stride_dx": d}
+
+
 def aot_configs():
-    """(kernel, signature, constexprs, options) for the sm_90 ahead-of-time compile check."""
+    """(kernel, signature, constexprs, options, launch values) for the sm_90 ahead-of-time compile
+    check."""
     for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
+        values = _aot_launch_values(dtype)
         tile = launch_config("tile", dtype)
         opts = {"num_warps": tile.pop("num_warps"), "num_stages": tile.pop("num_stages")}
         prec = {"PRECISION": _precision(dtype)}
         sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowPart": "*fp32", "RowPartMax": "*fp32",
                "ColPart": "*fp32", "ColPartMax": "*fp32", "Diag": "*fp32", "n_rows": "i32", "n_cols": "i32",
                "d": "i32", "stride_i": "i32", "stride_t": "i32", "diag_offset": "i32", "blocks_per_group": "i32"}
-        yield clip_stats_kernel, sig, {"WITH_MAX": False, **tile, **prec}, opts
+        yield clip_stats_kernel, sig, {"WITH_MAX": False, **tile, **prec}, opts, values
         sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowLse": "*fp32", "ColLse": "*fp32",
                "DS": f"*{name}", "DtPart": "*fp32", "n_rows": "i32", "n_cols": "i32", "d": "i32",
                "stride_i": "i32", "stride_t": "i32", "stride_ds": "i32", "diag_offset": "i32",
                "col_start": "i32", "strip_end": "i32", "ds_scale": "fp32"}
-        yield clip_dlogits_kernel, sig, {**tile, **prec}, opts
+        yield clip_dlogits_kernel, sig, {**tile, **prec}, opts, values
         rows = launch_config("rows")
         opts = {"num_warps": rows.pop("num_warps")}
         sig = {"X": f"*{name}", "Y": f"*{name}", "Rnorm": "*fp32", "n": "i32", "d": "i32",
                "stride_x": "i32", "stride_y": "i32", "eps": "fp32"}
-        yield normalize_rows_kernel, sig, rows, opts
+        yield normalize_rows_kernel, sig, rows, opts, values
         sig = {"Acc": "*fp32", "X": f"*{name}", "Coef": "*fp32", "DX": f"*{name}", "n": "i32", "d": "i32",
                "stride_x": "i32", "stride_dx": "i32", "eps": "fp32"}
-        yield finish_grad_kernel, sig, {"NORMALIZE": True, **rows}, opts
+        yield finish_grad_kernel, sig, {"NORMALIZE": True, **rows}, opts, values

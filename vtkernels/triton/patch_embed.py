@@ -378,19 +378,38 @@ def backward_weight(grad_out: torch.Tensor, images: torch.Tensor, weight: torch.
     return partial.sum(0).view(dim, channels, patch, patch).to(weight.dtype)
 
 
+def _aot_launch_values(side: int, patch: int, dim: int, inner: bool, cls: bool, batch: int = 256) -> dict:
+    """The integer arguments a launch on a (batch, 3, side, side) image passes, for the compile
+    check's launch-time specializations (divisible-by-16 and unit values)."""
+    grid, k_size = side // patch, 3 * patch * patch
+    w_cols = triton.cdiv(k_size, 16) * 16
+    rows = batch * grid * grid
+    hw = side * side
+    strides = (3 * hw, 1, 3 * side, 3) if inner else (3 * hw, hw, side, 1)
+    fwd = launch_config("fwd", torch.bfloat16, dim, k_size)
+    return {**dict(zip(("stride_ib", "stride_ic", "stride_ih", "stride_iw"), strides)),
+            "M": rows, "D": dim, "K": k_size, "w_cols": w_cols, "num_patches": grid * grid, "grid_w": grid,
+            "prefix": int(cls), "pos_start": int(cls), "stride_wd": w_cols, "stride_wk": 1, "tiles_per_split": 8,
+            "gemm_programs": triton.cdiv(rows, fwd["BLOCK_M"]) * triton.cdiv(dim, fwd["BLOCK_N"])}
+
+
 def aot_configs():
-    """(kernel, signature, constexprs, options) for the benchmark shapes (ViT-B/16 NCHW, ViT-L/14
-    NHWC, Swin-T patch 4 uint8), for the ahead-of-time sm_90 compile check."""
-    shapes = [  # (patch, dim, channels_inner, vec, image dtype or None for the weight's)
-        (16, 768, False, 8, None), (14, 1024, True, 2, None), (4, 96, True, 16, "u8"), (16, 768, True, 16, "u8")]
+    """(kernel, signature, constexprs, options, launch values) for the benchmark shapes at B = 256
+    (ViT-B/16 224, ViT-L/14 336, Swin-T/4 224; float images NCHW, plus NHWC for ViT-L/14, and
+    uint8 NHWC), for the ahead-of-time sm_90 compile check."""
+    shapes = [  # (side, patch, dim, channels_inner, vec, image dtype or None for the weight's)
+        (224, 16, 768, False, 8, None), (336, 14, 1024, False, 2, None), (336, 14, 1024, True, 2, None),
+        (224, 4, 96, False, 4, None), (224, 4, 96, True, 16, "u8"), (224, 16, 768, True, 16, "u8")]
     strides = {f"stride_i{a}": "i32" for a in "bchw"}
     w_strides = {"stride_wd": "i32", "stride_wk": "i32"}
     sizes = {"M": "i32", "D": "i32", "K": "i32", "num_patches": "i32", "grid_w": "i32", "prefix": "i32"}
     fwd_sizes = {"M": "i32", "D": "i32", "K": "i32", "w_cols": "i32", **sizes}
-    for patch, dim, inner, vec, image_dtype in shapes:
+    for side, patch, dim, inner, vec, image_dtype in shapes:
         for dtype in ("bf16", "fp16", "fp32"):
             torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
             img = image_dtype or dtype
+            cls = patch != 4
+            values = _aot_launch_values(side, patch, dim, inner, cls)
             common = {"PATCH": patch, "CHANNELS": 3, "CHANNELS_INNER": inner, "NORMALIZE": img == "u8",
                       "DOT_PRECISION": "tf32" if dtype == "fp32" else "ieee"}
             vec = min(vec, 16 // {"u8": 1, "fp32": 4}.get(img, 2))
@@ -399,13 +418,13 @@ def aot_configs():
                    "SCALE": "*fp32", "SHIFT": "*fp32", "OUT": f"*{dtype}", **fwd_sizes, "pos_start": "i32",
                    "gemm_programs": "i32",
                    **strides, **w_strides}
-            flags = {"HAS_BIAS": True, "HAS_CLS": patch != 4, "HAS_POS": patch != 4, "CLS_HAS_POS": patch != 4}
-            yield patch_embed_fwd_kernel, sig, {**common, **flags, "VEC": vec, **tiles}, launch
+            flags = {"HAS_BIAS": True, "HAS_CLS": cls, "HAS_POS": cls, "CLS_HAS_POS": cls}
+            yield patch_embed_fwd_kernel, sig, {**common, **flags, "VEC": vec, **tiles}, launch, values
             tiles, launch = _launch_args(launch_config("bwd_weight", torch_dtype, dim, 3 * patch * patch))
             sig = {"DY": f"*{dtype}", "IMG": f"*{img}", "SCALE": "*fp32", "SHIFT": "*fp32", "PARTIAL": "*fp32",
                    **sizes, "tiles_per_split": "i32", **strides}
-            yield patch_embed_bwd_weight_kernel, sig, {**common, "VEC": vec, **tiles}, launch
+            yield patch_embed_bwd_weight_kernel, sig, {**common, "VEC": vec, **tiles}, launch, values
             if img != "u8":
                 sig = {"DY": f"*{dtype}", "W": f"*{dtype}", "SCALE": "*fp32", "DIMG": f"*{dtype}", **sizes,
                        **strides, **w_strides}
-                yield patch_embed_bwd_images_kernel, sig, {**common, **tiles}, launch
+                yield patch_embed_bwd_images_kernel, sig, {**common, **tiles}, launch, values

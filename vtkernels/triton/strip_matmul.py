@@ -99,7 +99,8 @@ def matmul_fp32_out(a, b, c, m, n, k, a_strides, accumulate, dtype, interpret, a
 
 
 def aot_configs():
-    """(kernel, signature, constexprs, options) for the sm_90 ahead-of-time compile check."""
+    """(kernel, signature, constexprs, options, launch values) for the sm_90 ahead-of-time compile
+    check; the values are those of clip_loss's n = 65536, d = 768 backward (1024-column strips)."""
     for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
         prec = {"PRECISION": _precision(dtype)}
         mm = launch_config(dtype)
@@ -109,4 +110,9 @@ def aot_configs():
                    "k_per_split": "i32", "stride_am": "i32", "stride_ak": "i32", "stride_bk": "i32",
                    "stride_cm": "i32", "stride_csplit": "i32", "alpha": "fp32"}
             unit = {"stride_ak": 1} if row_major else {"stride_am": 1}
-            yield strip_matmul_kernel, sig, {**unit, "ACCUMULATE": row_major, **mm, **prec}, opts
+            n, d, width = 65536, 768, 1024
+            values = ({"M": n, "N": d, "K": width, "k_per_split": width, "stride_am": width, "stride_bk": d,
+                       "stride_cm": d, "stride_csplit": 0} if row_major else
+                      {"M": width, "N": d, "K": n, "k_per_split": n // 8, "stride_ak": width, "stride_bk": d,
+                       "stride_cm": d, "stride_csplit": width * d})
+            yield strip_matmul_kernel, sig, {**unit, "ACCUMULATE": row_major, **mm, **prec}, opts, values
