@@ -9,7 +9,8 @@ With ``P = softmax(S)``, ``S = scale * Q K^T`` and the saved row logsumexp ``lse
 2. ``attention_bwd_dkdv_kernel``: a program owns BLOCK_N keys and walks the queries that see
    them (causal: from the diagonal down), accumulating dK and dV in registers.
 3. ``attention_bwd_dq_kernel``: a program owns BLOCK_M queries and walks their keys,
-   accumulating dQ in registers.
+   accumulating dQ in registers; like the forward, it covers the rows from ``first_row`` on
+   (short sequences: full tiles, then a small tile for the leftover rows).
 
 As in the forward, each walk splits into the blocks that need the bounds / causal mask (the
 causal diagonal, a partial last block) and those that do not; the padding mask, when present,
@@ -150,11 +151,11 @@ def attention_bwd_dq_kernel(
     Q, K, V, PadMask, DOut, Lse, Delta, DQ,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
-    stride_mb, n_heads, n_q, n_kv, scale, qk_scale,
+    stride_mb, n_heads, n_q, n_kv, first_row, scale, qk_scale,
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = first_row + tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
     K += batch * stride_kb + head * stride_kh

@@ -15,6 +15,9 @@ Causal is bottom-right aligned: query ``i`` attends key ``j`` iff ``j <= i + cau
 with ``causal_offset = n_kv - n_q``. A row with no key left has ``l == 0``: it stores zeros and
 ``lse = +inf`` (so that the backward's ``exp(s - lse)`` is 0 there, not NaN).
 
+A launch covers the query rows from ``first_row`` on: short sequences run as two launches, full
+BLOCK_M tiles and a small tile for the leftover rows (see ``query_launches`` in attention.py).
+
 head_dim is padded to D_PAD (the next power of two, >= 16); the padded columns are loaded as
 zeros (masked loads when EVEN_D is false) and never stored.
 """
@@ -92,11 +95,11 @@ def attention_fwd_kernel(
     Q, K, V, PadMask, Out, Lse,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on, stride_mb,
-    n_heads, n_q, n_kv, qk_scale,
+    n_heads, n_q, n_kv, first_row, qk_scale,
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = first_row + tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
     Q += batch * stride_qb + head * stride_qh
