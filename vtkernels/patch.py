@@ -217,19 +217,24 @@ def _hf_attention_forward(self, hidden_states: torch.Tensor, attention_mask: Opt
 
 
 def _timm_attention_forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, **kwargs):
-    """timm Attention on vtkernels.attention (q/k norms and scale_norm kept as they are)."""
+    """timm Attention on vtkernels.attention (q/k norms, scale_norm and the output gate kept as they are)."""
     attn_drop = getattr(getattr(self, "attn_drop", None), "p", 0.0)
-    if attn_mask is not None or kwargs or (self.training and attn_drop > 0):
+    causal = kwargs.get("is_causal", False)  # newer timm passes is_causal= (a bool) on every call
+    others = [name for name in kwargs if name != "is_causal"]
+    if attn_mask is not None or others or not isinstance(causal, bool) or (self.training and attn_drop > 0):
         return self._vtkernels_original_forward(x, attn_mask=attn_mask, **kwargs)
+    gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None  # timm's gated=True
     batch, tokens, dim = x.shape
     head_dim = getattr(self, "head_dim", dim // self.num_heads)
     q, k, v = self.qkv(x).view(batch, tokens, 3, self.num_heads, head_dim).unbind(2)  # each (B, N, H, d)
     q = self.q_norm(q) if hasattr(self, "q_norm") else q
     k = self.k_norm(k) if hasattr(self, "k_norm") else k
-    out = vtkernels.attention(q, k, v, scale=getattr(self, "scale", head_dim**-0.5), layout="bnhd",
+    out = vtkernels.attention(q, k, v, causal=causal, scale=getattr(self, "scale", head_dim**-0.5), layout="bnhd",
                               backend=self._vtkernels_backend).reshape(batch, tokens, -1)
     if hasattr(self, "norm"):
         out = self.norm(out)
+    if gate is not None:
+        out = out * gate
     out = self.proj(out)
     return self.proj_drop(out) if hasattr(self, "proj_drop") else out
 
