@@ -42,7 +42,11 @@ step() {  # step NAME LOG COMMAND...
   timeout --kill-after=10 "$left" "$@" >"$OUT_DIR/$log" 2>&1
   local rc=$?
   SECONDS_TAKEN[$name]=$((SECONDS - start))
-  STATUS[$name]=$([[ $rc == 0 ]] && echo ok || { [[ $rc == 124 ]] && echo "KILLED at the deadline"; } || echo "FAILED (rc $rc)")
+  case $rc in
+    0) STATUS[$name]=ok ;;
+    124) STATUS[$name]="KILLED at the deadline" ;;
+    *) STATUS[$name]="FAILED (rc $rc)" ;;
+  esac
   tail -n 5 "$OUT_DIR/$log"
 }
 

@@ -78,11 +78,10 @@ def query_launches(head_dim: int, dtype: torch.dtype, kernel: str, n_q: int) -> 
         block_m = cfg["BLOCK_M"]
         full_rows, leftover = n_q // block_m * block_m, n_q % block_m
         tail = launch_config(head_dim, dtype, kernel, leftover) if leftover else None
-        if tail is None or tail["BLOCK_M"] >= block_m:  # nothing to gain from a second launch
+        if tail is None or tail["BLOCK_M"] >= block_m or full_rows == 0:  # one launch covers it
             launches, rows = [(0, n_q, cfg)], triton.cdiv(n_q, block_m) * block_m
         else:
-            launches = [(0, full_rows, cfg)] * (full_rows > 0) + [(full_rows, leftover, tail)]
-            rows = full_rows + tail["BLOCK_M"]
+            launches, rows = [(0, full_rows, cfg), (full_rows, leftover, tail)], full_rows + tail["BLOCK_M"]
         if best is None or rows < best_rows:
             best, best_rows = launches, rows
     return best
@@ -137,18 +136,16 @@ def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool
         HEAD_DIM=head_dim, D_PAD=constexprs["D_PAD"], **cfg,
     )
     operands = (*_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout))
-    sizes = (stride_mb, heads, n_q, n_kv, scale, scale * LOG2E)
 
     cfg = launch_config(head_dim, q.dtype, "dkdv")
     attention_bwd_dkdv_kernel[(triton.cdiv(n_kv, cfg["BLOCK_N"]), batch * heads)](
-        q, k, v, mask, dout, lse, delta, dk, dv, *operands, *_bhn_strides(dk), *_bhn_strides(dv), *sizes,
-        **constexprs, **cfg,
+        q, k, v, mask, dout, lse, delta, dk, dv, *operands, *_bhn_strides(dk), *_bhn_strides(dv),
+        stride_mb, heads, n_q, n_kv, scale, scale * LOG2E, **constexprs, **cfg,
     )
-    stride_mb, heads, n_q, n_kv, scale, qk_scale = sizes
     for first_row, rows, cfg in query_launches(head_dim, q.dtype, "dq", n_q):
         attention_bwd_dq_kernel[(triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
-            q, k, v, mask, dout, lse, delta, dq, *operands, *_bhn_strides(dq), stride_mb, heads, n_q, n_kv,
-            first_row, scale, qk_scale, **constexprs, **cfg,
+            q, k, v, mask, dout, lse, delta, dq, *operands, *_bhn_strides(dq),
+            stride_mb, heads, n_q, n_kv, first_row, scale, scale * LOG2E, **constexprs, **cfg,
         )
 
 
