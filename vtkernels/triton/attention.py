@@ -21,8 +21,14 @@ HEAD_DIMS = (32, 64, 80, 96, 128)
 LOG2E = 1.4426950408889634
 
 
-def padded_head_dim(head_dim: int) -> int:
-    return max(16, triton.next_power_of_2(head_dim))
+def head_chunks(head_dim: int) -> tuple[int, int]:
+    """(D_MAIN, D_REST): the head dimension as a power of two plus a power-of-two rest (or 0),
+    the column chunks the kernels hold (see attention_fwd.py): 80 -> (64, 16), 96 -> (64, 32)."""
+    main = 1 << (head_dim.bit_length() - 1)
+    rest = head_dim - main
+    if main < 16 or (rest and (rest < 16 or rest & (rest - 1))):
+        raise ValueError(f"head_dim {head_dim} is not a power of two >= 16 plus 0 or a power of two >= 16")
+    return main, rest
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -33,8 +39,7 @@ def _precision(dtype: torch.dtype) -> str:
 def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n_q: Optional[int] = None) -> dict:
     """Tile sizes, warps and pipeline stages for ``kernel`` in ("fwd", "dkdv", "dq", "delta");
     with ``n_q``, the "fwd" and "dq" query tiles shrink to the smallest that holds n_q rows."""
-    d_pad = padded_head_dim(head_dim)
-    wide = d_pad > 64
+    wide = head_dim > 64
     if kernel == "delta":
         return {"BLOCK_M": 64, "num_warps": 4}
     if dtype == torch.float32:  # ieee dots run on FMA units: small tiles, correctness first
@@ -42,9 +47,9 @@ def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n_q: Optional[
     elif kernel == "fwd":
         block_m, block_n, warps, stages = 128, 64, 8 if wide else 4, 3
     elif kernel == "dkdv":  # 8 warps from d = 64 up: dK and dV both live in registers
-        block_m, block_n, warps, stages = 32, 64 if wide else 128, 8 if d_pad >= 64 else 4, 3
+        block_m, block_n, warps, stages = 32, 64 if wide else 128, 8 if head_dim >= 64 else 4, 3
     else:  # dq
-        block_m, block_n, warps, stages = 64 if wide else 128, 32, 8 if d_pad == 64 else 4, 3
+        block_m, block_n, warps, stages = 64 if wide else 128, 32, 8 if head_dim == 64 else 4, 3
     if kernel in ("fwd", "dq") and n_q is not None:  # decode (n_q = 1), short queries: no empty rows
         block_m = min(block_m, max(16, triton.next_power_of_2(n_q)))
         warps = 4 if block_m < 64 and not wide else warps  # 8 keep d = 128 tiles off the stack
@@ -99,9 +104,9 @@ def _pad_mask_args(key_padding_mask: Optional[torch.Tensor]):
 
 
 def _common_constexprs(q: torch.Tensor, causal: bool, key_padding_mask) -> dict:
-    head_dim = q.shape[-1]
-    return {"CAUSAL": causal, "HAS_PAD_MASK": key_padding_mask is not None, "HEAD_DIM": head_dim,
-            "D_PAD": padded_head_dim(head_dim), "PRECISION": _precision(q.dtype)}
+    d_main, d_rest = head_chunks(q.shape[-1])
+    return {"CAUSAL": causal, "HAS_PAD_MASK": key_padding_mask is not None, "D_MAIN": d_main, "D_REST": d_rest,
+            "PRECISION": _precision(q.dtype)}
 
 
 def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> None:
@@ -133,7 +138,7 @@ def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool
     cfg = launch_config(head_dim, q.dtype, "delta")
     attention_bwd_delta_kernel[(triton.cdiv(n_q, cfg["BLOCK_M"]), batch * heads)](
         out, dout, delta, *_bhn_strides(out), *_bhn_strides(dout), heads, n_q,
-        HEAD_DIM=head_dim, D_PAD=constexprs["D_PAD"], **cfg,
+        D_MAIN=constexprs["D_MAIN"], D_REST=constexprs["D_REST"], **cfg,
     )
     operands = (*_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout))
 
@@ -198,8 +203,9 @@ def aot_configs():
             ptrs = {"Q": t, "K": t, "V": t, "PadMask": "*u8", "Out": t, "DOut": t, "DK": t, "DV": t, "DQ": t,
                     "Lse": "*fp32", "Delta": "*fp32"}
             for causal, pad in ((False, True), (True, False)):
-                base = {"CAUSAL": causal, "HAS_PAD_MASK": pad, "HEAD_DIM": head_dim,
-                        "D_PAD": padded_head_dim(head_dim), "PRECISION": _precision(dtype)}
+                d_main, d_rest = head_chunks(head_dim)
+                base = {"CAUSAL": causal, "HAS_PAD_MASK": pad, "D_MAIN": d_main, "D_REST": d_rest,
+                        "PRECISION": _precision(dtype)}
                 for kernel, fn, args in (("fwd", attention_fwd_kernel, _FWD_ARGS),
                                          ("dkdv", attention_bwd_dkdv_kernel, _DKDV_ARGS),
                                          ("dq", attention_bwd_dq_kernel, _DQ_ARGS)):
@@ -220,6 +226,6 @@ def aot_configs():
             cfg = launch_config(head_dim, dtype, "delta")
             options = {"num_warps": cfg.pop("num_warps")}
             yield (attention_bwd_delta_kernel, _signature(_DELTA_ARGS, ptrs),
-                   {"HEAD_DIM": head_dim, "D_PAD": padded_head_dim(head_dim), **cfg}, options, values)
+                   {"D_MAIN": base["D_MAIN"], "D_REST": base["D_REST"], **cfg}, options, values)
 
 

@@ -16,6 +16,8 @@ As in the forward, each walk splits into the blocks that need the bounds / causa
 causal diagonal, a partial last block) and those that do not; the padding mask, when present,
 applies everywhere.
 
+Head vectors are split in two column chunks as in the forward (attention_fwd.py's docstring).
+
 Masked scores are -inf; rows with no key have ``lse = +inf``: both give P = 0, hence zero
 gradients. Query rows past n_q load ``lse = +inf`` for the same reason.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from vtkernels.triton.attention_fwd import load_rows, mask_scores, store_rows
+from vtkernels.triton.attention_fwd import dot_accumulate, dot_rows, load_head, mask_scores, store_head
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr global: readable inside @triton.jit
 
@@ -33,48 +35,50 @@ LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr global: readable inside 
 @triton.jit
 def attention_bwd_delta_kernel(
     Out, DOut, Delta, stride_ob, stride_oh, stride_on, stride_db, stride_dh, stride_dn, n_heads, n_q,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+    D_MAIN: tl.constexpr, D_REST: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     bh = tl.program_id(1)
     batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, D_PAD)
     query_ok = offs_m < n_q
-    o = load_rows(Out + batch * stride_ob + head * stride_oh, offs_m, query_ok, stride_on, cols, HEAD_DIM, D_PAD, True)
-    do = load_rows(DOut + batch * stride_db + head * stride_dh, offs_m, query_ok, stride_dn, cols, HEAD_DIM, D_PAD, True)
+    o, o_rest = load_head(Out + batch * stride_ob + head * stride_oh, offs_m, query_ok, stride_on, D_MAIN, D_REST, True)
+    do, do_rest = load_head(DOut + batch * stride_db + head * stride_dh, offs_m, query_ok, stride_dn, D_MAIN, D_REST,
+                            True)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    if D_REST > 0:
+        delta += tl.sum(o_rest.to(tl.float32) * do_rest.to(tl.float32), axis=1)
     tl.store(Delta + bh.to(tl.int64) * n_q + offs_m, delta, mask=query_ok)
 
 
 @triton.jit
-def _probabilities(q, k, lse_log2, offs_m, offs_n, n_kv, causal_offset, PadMask, qk_scale,
+def _probabilities(q, q_rest, k, k_rest, lse_log2, offs_m, offs_n, n_kv, causal_offset, PadMask, qk_scale,
                    CHECK_BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr,
-                   PRECISION: tl.constexpr):
+                   D_REST: tl.constexpr, PRECISION: tl.constexpr):
     """P tile [BLOCK_M, BLOCK_N] recomputed from the saved logsumexp (log2 units)."""
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    s = dot_rows(q, q_rest, k, k_rest, D_REST, PRECISION) * qk_scale
     s = mask_scores(s, offs_m, offs_n, n_kv, causal_offset, PadMask, CHECK_BOUNDS, CAUSAL, HAS_PAD_MASK)
     return tl.math.exp2(s - lse_log2[:, None])
 
 
 @triton.jit
-def _dkdv_over_queries(dk, dv, k, v, Q, DOut, Lse, Delta, PadMask, offs_n, cols, lo, hi, stride_qn, stride_don,
-                       n_q, n_kv, causal_offset, qk_scale,
+def _dkdv_over_queries(dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, Lse, Delta, PadMask, offs_n, lo, hi,
+                       stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale,
                        CHECK_BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr):
+                       D_MAIN: tl.constexpr, D_REST: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr):
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         query_ok = offs_m < n_q
-        q = load_rows(Q, offs_m, query_ok, stride_qn, cols, HEAD_DIM, D_PAD, True)
-        do = load_rows(DOut, offs_m, query_ok, stride_don, cols, HEAD_DIM, D_PAD, True)
+        q, q_rest = load_head(Q, offs_m, query_ok, stride_qn, D_MAIN, D_REST, True)
+        do, do_rest = load_head(DOut, offs_m, query_ok, stride_don, D_MAIN, D_REST, True)
         lse_log2 = tl.load(Lse + offs_m, mask=query_ok, other=float("inf")) * LOG2E
         delta = tl.load(Delta + offs_m, mask=query_ok, other=0.0)
-        p = _probabilities(q, k, lse_log2, offs_m, offs_n, n_kv, causal_offset, PadMask, qk_scale,
-                           CHECK_BOUNDS, CAUSAL, HAS_PAD_MASK, PRECISION)
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        p = _probabilities(q, q_rest, k, k_rest, lse_log2, offs_m, offs_n, n_kv, causal_offset, PadMask, qk_scale,
+                           CHECK_BOUNDS, CAUSAL, HAS_PAD_MASK, D_REST, PRECISION)
+        dv, dv_rest = dot_accumulate(tl.trans(p), do, do_rest, dv, dv_rest, D_REST, PRECISION)
+        dp = dot_rows(do, do_rest, v, v_rest, D_REST, PRECISION)
         ds = p * (dp - delta[:, None])
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PRECISION)
-    return dk, dv
+        dk, dk_rest = dot_accumulate(tl.trans(ds), q, q_rest, dk, dk_rest, D_REST, PRECISION)
+    return dk, dk_rest, dv, dv_rest
 
 
 @triton.jit
@@ -83,7 +87,7 @@ def attention_bwd_dkdv_kernel(
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     stride_mb, n_heads, n_q, n_kv, scale, qk_scale,
-    CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
@@ -97,12 +101,16 @@ def attention_bwd_dkdv_kernel(
         PadMask += batch * stride_mb
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, D_PAD)
     key_ok = offs_n < n_kv
-    k = load_rows(K + batch * stride_kb + head * stride_kh, offs_n, key_ok, stride_kn, cols, HEAD_DIM, D_PAD, True)
-    v = load_rows(V + batch * stride_vb + head * stride_vh, offs_n, key_ok, stride_vn, cols, HEAD_DIM, D_PAD, True)
-    dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+    k, k_rest = load_head(K + batch * stride_kb + head * stride_kh, offs_n, key_ok, stride_kn, D_MAIN, D_REST, True)
+    v, v_rest = load_head(V + batch * stride_vb + head * stride_vh, offs_n, key_ok, stride_vn, D_MAIN, D_REST, True)
+    dk = tl.zeros([BLOCK_N, D_MAIN], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D_MAIN], dtype=tl.float32)
+    dk_rest = 0.0
+    dv_rest = 0.0
+    if D_REST > 0:
+        dk_rest = tl.zeros([BLOCK_N, D_REST], dtype=tl.float32)
+        dv_rest = tl.zeros([BLOCK_N, D_REST], dtype=tl.float32)
 
     # Query blocks [start_q, masked_end) need the causal mask, [masked_end, n_q) do not.
     causal_offset = n_kv - n_q
@@ -117,33 +125,38 @@ def attention_bwd_dkdv_kernel(
     # A partial last key block needs no bounds mask here: its keys past n_kv are zero rows whose
     # scores only reach their own rows of dK and dV, which are never stored.
     masked_end = tl.minimum(masked_end, n_q)
-    dk, dv = _dkdv_over_queries(dk, dv, k, v, Q, DOut, Lse, Delta, PadMask, offs_n, cols, start_q, masked_end,
-                                stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale, True, CAUSAL,
-                                HAS_PAD_MASK, HEAD_DIM, D_PAD, BLOCK_M, PRECISION)
-    dk, dv = _dkdv_over_queries(dk, dv, k, v, Q, DOut, Lse, Delta, PadMask, offs_n, cols, masked_end, n_q,
-                                stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale, False, CAUSAL,
-                                HAS_PAD_MASK, HEAD_DIM, D_PAD, BLOCK_M, PRECISION)
+    dk, dk_rest, dv, dv_rest = _dkdv_over_queries(
+        dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, Lse, Delta, PadMask, offs_n, start_q, masked_end,
+        stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale, True, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST,
+        BLOCK_M, PRECISION)
+    dk, dk_rest, dv, dv_rest = _dkdv_over_queries(
+        dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, Lse, Delta, PadMask, offs_n, masked_end, n_q,
+        stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale, False, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST,
+        BLOCK_M, PRECISION)
 
-    store_rows(DK + batch * stride_dkb + head * stride_dkh, dk * scale, offs_n, key_ok, stride_dkn, cols, HEAD_DIM)
-    store_rows(DV + batch * stride_dvb + head * stride_dvh, dv, offs_n, key_ok, stride_dvn, cols, HEAD_DIM)
+    if D_REST > 0:
+        dk_rest = dk_rest * scale
+    store_head(DK + batch * stride_dkb + head * stride_dkh, dk * scale, dk_rest, offs_n, key_ok, stride_dkn,
+               D_MAIN, D_REST)
+    store_head(DV + batch * stride_dvb + head * stride_dvh, dv, dv_rest, offs_n, key_ok, stride_dvn, D_MAIN, D_REST)
 
 
 @triton.jit
-def _dq_over_keys(dq, q, do, lse_log2, delta, K, V, PadMask, offs_m, cols, lo, hi, stride_kn, stride_vn,
-                  n_kv, causal_offset, qk_scale,
+def _dq_over_keys(dq, dq_rest, q, q_rest, do, do_rest, lse_log2, delta, K, V, PadMask, offs_m, lo, hi,
+                  stride_kn, stride_vn, n_kv, causal_offset, qk_scale,
                   CHECK_BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr,
-                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                  D_MAIN: tl.constexpr, D_REST: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_ok = offs_n < n_kv
-        k = load_rows(K, offs_n, key_ok, stride_kn, cols, HEAD_DIM, D_PAD, CHECK_BOUNDS)
-        v = load_rows(V, offs_n, key_ok, stride_vn, cols, HEAD_DIM, D_PAD, CHECK_BOUNDS)
-        p = _probabilities(q, k, lse_log2, offs_m, offs_n, n_kv, causal_offset, PadMask, qk_scale,
-                           CHECK_BOUNDS, CAUSAL, HAS_PAD_MASK, PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        k, k_rest = load_head(K, offs_n, key_ok, stride_kn, D_MAIN, D_REST, CHECK_BOUNDS)
+        v, v_rest = load_head(V, offs_n, key_ok, stride_vn, D_MAIN, D_REST, CHECK_BOUNDS)
+        p = _probabilities(q, q_rest, k, k_rest, lse_log2, offs_m, offs_n, n_kv, causal_offset, PadMask, qk_scale,
+                           CHECK_BOUNDS, CAUSAL, HAS_PAD_MASK, D_REST, PRECISION)
+        dp = dot_rows(do, do_rest, v, v_rest, D_REST, PRECISION)
         ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
-    return dq
+        dq, dq_rest = dot_accumulate(ds, k, k_rest, dq, dq_rest, D_REST, PRECISION)
+    return dq, dq_rest
 
 
 @triton.jit
@@ -152,7 +165,7 @@ def attention_bwd_dq_kernel(
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
     stride_mb, n_heads, n_q, n_kv, first_row, scale, qk_scale,
-    CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     start_m = first_row + tl.program_id(0) * BLOCK_M
@@ -164,13 +177,16 @@ def attention_bwd_dq_kernel(
         PadMask += batch * stride_mb
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, D_PAD)
     query_ok = offs_m < n_q
-    q = load_rows(Q + batch * stride_qb + head * stride_qh, offs_m, query_ok, stride_qn, cols, HEAD_DIM, D_PAD, True)
-    do = load_rows(DOut + batch * stride_dob + head * stride_doh, offs_m, query_ok, stride_don, cols, HEAD_DIM, D_PAD, True)
+    q, q_rest = load_head(Q + batch * stride_qb + head * stride_qh, offs_m, query_ok, stride_qn, D_MAIN, D_REST, True)
+    do, do_rest = load_head(DOut + batch * stride_dob + head * stride_doh, offs_m, query_ok, stride_don,
+                            D_MAIN, D_REST, True)
     lse_log2 = tl.load(Lse + bh.to(tl.int64) * n_q + offs_m, mask=query_ok, other=float("inf")) * LOG2E
     delta = tl.load(Delta + bh.to(tl.int64) * n_q + offs_m, mask=query_ok, other=0.0)
-    dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    dq = tl.zeros([BLOCK_M, D_MAIN], dtype=tl.float32)
+    dq_rest = 0.0
+    if D_REST > 0:
+        dq_rest = tl.zeros([BLOCK_M, D_REST], dtype=tl.float32)
 
     # Same split of the key range as the forward: full blocks without masks, then the rest.
     causal_offset = n_kv - n_q
@@ -180,11 +196,15 @@ def attention_bwd_dq_kernel(
         first_row_limit = tl.maximum(start_m + causal_offset + 1, 0)
         full_blocks_end = tl.minimum(full_blocks_end, (first_row_limit // BLOCK_N) * BLOCK_N)
         keys_end = tl.maximum(tl.minimum(n_kv, start_m + BLOCK_M + causal_offset), 0)
-    dq = _dq_over_keys(dq, q, do, lse_log2, delta, K, V, PadMask, offs_m, cols, 0, full_blocks_end, stride_kn,
-                       stride_vn, n_kv, causal_offset, qk_scale, False, CAUSAL, HAS_PAD_MASK, HEAD_DIM, D_PAD,
-                       BLOCK_N, PRECISION)
-    dq = _dq_over_keys(dq, q, do, lse_log2, delta, K, V, PadMask, offs_m, cols, full_blocks_end, keys_end, stride_kn,
-                       stride_vn, n_kv, causal_offset, qk_scale, True, CAUSAL, HAS_PAD_MASK, HEAD_DIM, D_PAD,
-                       BLOCK_N, PRECISION)
+    dq, dq_rest = _dq_over_keys(
+        dq, dq_rest, q, q_rest, do, do_rest, lse_log2, delta, K, V, PadMask, offs_m, 0, full_blocks_end, stride_kn,
+        stride_vn, n_kv, causal_offset, qk_scale, False, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_N, PRECISION)
+    dq, dq_rest = _dq_over_keys(
+        dq, dq_rest, q, q_rest, do, do_rest, lse_log2, delta, K, V, PadMask, offs_m, full_blocks_end, keys_end,
+        stride_kn, stride_vn, n_kv, causal_offset, qk_scale, True, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_N,
+        PRECISION)
 
-    store_rows(DQ + batch * stride_dqb + head * stride_dqh, dq * scale, offs_m, query_ok, stride_dqn, cols, HEAD_DIM)
+    if D_REST > 0:
+        dq_rest = dq_rest * scale
+    store_head(DQ + batch * stride_dqb + head * stride_dqh, dq * scale, dq_rest, offs_m, query_ok, stride_dqn,
+               D_MAIN, D_REST)
