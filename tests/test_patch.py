@@ -17,8 +17,8 @@ from model_configs import DEPTH, IMAGE, PATCH, hf_clip, hf_vit, needs_transforme
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """Counts the calls that reach vtkernels.attention / patch_embed / window_attention."""
-    counts = {"attention": 0, "patch_embed": 0, "window_attention": 0}
+    """Counts the calls that reach vtkernels.attention / patch_embed / window_attention / patch_merging_norm."""
+    counts = {"attention": 0, "patch_embed": 0, "window_attention": 0, "patch_merging_norm": 0}
     for name in counts:
         original = getattr(vtkernels, name)
 
@@ -43,7 +43,7 @@ def test_hf_vit_forward_and_backward(fused_calls, device):
     assert isinstance(fused.vit.layers[0].layernorm_before, vtkernels.nn.LayerNorm)
     images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
     out = fused(images).logits
-    assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0}
+    assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0, "patch_merging_norm": 0}
     expected = hf(images).logits
     assert_close(out, expected, torch.float32, names=["logits"])
     cotangent = torch.randn_like(out)
@@ -71,7 +71,7 @@ def test_hf_clip(fused_calls, attn_implementation, padding, device):
         out = fused(input_ids=ids, pixel_values=images, attention_mask=mask)
         expected = hf(input_ids=ids, pixel_values=images, attention_mask=mask)
     # the causal (+ padding) masks are taken by the op: no fallback
-    assert fused_calls == {"attention": 2 * DEPTH, "patch_embed": 1, "window_attention": 0}
+    assert fused_calls == {"attention": 2 * DEPTH, "patch_embed": 1, "window_attention": 0, "patch_merging_norm": 0}
     assert_close([out.logits_per_image, out.text_model_output.last_hidden_state],
                  [expected.logits_per_image, expected.text_model_output.last_hidden_state], torch.float32,
                  names=["logits_per_image", "text last_hidden_state"])
@@ -107,10 +107,10 @@ def test_hf_swin_norms_and_window_attention(fused_calls, image, window, device):
     hf = _tiny_swin(image, window).to(device)
     norms = sum(type(m) is nn.LayerNorm for m in hf.modules())
     fused, report = _optimized(hf)
-    assert report.replaced == {"LayerNorm": norms, "WindowAttention": 4}
+    assert report.replaced == {"LayerNorm": norms, "WindowAttention": 4, "PatchMerging": 1, "PatchEmbed": 1}
     images = torch.randn(2, 3, image, image, device=device)
     out = fused(images).logits
-    assert fused_calls["window_attention"] == 4
+    assert fused_calls == {"attention": 0, "patch_embed": 1, "window_attention": 4, "patch_merging_norm": 1}
     expected = hf(images).logits
     assert_close(out, expected, torch.float32)
     cotangent = torch.randn_like(out)
@@ -194,7 +194,7 @@ def test_compiled_optimized_model(device):
         assert rel_error(compiled(images).logits, hf(images).logits) < 1e-5
 
 
-# --- timm (GPU machine: timm is importable there) -------------------------------------------------
+# --- timm (skipped where timm is not importable) -------------------------------------------------
 
 def test_timm_vit(fused_calls, device):
     timm = pytest.importorskip("timm")
@@ -205,12 +205,53 @@ def test_timm_vit(fused_calls, device):
     assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1}
     images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
     out = fused(images)
-    assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0}
+    assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0, "patch_merging_norm": 0}
     expected = model(images)
     assert_close(out, expected, torch.float32)
     cotangent = torch.randn_like(out)
     assert_close(grads(out, list(fused.parameters()), cotangent), grads(expected, list(model.parameters()), cotangent),
                  torch.float32, tol=2e-5)
+
+
+def _tiny_timm_swin(img_size):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=img_size, embed_dim=32,
+                              depths=(2, 2), num_heads=(1, 2), window_size=4, num_classes=5)
+    return perturb_(model).eval()
+
+
+@pytest.mark.parametrize("img_size, fused_windows", [
+    ((32, 32), 4),  # 8x8 map, shifted; stage 2 (4x4) fits one window: unshifted
+    ((36, 36), 4),  # 9x9 map padded to 12x12 (roll, then pad); odd merge to 5x5, padded to 8x8
+    ((32, 48), 3),  # stage 2 is 4x6: timm shifts only along W there, which takes timm's own path
+])
+def test_timm_swin(fused_calls, img_size, fused_windows, device):
+    """timm SwinTransformerBlock, PatchMerging and the NHWC PatchEmbed, outputs and every gradient."""
+    model = _tiny_timm_swin(img_size).to(device)
+    norms = sum(type(m) is nn.LayerNorm for m in model.modules())
+    fused, report = _optimized(model)
+    assert report.replaced == {"LayerNorm": norms, "WindowAttention": 4, "PatchMerging": 1, "PatchEmbed": 1}
+    images = torch.randn(2, 3, *img_size, device=device)
+    out = fused(images)
+    assert fused_calls == {"attention": 0, "patch_embed": 1, "window_attention": fused_windows, "patch_merging_norm": 1}
+    expected = model(images)
+    assert_close(out, expected, torch.float32)
+    cotangent = torch.randn_like(out)
+    names = [name for name, _ in model.named_parameters()]
+    assert names == [name for name, _ in fused.named_parameters()]
+    assert_close(grads(out, list(fused.parameters()), cotangent), grads(expected, list(model.parameters()), cotangent),
+                 torch.float32, tol=2e-5, names=names)
+
+
+def test_timm_swin_attention_dropout_in_training_falls_back(fused_calls):
+    model = _tiny_timm_swin((32, 32))
+    for block in (b for layer in model.layers for b in layer.blocks):
+        block.attn.attn_drop.p = 0.1
+    fused, _ = _optimized(model)
+    fused.train()(torch.randn(2, 3, 32, 32))
+    assert fused_calls["window_attention"] == 0 and fused_calls["patch_merging_norm"] == 1
+    fused.eval()(torch.randn(2, 3, 32, 32))
+    assert fused_calls["window_attention"] == 4
 
 
 @needs_transformers_5

@@ -7,12 +7,14 @@ Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on a
 * the self-attention of HF ``ViTAttention`` / ``CLIPAttention`` and of timm's ``Attention`` gets a
   forward that projects q, k, v straight into the (B, N, H, d) layout and calls
   :func:`vtkernels.attention` (causal where HF asks for it, as in the CLIP text tower);
-* HF ``SwinLayer`` runs its shifted-window attention as one :func:`vtkernels.window_attention`
-  call on the (B, H, W, 3C) map (roll, padding, partition, bias, mask and reverse inside the op),
-  and adds its residual inside the fused ``layernorm_after``;
+* HF ``SwinLayer`` and timm's ``SwinTransformerBlock`` run their shifted-window attention as one
+  :func:`vtkernels.window_attention` call on the (B, H, W, 3C) map (roll, padding, partition,
+  bias, mask and reverse inside the op), and add their residual inside the fused second norm;
+* Swin patch merging (timm ``PatchMerging``, HF ``SwinPatchMerging``): the 2x2 gather and the
+  LayerNorm(4C) become one :func:`vtkernels.patch_merging_norm` call before the reduction Linear;
 * the patch embedding of HF ViT / CLIP (convolution + class token + position embedding) becomes
-  one :func:`vtkernels.patch_embed` call; timm's ``PatchEmbed`` keeps its own position handling and
-  gets the fused projection only.
+  one :func:`vtkernels.patch_embed` call; timm's ``PatchEmbed`` (flattened or Swin's NHWC output)
+  and HF's ``SwinPatchEmbeddings`` keep their own position handling and get the fused projection.
 
 A patched forward falls back to the original one for the calls it cannot take exactly (attention
 masks that are not causal + key padding, dropout in training, interpolated position encodings,
@@ -35,7 +37,9 @@ from torch import nn
 
 import vtkernels
 from vtkernels.nn import LayerNorm
+from vtkernels.nn.norm import _cast
 from vtkernels.reference.attention import allowed_keys
+from vtkernels.reference.window_attention import effective_window
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +92,16 @@ def optimize(model: nn.Module, *, norms: bool = True, attention: bool = True, pa
             kind, forward = "Attention", _timm_attention_forward
         elif attention and _is_hf_swin_layer(module):
             kind, forward = "WindowAttention", _hf_swin_layer_forward
+        elif attention and _is_timm_swin_block(module):
+            kind, forward = "WindowAttention", _timm_swin_block_forward
+        elif norms and _is_timm_patch_merging(module):
+            kind, forward = "PatchMerging", _timm_patch_merging_forward
+        elif norms and _is_hf_patch_merging(module):
+            kind, forward = "PatchMerging", _hf_patch_merging_forward
         elif patch_embed and type(module).__name__ in HF_EMBEDDING_CLASSES and _from(module, "transformers"):
             kind, forward = "PatchEmbed", _hf_embeddings_forward
+        elif patch_embed and _is_hf_swin_patch_embeddings(module):
+            kind, forward = "PatchEmbed", _hf_swin_patch_embeddings_forward
         elif patch_embed and _is_timm_patch_embed(module):
             kind, forward = "PatchEmbed", _timm_patch_embed_forward
         if kind is not None:
@@ -139,8 +151,41 @@ def _is_timm_attention(module: nn.Module) -> bool:
             and all(hasattr(module, n) for n in ("qkv", "proj", "num_heads")))
 
 
+def _is_timm_swin_block(module: nn.Module) -> bool:
+    attn = getattr(module, "attn", None)
+    return (type(module).__name__ == "SwinTransformerBlock" and _from(module, "timm")
+            and all(hasattr(module, n) for n in ("_attn", "norm1", "norm2", "mlp", "drop_path1", "drop_path2",
+                                                 "window_size", "shift_size", "input_resolution"))
+            and all(hasattr(attn, n) for n in ("qkv", "proj", "relative_position_bias_table", "num_heads", "scale")))
+
+
+def _is_timm_patch_merging(module: nn.Module) -> bool:
+    return (type(module).__name__ == "PatchMerging" and _from(module, "timm")
+            and isinstance(getattr(module, "reduction", None), nn.Linear) and hasattr(module, "norm"))
+
+
+def _is_hf_patch_merging(module: nn.Module) -> bool:
+    return (type(module).__name__ == "SwinPatchMerging" and _from(module, "transformers")
+            and isinstance(getattr(module, "reduction", None), nn.Linear) and hasattr(module, "norm")
+            and _forward_takes(module, "input_feature", "input_dimensions"))
+
+
+def _is_hf_swin_patch_embeddings(module: nn.Module) -> bool:
+    return (type(module).__name__ == "SwinPatchEmbeddings" and _from(module, "transformers")
+            and isinstance(getattr(module, "projection", None), nn.Conv2d) and _forward_takes(module, "pixel_values"))
+
+
+def _timm_output_format(module: nn.Module) -> Optional[str]:
+    """"NLC" for a flattened timm PatchEmbed, else its output_fmt ("NHWC" in Swin, "NCHW")."""
+    if getattr(module, "flatten", False):
+        return "NLC"
+    fmt = getattr(module, "output_fmt", None)
+    return getattr(fmt, "value", fmt)
+
+
 def _is_timm_patch_embed(module: nn.Module) -> bool:
-    return (type(module).__name__ == "PatchEmbed" and _from(module, "timm") and getattr(module, "flatten", False)
+    return (type(module).__name__ == "PatchEmbed" and _from(module, "timm")
+            and _timm_output_format(module) in ("NLC", "NHWC")
             and isinstance(getattr(module, "proj", None), nn.Conv2d) and not getattr(module, "dynamic_img_pad", False))
 
 
@@ -265,12 +310,68 @@ def _hf_swin_layer_forward(self, hidden_states: torch.Tensor, input_dimensions, 
                                      pad_qkv=None if bias is None else bias.to(qkv.dtype), pad_first=True)
     # (under autocast the branch is bf16 while the residual stream keeps its dtype, as in HF)
     attn_out = attention.o_proj(out).view(batch, height * width, channels).to(hidden_states.dtype)
-    if isinstance(self.layernorm_after, LayerNorm):
-        normed, hidden_states = self.layernorm_after(attn_out, residual=hidden_states)
-    else:
-        hidden_states = hidden_states + attn_out
-        normed = self.layernorm_after(hidden_states)
+    normed, hidden_states = _add_and_norm(self.layernorm_after, attn_out, hidden_states)
     return self.mlp(normed) + hidden_states, None
+
+
+def _add_and_norm(norm: nn.Module, branch: torch.Tensor, residual: torch.Tensor):
+    """(norm(residual + branch), residual + branch): one pass when ``norm`` is the fused LayerNorm."""
+    if isinstance(norm, LayerNorm):
+        return norm(branch, residual=residual)
+    hidden = residual + branch
+    return norm(hidden), hidden
+
+
+def _timm_swin_block_forward(self, x: torch.Tensor):
+    """timm SwinTransformerBlock (B, H, W, C) with the (shifted-)window attention fused into one op."""
+    attn = self.attn
+    window, shift = _square_patch(self.window_size), _square_patch(self.shift_size)
+    height, width = x.shape[1], x.shape[2]
+    # Fused only where the op computes what this block's own window, shift and mask compute: a
+    # square window and shift (newer timm shrinks them per axis on small non-square maps), the
+    # table built for that window, the op's shrink rule a no-op, and a mask for this map size.
+    exact = (window is not None and shift is not None and _square_patch(attn.window_size) == window
+             and effective_window(height, width, window, shift) == (window, shift)
+             and (shift == 0 or getattr(self, "dynamic_mask", False) or (height, width) == tuple(self.input_resolution)))
+    if not exact or (self.training and attn.attn_drop.p > 0):
+        return self._vtkernels_original_forward(x)
+    batch, _, _, channels = x.shape
+    qkv = attn.qkv(self.norm1(x))
+    bias = attn.qkv.bias
+    # timm zero-pads the normed map before the qkv Linear, so a padding token's q/k/v is the bias.
+    out = vtkernels.window_attention(qkv, attn.relative_position_bias_table, attn.num_heads, window, shift,
+                                     attn.scale, -100.0, self._vtkernels_backend,
+                                     pad_qkv=None if bias is None else bias.to(qkv.dtype))
+    attn_out = self.drop_path1(attn.proj_drop(attn.proj(out))).to(x.dtype)
+    normed, x = _add_and_norm(self.norm2, attn_out.reshape(batch, -1, channels), x.reshape(batch, -1, channels))
+    return (x + self.drop_path2(self.mlp(normed))).reshape(batch, height, width, channels)
+
+
+# --- patch merging ------------------------------------------------------------------------------
+
+def _fused_patch_merge(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """reduction(norm(2x2 merge of x (B, H, W, C))) with the merge and norm fused; None when the
+    norm is not a LayerNorm over the merged 4C channels."""
+    norm = self.norm
+    if not (isinstance(norm, LayerNorm) or _is_plain_layer_norm(norm)) or tuple(norm.normalized_shape) != (4 * x.shape[-1],):
+        return None
+    merged = vtkernels.patch_merging_norm(x, _cast(norm.weight, x), _cast(norm.bias, x), norm.eps,
+                                          self._vtkernels_backend)
+    return self.reduction(merged)
+
+
+def _timm_patch_merging_forward(self, x: torch.Tensor):
+    out = _fused_patch_merge(self, x)
+    return self._vtkernels_original_forward(x) if out is None else out
+
+
+def _hf_patch_merging_forward(self, input_feature: torch.Tensor, input_dimensions):
+    height, width = input_dimensions
+    batch, _, channels = input_feature.shape
+    out = _fused_patch_merge(self, input_feature.view(batch, height, width, channels))
+    if out is None:
+        return self._vtkernels_original_forward(input_feature, input_dimensions)
+    return out.view(batch, -1, out.shape[-1])
 
 
 # --- patch embedding ------------------------------------------------------------------------
@@ -294,13 +395,33 @@ def _hf_embeddings_forward(self, pixel_values: torch.Tensor, *args, **kwargs):
                                  cls_token=cls_token, pos_embed=pos_embed, backend=self._vtkernels_backend)
 
 
+def _fused_projection(conv: nn.Conv2d, images: torch.Tensor, backend: Optional[str]) -> Optional[torch.Tensor]:
+    """Conv2d(stride = kernel = patch) of ``images`` as (B, N, D) tokens in row-major patch order,
+    fused; None when the patch is not square or the image not a multiple of it."""
+    patch = _square_patch(conv.kernel_size)
+    if (patch is None or tuple(conv.stride) != (patch, patch) or tuple(conv.padding) != (0, 0)
+            or images.shape[-2] % patch or images.shape[-1] % patch):
+        return None
+    return vtkernels.patch_embed(images.to(conv.weight.dtype), conv.weight, conv.bias, patch, backend=backend)
+
+
 def _timm_patch_embed_forward(self, x: torch.Tensor):
-    """timm PatchEmbed (flattened output): the projection on vtkernels.patch_embed, then its norm."""
-    patch = _square_patch(self.proj.kernel_size)
+    """timm PatchEmbed (flattened, or NHWC as in Swin): the projection on vtkernels.patch_embed, then its norm."""
     height, width = x.shape[-2:]
     strict_size = getattr(self, "strict_img_size", False) and (height, width) != tuple(self.img_size)
-    if patch is None or height % patch or width % patch or strict_size:
+    tokens = None if strict_size else _fused_projection(self.proj, x, self._vtkernels_backend)
+    if tokens is None:
         return self._vtkernels_original_forward(x)  # (which raises timm's own size error)
-    tokens = vtkernels.patch_embed(x.to(self.proj.weight.dtype), self.proj.weight, self.proj.bias, patch,
-                                   backend=self._vtkernels_backend)
+    if _timm_output_format(self) == "NHWC":
+        patch = self.proj.kernel_size[0]
+        tokens = tokens.view(x.shape[0], height // patch, width // patch, tokens.shape[-1])
     return self.norm(tokens)
+
+
+def _hf_swin_patch_embeddings_forward(self, pixel_values: torch.Tensor):
+    """HF SwinPatchEmbeddings: (tokens, (H', W')); images that HF would pad take HF's path."""
+    tokens = _fused_projection(self.projection, pixel_values, self._vtkernels_backend)
+    if tokens is None:
+        return self._vtkernels_original_forward(pixel_values)
+    patch = self.projection.kernel_size[0]
+    return tokens, (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
