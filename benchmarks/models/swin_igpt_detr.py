@@ -1,7 +1,9 @@
-"""End-to-end model benchmarks (bf16 inference): Swin-T classification, DETR-R50 detection and
-iGPT-S image sampling, vtkernels against timm / HF eager and torch.compile.
+"""End-to-end model benchmarks (bf16 inference): Swin-T and Swin-B@384 classification, DETR-R50
+detection and iGPT-S image sampling, vtkernels against timm / HF eager, torch.compile, and
+``vtkernels.optimize`` applied to the timm / HF models.
 
-Targets: Swin-T B=256 >= 2x timm eager; DETR-R50 800x1066 B=8 >= 1.3x HF eager; iGPT-S
+Targets: Swin-T B=256 >= 2x timm eager and >= 1.25x timm + compile; Swin-B@384 (window 12) B=32
+>= 2x timm eager; DETR-R50 800x1066 B=8 >= 1.3x HF eager; iGPT-S
 sampling 8 images of 32x32 (1024 tokens, top-k 40) <= 1.5 s (static KV cache + CUDA graph).
 Every model is built from a config with random weights (no download); a provider that cannot
 run (timm missing, a compile failure) becomes a record with its error.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+import vtkernels
 from benchmarks.harness import BenchCase
 
 DTYPE = torch.bfloat16
@@ -34,35 +37,64 @@ def _inference(model_fn, make_inputs, compile_model=False):
     return make
 
 
-# -- Swin-T -------------------------------------------------------------------------------
-def _timm_swin_t():
+# -- Swin ---------------------------------------------------------------------------------
+# (timm model name, our size and overrides, batch, quick batch, GMACs per image)
+SWIN_PRESETS = {
+    "Swin-T": ("swin_tiny_patch4_window7_224", ("T", {}), 256, 64, 4.5),
+    "Swin-B@384": ("swin_base_patch4_window12_384", ("B", {"img_size": 384, "window_size": 12}), 32, 8, 47.1),
+}
+
+
+def _swin_config(preset: str):
+    import dataclasses
+
+    from vtkernels.models.swin import SIZES
+
+    size, overrides = SWIN_PRESETS[preset][1]
+    return dataclasses.replace(SIZES[size], **overrides)
+
+
+def _timm_swin(preset: str, optimize: bool = False):
     import timm
 
-    return _cuda_bf16(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False))
+    model = _cuda_bf16(timm.create_model(SWIN_PRESETS[preset][0], pretrained=False))
+    return vtkernels.optimize(model) if optimize else model
 
 
-def _vtk_swin_t():
+def _vtk_swin(preset: str):
     from vtkernels.models.swin import Swin
 
-    return _cuda_bf16(Swin.from_size("T"))
+    return _cuda_bf16(Swin(_swin_config(preset)))
 
 
-def _hf_swin_t():
+def _hf_swin(preset: str, optimize: bool = False):
     import transformers
 
-    config = transformers.SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], num_labels=1000)
-    return _cuda_bf16(transformers.SwinForImageClassification(config))
+    ours = _swin_config(preset)
+    config = transformers.SwinConfig(image_size=ours.img_size, window_size=ours.window_size, embed_dim=ours.embed_dim,
+                                     depths=list(ours.depths), num_heads=list(ours.num_heads), num_labels=1000)
+    model = _cuda_bf16(transformers.SwinForImageClassification(config))
+    return vtkernels.optimize(model) if optimize else model
 
 
 def _swin_cases(quick):
-    batch = 64 if quick else 256
-    label = f"Swin-T {batch}x3x224x224"
-    images = lambda: (torch.randn(batch, 3, 224, 224, device="cuda", dtype=DTYPE),)  # noqa: E731
-    flops = 4.5e9 * batch * 2  # ~4.5 GMACs per image
-    providers = {"vtkernels": (_vtk_swin_t, False), "vtkernels+compile": (_vtk_swin_t, True),
-                 "timm": (_timm_swin_t, False), "timm+compile": (_timm_swin_t, True), "hf": (_hf_swin_t, False)}
-    for provider, (fn, compiled) in providers.items():
-        yield BenchCase("swin", label, "fwd", provider, _inference(fn, images, compiled), flops=flops, baseline="timm")
+    for preset, (_, _, full_batch, quick_batch, gmacs) in SWIN_PRESETS.items():
+        batch = quick_batch if quick else full_batch
+        side = _swin_config(preset).img_size
+        label = f"{preset} {batch}x3x{side}x{side}"
+        images = lambda batch=batch, side=side: (torch.randn(batch, 3, side, side, device="cuda", dtype=DTYPE),)  # noqa: E731
+        providers = {
+            "vtkernels": (lambda p=preset: _vtk_swin(p), False),
+            "vtkernels+compile": (lambda p=preset: _vtk_swin(p), True),
+            "timm": (lambda p=preset: _timm_swin(p), False),
+            "timm+compile": (lambda p=preset: _timm_swin(p), True),
+            "timm+optimize": (lambda p=preset: _timm_swin(p, optimize=True), False),
+            "hf": (lambda p=preset: _hf_swin(p), False),
+            "hf+optimize": (lambda p=preset: _hf_swin(p, optimize=True), False),
+        }
+        for provider, (fn, compiled) in providers.items():
+            yield BenchCase("swin", label, "fwd", provider, _inference(fn, images, compiled), flops=2e9 * gmacs * batch,
+                            baseline="timm")
 
 
 # -- DETR-R50 -----------------------------------------------------------------------------
