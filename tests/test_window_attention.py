@@ -20,7 +20,8 @@ CASES = [
     (1, 9, 11, 2, 16, 7, 3, False, True),     # odd map: padding, timm order (roll, pad)
     (1, 9, 11, 2, 16, 7, 3, True, True),      # odd map: HF order (pad, roll)
     (1, 5, 9, 2, 16, 7, 3, False, True),      # window larger than the map: shrinks to 5, unshifted
-    (1, 24, 24, 1, 32, 12, 6, False, False),  # window 12 (144 tokens, query chunks)
+    (1, 24, 24, 1, 32, 12, 6, False, False),  # window 12: keys 128 + 16, query rows 2 x 64 + 16
+    (1, 15, 26, 2, 16, 12, 6, True, True),    # window 12 with padding (HF order): padding in the 16-key rest
     (1, 14, 14, 1, 64, 7, 3, False, False),   # head_dim 64
     (1, 27, 14, 1, 16, 7, 3, False, True),    # 4 window pairs: backward loops 3 per program, ragged end
 ]

@@ -16,17 +16,17 @@ import triton
 from vtkernels.triton.attention_bwd import (attention_bwd_delta_kernel, attention_bwd_dkdv_kernel,
                                             attention_bwd_dq_kernel)
 from vtkernels.triton.attention_fwd import attention_fwd_kernel
+from vtkernels.triton.tiling import two_tiles
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
 LOG2E = 1.4426950408889634
 
 
 def head_chunks(head_dim: int) -> tuple[int, int]:
-    """(D_MAIN, D_REST): the head dimension as a power of two plus a power-of-two rest (or 0),
-    the column chunks the kernels hold (see attention_fwd.py): 80 -> (64, 16), 96 -> (64, 32)."""
-    main = 1 << (head_dim.bit_length() - 1)
-    rest = head_dim - main
-    if main < 16 or (rest and (rest < 16 or rest & (rest - 1))):
+    """(D_MAIN, D_REST): the column chunks the kernels hold (see attention_fwd.py), which must
+    cover head_dim exactly: 80 -> (64, 16), 96 -> (64, 32), 64 -> (64, 0)."""
+    main, rest = two_tiles(head_dim)
+    if main + rest != head_dim:
         raise ValueError(f"head_dim {head_dim} is not a power of two >= 16 plus 0 or a power of two >= 16")
     return main, rest
 

@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vtkernels.triton.tiling import two_tiles
+
 # Tokens per window the kernels take: one window's keys must fit one tile.
 MAX_WINDOW_TOKENS = 256
 MAX_HEAD_DIM = 128
@@ -45,7 +47,8 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def window_tokens(rows, w0, n_win, G: tl.constexpr, MH: tl.constexpr, MW: tl.constexpr,
                   nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST: tl.constexpr):
-    """Per packed row: (in a window, real pixel, source row, source col, pr, pc, window slot, region)."""
+    """Per packed row, the tuple (in a window, real pixel, source row, source col, pr, pc, window
+    slot, region) that the functions below take as ``tokens``."""
     N: tl.constexpr = MH * MW
     g = rows // N
     p = rows % N
@@ -69,14 +72,22 @@ def window_tokens(rows, w0, n_win, G: tl.constexpr, MH: tl.constexpr, MW: tl.con
 
 
 @triton.jit
-def load_tokens(QKV, PAD, b, src_r, src_c, valid, real, part, h, C, stride_b, stride_h, stride_w,
+def token_offsets(b, tokens, stride_b, stride_h, stride_w, col):
+    """Element offsets of channels ``col`` of the tokens' source pixels in a (B, H, W, *) map."""
+    _, _, src_r, src_c, _, _, _, _ = tokens
+    return b.to(tl.int64) * stride_b + src_r.to(tl.int64)[:, None] * stride_h + src_c[:, None] * stride_w + col[None, :]
+
+
+@triton.jit
+def load_tokens(QKV, PAD, b, tokens, part, h, C, stride_b, stride_h, stride_w,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_PAD: tl.constexpr):
     """(rows, BLOCK_D) slice ``part`` (0 q, 1 k, 2 v) of head h; padding rows from PAD or zeros."""
+    valid, real, _, _, _, _, _, _ = tokens
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
     col = part * C + h * HEAD_DIM + d
-    offs = b.to(tl.int64) * stride_b + src_r.to(tl.int64)[:, None] * stride_h + src_c[:, None] * stride_w + col[None, :]
-    x = tl.load(QKV + offs, mask=real[:, None] & d_ok[None, :], other=0.0)
+    x = tl.load(QKV + token_offsets(b, tokens, stride_b, stride_h, stride_w, col),
+                mask=real[:, None] & d_ok[None, :], other=0.0)
     if HAS_PAD:
         fill = tl.load(PAD + col, mask=d_ok, other=0.0).to(x.dtype)
         x = tl.where((valid & (real == 0))[:, None], fill[None, :], x)
@@ -84,22 +95,85 @@ def load_tokens(QKV, PAD, b, src_r, src_c, valid, real, part, h, C, stride_b, st
 
 
 @triton.jit
-def attention_probs(q, k, TABLE, h, heads, scale, mask_value,
-                    q_ok, q_pr, q_pc, q_g, q_region, k_ok, k_pr, k_pc, k_g, k_region,
-                    MHT: tl.constexpr, MWT: tl.constexpr, HAS_SHIFT: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Softmax(q k^T * scale + bias + shift mask) over the keys of each row's own window, fp32."""
+def key_chunk(QKV, PAD, first, SIZE: tl.constexpr, w0, n_win, b, h, C, stride_b, stride_h, stride_w,
+              H, W, Hp, Wp, nWw, SH, SW, G: tl.constexpr, MH: tl.constexpr, MW: tl.constexpr,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAD_FIRST: tl.constexpr, HAS_PAD: tl.constexpr):
+    """Packed keys [first, first + SIZE): their tokens tuple, K and V."""
+    tokens = window_tokens(first + tl.arange(0, SIZE), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
+    k = load_tokens(QKV, PAD, b, tokens, 1, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, HAS_PAD)
+    v = load_tokens(QKV, PAD, b, tokens, 2, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, HAS_PAD)
+    return tokens, k, v
+
+
+@triton.jit
+def same_window(q_tokens, k_tokens):
+    """(rows, keys): the key is in the row's own window (and both are in a window)."""
+    q_ok, _, _, _, _, _, q_g, _ = q_tokens
+    k_ok, _, _, _, _, _, k_g, _ = k_tokens
+    return (q_g[:, None] == k_g[None, :]) & q_ok[:, None] & k_ok[None, :]
+
+
+@triton.jit
+def window_scores(q, k, TABLE, h, heads, scale, mask_value, q_tokens, k_tokens,
+                  MHT: tl.constexpr, MWT: tl.constexpr, HAS_SHIFT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """q k^T * scale + bias + shift mask against one key chunk, in log2 units; -inf outside each
+    row's own window."""
+    _, _, _, _, q_pr, q_pc, _, q_region = q_tokens
+    _, _, _, _, k_pr, k_pc, _, k_region = k_tokens
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
-    same = (q_g[:, None] == k_g[None, :]) & q_ok[:, None] & k_ok[None, :]
+    same = same_window(q_tokens, k_tokens)
     t = (q_pr[:, None] - k_pr[None, :] + MHT - 1) * (2 * MWT - 1) + (q_pc[:, None] - k_pc[None, :] + MWT - 1)
     s += tl.load(TABLE + t * heads + h, mask=same, other=0.0).to(tl.float32)
     if HAS_SHIFT:
         s = tl.where(q_region[:, None] != k_region[None, :], s + mask_value, s)
-    s = tl.where(same, s * 1.4426950408889634, float("-inf"))  # log2 domain for exp2
+    return tl.where(same, s * 1.4426950408889634, float("-inf"))  # log2 domain for exp2
+
+
+@triton.jit
+def attention_probs(q, k, k_rest, TABLE, h, heads, scale, mask_value, q_tokens, k_tokens, k_rest_tokens,
+                    MHT: tl.constexpr, MWT: tl.constexpr, HAS_SHIFT: tl.constexpr, KEYS_REST: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """Softmax over the keys of each row's own window, which span the key chunk and (KEYS_REST > 0)
+    the rest chunk; exact (every key is on chip), fp32. Returns (P, P of the rest chunk)."""
+    s = window_scores(q, k, TABLE, h, heads, scale, mask_value, q_tokens, k_tokens, MHT, MWT, HAS_SHIFT,
+                      DOT_PRECISION)
     row_max = tl.max(s, axis=1)
+    s_rest = 0.0
+    if KEYS_REST > 0:
+        s_rest = window_scores(q, k_rest, TABLE, h, heads, scale, mask_value, q_tokens, k_rest_tokens, MHT, MWT,
+                               HAS_SHIFT, DOT_PRECISION)
+        row_max = tl.maximum(row_max, tl.max(s_rest, axis=1))
     row_max = tl.where(row_max == float("-inf"), 0.0, row_max)  # rows outside any window
     p = tl.math.exp2(s - row_max[:, None])
     denom = tl.sum(p, axis=1)
-    return p / tl.where(denom == 0.0, 1.0, denom)[:, None]
+    p_rest = 0.0
+    if KEYS_REST > 0:
+        p_rest = tl.math.exp2(s_rest - row_max[:, None])
+        denom += tl.sum(p_rest, axis=1)
+    denom = tl.where(denom == 0.0, 1.0, denom)
+    if KEYS_REST > 0:
+        p_rest = p_rest / denom[:, None]
+    return p / denom[:, None], p_rest
+
+
+@triton.jit
+def _query_chunk(QKV, TABLE, PAD, OUT, rows, b, h, k, v, k_tokens, k_rest, v_rest, k_rest_tokens,
+                 H, W, Hp, Wp, nWw, n_win, heads, C, SH, SW, w0, stride_b, stride_h, stride_w, out_b, out_h, out_w,
+                 scale, mask_value, MH: tl.constexpr, MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr,
+                 G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, KEYS_REST: tl.constexpr,
+                 PAD_FIRST: tl.constexpr, HAS_SHIFT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Output rows ``rows`` (packed) from their whole windows' keys, scattered to image order."""
+    q_tokens = window_tokens(rows, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
+    q = load_tokens(QKV, PAD, b, q_tokens, 0, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, False)
+    p, p_rest = attention_probs(q, k, k_rest, TABLE, h, heads, scale, mask_value, q_tokens, k_tokens, k_rest_tokens,
+                                MHT, MWT, HAS_SHIFT, KEYS_REST, DOT_PRECISION)
+    o = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    if KEYS_REST > 0:
+        o = tl.dot(p_rest.to(v.dtype), v_rest, o, input_precision=DOT_PRECISION)
+    _, q_real, _, _, _, _, _, _ = q_tokens
+    d = tl.arange(0, BLOCK_D)
+    offs = token_offsets(b, q_tokens, out_b, out_h, out_w, h * HEAD_DIM + d)
+    tl.store(OUT + offs, o.to(OUT.dtype.element_ty), mask=q_real[:, None] & (d < HEAD_DIM)[None, :])
 
 
 @triton.jit
@@ -109,6 +183,7 @@ def window_attn_fwd_kernel(
     stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
     MH: tl.constexpr, MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr, G: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    KEYS_REST: tl.constexpr, ROWS_REST: tl.constexpr,
     PAD_FIRST: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Axis 0 runs over (batch, head) fastest, so programs launched together read the same
@@ -116,25 +191,29 @@ def window_attn_fwd_kernel(
     w0 = tl.program_id(1)
     b = tl.program_id(0) // heads
     h = tl.program_id(0) % heads
-    keys = tl.arange(0, BLOCK_N)
-    k_ok, k_real, k_r, k_c, k_pr, k_pc, k_g, k_region = window_tokens(
-        keys, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
-    k = load_tokens(QKV, PAD, b, k_r, k_c, k_ok, k_real, 1, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, HAS_PAD)
-    v = load_tokens(QKV, PAD, b, k_r, k_c, k_ok, k_real, 2, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, HAS_PAD)
-    d = tl.arange(0, BLOCK_D)
+    k_tokens, k, v = key_chunk(QKV, PAD, 0, BLOCK_N, w0, n_win, b, h, C, stride_b, stride_h, stride_w,
+                               H, W, Hp, Wp, nWw, SH, SW, G, MH, MW, HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
+    k_rest_tokens, k_rest, v_rest = 0.0, 0.0, 0.0
+    if KEYS_REST > 0:
+        k_rest_tokens, k_rest, v_rest = key_chunk(QKV, PAD, BLOCK_N, KEYS_REST, w0, n_win, b, h, C, stride_b, stride_h,
+                                                  stride_w, H, W, Hp, Wp, nWw, SH, SW, G, MH, MW, HEAD_DIM, BLOCK_D,
+                                                  PAD_FIRST, HAS_PAD)
 
-    # Query chunks of BLOCK_M packed rows; each row's keys (its whole window) are all in k / v.
-    for start in range(0, G * MH * MW, BLOCK_M):
-        rows = start + tl.arange(0, BLOCK_M)
-        q_ok, q_real, q_r, q_c, q_pr, q_pc, q_g, q_region = window_tokens(
-            rows, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
-        q = load_tokens(QKV, PAD, b, q_r, q_c, q_ok, q_real, 0, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, False)
-        p = attention_probs(q, k, TABLE, h, heads, scale, mask_value, q_ok, q_pr, q_pc, q_g, q_region,
-                            k_ok, k_pr, k_pc, k_g, k_region, MHT, MWT, HAS_SHIFT, DOT_PRECISION)
-        o = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        offs = (b.to(tl.int64) * out_b + q_r.to(tl.int64)[:, None] * out_h + q_c[:, None] * out_w
-                + (h * HEAD_DIM + d)[None, :])
-        tl.store(OUT + offs, o.to(OUT.dtype.element_ty), mask=q_real[:, None] & (d < HEAD_DIM)[None, :])
+    # Query chunks of BLOCK_M packed rows, then (ROWS_REST > 0) one chunk of ROWS_REST rows for
+    # the rows the full chunks leave; each row's keys (its whole window) are all on chip.
+    rows_end = G * MH * MW
+    if ROWS_REST > 0:
+        rows_end = rows_end // BLOCK_M * BLOCK_M
+    for start in range(0, rows_end, BLOCK_M):
+        _query_chunk(QKV, TABLE, PAD, OUT, start + tl.arange(0, BLOCK_M), b, h, k, v, k_tokens, k_rest, v_rest,
+                     k_rest_tokens, H, W, Hp, Wp, nWw, n_win, heads, C, SH, SW, w0, stride_b, stride_h, stride_w,
+                     out_b, out_h, out_w, scale, mask_value, MH, MW, MHT, MWT, G, HEAD_DIM, BLOCK_D, KEYS_REST,
+                     PAD_FIRST, HAS_SHIFT, DOT_PRECISION)
+    if ROWS_REST > 0:
+        _query_chunk(QKV, TABLE, PAD, OUT, rows_end + tl.arange(0, ROWS_REST), b, h, k, v, k_tokens, k_rest, v_rest,
+                     k_rest_tokens, H, W, Hp, Wp, nWw, n_win, heads, C, SH, SW, w0, stride_b, stride_h, stride_w,
+                     out_b, out_h, out_w, scale, mask_value, MH, MW, MHT, MWT, G, HEAD_DIM, BLOCK_D, KEYS_REST,
+                     PAD_FIRST, HAS_SHIFT, DOT_PRECISION)
 
 
 @dataclass(frozen=True)
@@ -174,19 +253,31 @@ class Geometry:
 
 
 def launch_config(tokens: int, head_dim: int, backward: bool = False) -> dict:
-    """Packing and tile sizes for windows of ``tokens`` tokens: G windows per program packed
-    into BLOCK_N rows (128 for windows up to 64 tokens), queries in chunks of BLOCK_M rows."""
-    block_n = max(128, triton.next_power_of_2(tokens))
-    windows_per_program = block_n // tokens
+    """Packing and tiles for windows of ``tokens`` tokens. Windows of up to 64 tokens pack G to a
+    128-row tile; a larger window is one tile of BLOCK_N keys plus (KEYS_REST > 0) a rest chunk
+    (144 = 128 + 16, not 256). Queries run in chunks of BLOCK_M rows, the forward's last one
+    ROWS_REST rows where that is smaller (144 = 2 x 64 + 16)."""
+    if tokens <= 64:
+        block_n, keys_rest = 128, 0
+        windows_per_program = block_n // tokens
+    else:
+        (block_n, keys_rest), windows_per_program = two_tiles(tokens), 1
+    rows = windows_per_program * tokens
     block_d = max(16, triton.next_power_of_2(head_dim))
-    # Live fp32 (BLOCK_M, BLOCK_N) tiles: scores and their index math forward; P, dP, dS backward
-    # (plus the dK / dV accumulators). Sized so that sm_90 keeps them in registers without spills.
-    # (sm_90 AOT, window 7, head_dim 32, bf16: forward 225 registers, backward 255, no spills;
-    # TODO(gpu): tune BLOCK_M / num_warps on the H100, the forward target is Swin-T stage 1 <= 0.1 ms.)
-    block_m = (8192 if not backward else 2048) // block_n
-    block_m = min(block_m, triton.next_power_of_2(windows_per_program * tokens))
-    return {"G": windows_per_program, "BLOCK_M": max(16, block_m), "BLOCK_N": block_n, "BLOCK_D": block_d,
-            "num_warps": 8, "num_stages": 1}
+    # Live fp32 (BLOCK_M, keys) tiles: scores and their index math forward; P, dP, dS backward
+    # (plus the dK / dV accumulators). Sized so that sm_90 keeps them in registers without spills
+    # (tools/triton_aot_check.py). TODO(gpu): tune BLOCK_M / num_warps on the H100; the forward
+    # target is Swin-T stage 1 <= 0.1 ms.
+    # A rest chunk of up to 1/8 of BLOCK_N rides in the budget's slack; a larger one counts double.
+    keys = block_n if keys_rest <= block_n // 8 else 2 * block_n
+    block_m = min((8192 if not backward else 2048) // keys, triton.next_power_of_2(rows))
+    block_m = max(16, block_m)
+    rows_rest = 0
+    if not backward and rows > block_m and rows % block_m:
+        tail = max(16, triton.next_power_of_2(rows % block_m))
+        rows_rest = tail if tail < block_m else 0
+    return {"G": windows_per_program, "BLOCK_M": block_m, "BLOCK_N": block_n, "KEYS_REST": keys_rest,
+            "BLOCK_D": block_d, **({} if backward else {"ROWS_REST": rows_rest}), "num_warps": 8, "num_stages": 1}
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -225,12 +316,28 @@ def forward(qkv: torch.Tensor, table: torch.Tensor, pad_qkv, geo: Geometry, scal
     return out
 
 
+# (window, head_dim) -> the stage-1 map (side, heads) whose contiguous launch gives the compile
+# check its launch-time specializations: Swin-T at 224, Swin-B at 384, a head_dim-64 variant.
+_AOT_STAGES = {(7, 32): (56, 3), (12, 32): (96, 4), (7, 64): (28, 3)}
+
+
+def _aot_launch_values(window: int, head_dim: int) -> dict:
+    side, heads = _AOT_STAGES[(window, head_dim)]
+    channels = heads * head_dim
+    values = {"H": side, "W": side, "Hp": side, "Wp": side, "nWw": side // window, "n_win": (side // window) ** 2,
+              "heads": heads, "C": channels, "SH": window // 2, "SW": window // 2}
+    for prefix, width in (("stride", 3 * channels), ("dqkv", 3 * channels), ("out", channels), ("dout", channels)):
+        values.update({f"{prefix}_b": side * side * width, f"{prefix}_h": side * width, f"{prefix}_w": width})
+    return values
+
+
 def aot_configs():
     """Every forward and backward variant at the Swin shapes (window 7 and 12, head_dim 32, shifted,
     bf16/fp16/fp32), for the ahead-of-time sm_90 compile check."""
     from vtkernels.triton import window_attention_bwd
 
-    for window, head_dim in ((7, 32), (12, 32), (7, 64)):
+    for window, head_dim in _AOT_STAGES:
+        values = _aot_launch_values(window, head_dim)
         for dtype in ("bf16", "fp16", "fp32"):
             torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
             for backward in (False, True):
@@ -243,9 +350,9 @@ def aot_configs():
                 ints = ["H", "W", "Hp", "Wp", "nWw", "n_win", "heads", "C", "SH", "SW", "stride_b", "stride_h", "stride_w"]
                 if backward:
                     constexprs.update(window_attention_bwd.aot_schedule(window * window, torch_dtype))
-                    yield (*window_attention_bwd.aot_signature(dtype, ints), constexprs, options)
+                    yield (*window_attention_bwd.aot_signature(dtype, ints), constexprs, options, values)
                 else:
                     sig = {"QKV": f"*{dtype}", "TABLE": "*fp32", "PAD": f"*{dtype}", "OUT": f"*{dtype}",
                            **{n: "i32" for n in ints}, "out_b": "i32", "out_h": "i32", "out_w": "i32",
                            "scale": "fp32", "mask_value": "fp32"}
-                    yield window_attn_fwd_kernel, sig, constexprs, options
+                    yield window_attn_fwd_kernel, sig, constexprs, options, values

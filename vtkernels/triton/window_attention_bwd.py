@@ -25,18 +25,36 @@ import triton.language as tl
 
 from vtkernels.reference.window_attention import relative_position_index
 from vtkernels.triton.window_attention import (
-    Geometry, attention_probs, common_args, common_constexprs, launch_config, load_tokens,
-    window_tokens,
+    Geometry, attention_probs, common_args, common_constexprs, key_chunk, launch_config, load_tokens,
+    same_window, token_offsets, window_tokens,
 )
 
 
 @triton.jit
-def store_tokens(DQKV, x, b, src_r, src_c, real, part, h, C, stride_b, stride_h, stride_w,
+def store_tokens(DQKV, x, b, tokens, part, h, C, stride_b, stride_h, stride_w,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    _, real, _, _, _, _, _, _ = tokens
     d = tl.arange(0, BLOCK_D)
-    col = part * C + h * HEAD_DIM + d
-    offs = b.to(tl.int64) * stride_b + src_r.to(tl.int64)[:, None] * stride_h + src_c[:, None] * stride_w + col[None, :]
+    offs = token_offsets(b, tokens, stride_b, stride_h, stride_w, part * C + h * HEAD_DIM + d)
     tl.store(DQKV + offs, x.to(DQKV.dtype.element_ty), mask=real[:, None] & (d < HEAD_DIM)[None, :])
+
+
+@triton.jit
+def store_bias_partial(DBIAS_PARTIAL, ds, q_tokens, k_tokens, bh, n_win, w0, G: tl.constexpr, N: tl.constexpr,
+                       MW: tl.constexpr):
+    """dS of one key chunk into window slot g's (N, N) block of the (B * heads * n_win, N, N) partial."""
+    _, _, _, _, q_pr, q_pc, q_g, _ = q_tokens
+    _, _, _, _, k_pr, k_pc, _, _ = k_tokens
+    pair = (q_g * (N * N) + (q_pr * MW + q_pc) * N)[:, None] + (k_pr * MW + k_pc)[None, :]
+    base = (bh.to(tl.int64) * n_win + w0 * G) * (N * N)
+    tl.store(DBIAS_PARTIAL + base + pair, ds, mask=same_window(q_tokens, k_tokens))
+
+
+@triton.jit
+def padding_grad(acc, k_tokens, dkv):
+    """acc + the sum of dkv's rows that belong to padding tokens (in a window, not a real pixel)."""
+    valid, real, _, _, _, _, _, _ = k_tokens
+    return acc + tl.sum(tl.where((valid & (real == 0))[:, None], dkv, 0.0), axis=0)
 
 
 @triton.jit
@@ -64,14 +82,16 @@ def window_attn_bwd_kernel(
     dout_b, dout_h, dout_w, dqkv_b, dqkv_h, dqkv_w, scale, mask_value,
     MH: tl.constexpr, MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr, G: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    KEYS_REST: tl.constexpr,
     PAD_FIRST: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
     GROUPS: tl.constexpr, FOLD: tl.constexpr, NP: tl.constexpr, FOLD_DTYPE: tl.constexpr,
 ):
     """Program (b * heads + h, i) owns window groups [i * GROUPS, (i + 1) * GROUPS) of (b, h).
 
-    FOLD (windows of <= NP = 64 tokens): dS is folded on chip by local token index,
-    acc[p_i, p_j] += sum over rows/cols with those indices (two one-hot dots), over all its
-    windows; one (N, N) partial per program. Otherwise each window's dS block is stored as is.
+    FOLD (windows of <= NP = 64 tokens, one key chunk): dS is folded on chip by local token
+    index, acc[p_i, p_j] += sum over rows/cols with those indices (two one-hot dots), over all
+    its windows; one (N, N) partial per program. Otherwise each window's dS block is stored as is.
+    Keys as in the forward: BLOCK_N, then (KEYS_REST > 0) a rest chunk, each with its own dK, dV.
     """
     N: tl.constexpr = MH * MW
     bh = tl.program_id(0)  # (batch, head) fastest, as in the forward
@@ -87,52 +107,70 @@ def window_attn_bwd_kernel(
 
     for group in range(GROUPS):
         w0 = tl.program_id(1) * GROUPS + group  # past the last window: every row masked off
-        keys = tl.arange(0, BLOCK_N)
-        k_ok, k_real, k_r, k_c, k_pr, k_pc, k_g, k_region = window_tokens(
-            keys, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
-        k = load_tokens(QKV, PAD, b, k_r, k_c, k_ok, k_real, 1, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, HAS_PAD)
-        v = load_tokens(QKV, PAD, b, k_r, k_c, k_ok, k_real, 2, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, HAS_PAD)
+        k_tokens, k, v = key_chunk(QKV, PAD, 0, BLOCK_N, w0, n_win, b, h, C, stride_b, stride_h, stride_w,
+                                   H, W, Hp, Wp, nWw, SH, SW, G, MH, MW, HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        k_rest_tokens, k_rest, v_rest, dk_rest, dv_rest = 0.0, 0.0, 0.0, 0.0, 0.0
+        if KEYS_REST > 0:
+            k_rest_tokens, k_rest, v_rest = key_chunk(QKV, PAD, BLOCK_N, KEYS_REST, w0, n_win, b, h, C, stride_b,
+                                                      stride_h, stride_w, H, W, Hp, Wp, nWw, SH, SW, G, MH, MW,
+                                                      HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
+            dk_rest = tl.zeros([KEYS_REST, BLOCK_D], dtype=tl.float32)
+            dv_rest = tl.zeros([KEYS_REST, BLOCK_D], dtype=tl.float32)
 
         for start in range(0, G * N, BLOCK_M):
-            rows = start + tl.arange(0, BLOCK_M)
-            q_ok, q_real, q_r, q_c, q_pr, q_pc, q_g, q_region = window_tokens(
-                rows, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
-            q = load_tokens(QKV, PAD, b, q_r, q_c, q_ok, q_real, 0, h, C, stride_b, stride_h, stride_w, HEAD_DIM,
-                            BLOCK_D, False)
+            q_tokens = window_tokens(start + tl.arange(0, BLOCK_M), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW,
+                                     PAD_FIRST)
+            q = load_tokens(QKV, PAD, b, q_tokens, 0, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, False)
             # dO of a padding row is 0: timm / HF crop those outputs away.
-            do_offs = (b.to(tl.int64) * dout_b + q_r.to(tl.int64)[:, None] * dout_h + q_c[:, None] * dout_w
-                       + (h * HEAD_DIM + d)[None, :])
+            _, q_real, _, _, _, _, _, _ = q_tokens
+            do_offs = token_offsets(b, q_tokens, dout_b, dout_h, dout_w, h * HEAD_DIM + d)
             do = tl.load(DOUT + do_offs, mask=q_real[:, None] & d_ok[None, :], other=0.0).to(v.dtype)
-            p = attention_probs(q, k, TABLE, h, heads, scale, mask_value, q_ok, q_pr, q_pc, q_g, q_region,
-                                k_ok, k_pr, k_pc, k_g, k_region, MHT, MWT, HAS_SHIFT, DOT_PRECISION)
+            p, p_rest = attention_probs(q, k, k_rest, TABLE, h, heads, scale, mask_value, q_tokens, k_tokens,
+                                        k_rest_tokens, MHT, MWT, HAS_SHIFT, KEYS_REST, DOT_PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-            ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])  # zero outside each row's own window
-
-            dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION) * scale
-            store_tokens(DQKV, dq, b, q_r, q_c, q_real, 0, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
+            row_dot = tl.sum(p * dp, axis=1)
+            dp_rest = 0.0
+            if KEYS_REST > 0:
+                dp_rest = tl.dot(do, tl.trans(v_rest), input_precision=DOT_PRECISION)
+                row_dot += tl.sum(p_rest * dp_rest, axis=1)
+            ds = p * (dp - row_dot[:, None])  # zero outside each row's own window
+            dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+            ds_rest = 0.0
+            if KEYS_REST > 0:
+                ds_rest = p_rest * (dp_rest - row_dot[:, None])
+                dq = tl.dot(ds_rest.to(k.dtype), k_rest, dq, input_precision=DOT_PRECISION)
+            store_tokens(DQKV, dq * scale, b, q_tokens, 0, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION) * scale
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+            if KEYS_REST > 0:
+                dk_rest += tl.dot(tl.trans(ds_rest.to(q.dtype)), q, input_precision=DOT_PRECISION) * scale
+                dv_rest += tl.dot(tl.trans(p_rest.to(do.dtype)), do, input_precision=DOT_PRECISION)
 
             if FOLD:
+                q_ok, _, _, _, q_pr, q_pc, _, _ = q_tokens
+                k_ok, _, _, _, k_pr, k_pc, _, _ = k_tokens
                 key_onehot = (((k_pr * MW + k_pc)[:, None] == local[None, :]) & k_ok[:, None]).to(FOLD_DTYPE)
                 query_onehot = (((q_pr * MW + q_pc)[:, None] == local[None, :]) & q_ok[:, None]).to(FOLD_DTYPE)
                 by_key = fold_dot(ds, key_onehot)  # (BLOCK_M, NP)
                 bias_acc += fold_dot(tl.trans(by_key), query_onehot)  # (NP keys, NP queries)
             else:
-                # Window slot g's (N, N) block of the (B * heads * n_win, N, N) partial.
-                same = (q_g[:, None] == k_g[None, :]) & q_ok[:, None] & k_ok[None, :]
-                pair = (q_g * (N * N) + (q_pr * MW + q_pc) * N)[:, None] + (k_pr * MW + k_pc)[None, :]
-                base = (bh.to(tl.int64) * n_win + w0 * G) * (N * N)
-                tl.store(DBIAS_PARTIAL + base + pair, ds, mask=same)
+                store_bias_partial(DBIAS_PARTIAL, ds, q_tokens, k_tokens, bh, n_win, w0, G, N, MW)
+                if KEYS_REST > 0:
+                    store_bias_partial(DBIAS_PARTIAL, ds_rest, q_tokens, k_rest_tokens, bh, n_win, w0, G, N, MW)
 
-        store_tokens(DQKV, dk, b, k_r, k_c, k_real, 1, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
-        store_tokens(DQKV, dv, b, k_r, k_c, k_real, 2, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
+        store_tokens(DQKV, dk, b, k_tokens, 1, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
+        store_tokens(DQKV, dv, b, k_tokens, 2, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
         if HAS_PAD:
-            is_pad = (k_ok & (k_real == 0))[:, None]
-            pad_dk += tl.sum(tl.where(is_pad, dk, 0.0), axis=0)
-            pad_dv += tl.sum(tl.where(is_pad, dv, 0.0), axis=0)
+            pad_dk = padding_grad(pad_dk, k_tokens, dk)
+            pad_dv = padding_grad(pad_dv, k_tokens, dv)
+        if KEYS_REST > 0:
+            store_tokens(DQKV, dk_rest, b, k_rest_tokens, 1, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
+            store_tokens(DQKV, dv_rest, b, k_rest_tokens, 2, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
+            if HAS_PAD:
+                pad_dk = padding_grad(pad_dk, k_rest_tokens, dk_rest)
+                pad_dv = padding_grad(pad_dv, k_rest_tokens, dv_rest)
 
     if FOLD:
         pair = local[None, :] * N + local[:, None]  # bias_acc is transposed: [key p_j, query p_i]
