@@ -2,7 +2,8 @@
 
 Providers per model: ours (``vtkernels``, automatic backend) eager and under ``torch.compile``;
 HF transformers eager (SDPA attention), under ``torch.compile``, and patched by
-``vtkernels.optimize``; timm eager / compiled / optimized when timm is importable (ViT only).
+``vtkernels.optimize``; timm eager / compiled / optimized when timm is importable (ViT, and the CLIP ViT-L/14@336 image
+tower that issue 7 measures against timm).
 Every model is built from its config (no download) with random weights, cast to bf16.
 
 A record's median is milliseconds per batch; throughput is ``extra["images"]`` (or
@@ -22,6 +23,7 @@ from vtkernels.models import CLIP, ViT, ViTConfig
 DTYPE = torch.bfloat16
 VIT_SHAPES = {"ViT-B/16 224px": ("B/16", 256), "ViT-L/16 224px": ("L/16", 64)}  # preset, batch
 CLIP_SHAPE = ("CLIP ViT-B/16 224px + text 77", "B/16", 256)
+CLIP_TOWER_SHAPE = ("CLIP ViT-L/14 336px image tower", 32)  # against timm's vit_large_patch14_clip_quickgelu_336
 
 
 def _compiled(model):
@@ -104,6 +106,38 @@ def _ours_clip(preset: str):
         return CLIP(preset).to(DTYPE)
 
 
+def _clip_l14_336_tower_providers() -> dict:
+    """provider -> builder returning (module, forward(images) -> features): OpenAI's ViT-L/14@336
+    image tower (QuickGELU, ln_pre, projection to 768) as ours and as timm builds it."""
+    from vtkernels.models import CLIPConfig
+    from vtkernels.models.clip import CLIPVisionTower
+
+    def ours(compile_: bool):
+        config = CLIPConfig.preset("L/14")
+        config.vision.image_size = 336
+        with torch.device("cuda"):
+            tower = CLIPVisionTower(config.vision, config.embed_dim).to(DTYPE)
+        return tower, (_compiled(tower) if compile_ else tower)
+
+    def timm_tower(compile_: bool = False, optimize: bool = False):
+        import timm
+
+        with torch.device("cuda"):
+            tower = timm.create_model("vit_large_patch14_clip_quickgelu_336", pretrained=False, num_classes=768)
+        tower = tower.to(DTYPE)
+        if optimize:
+            vtkernels.optimize(tower)
+        return tower, (_compiled(tower) if compile_ else tower)
+
+    return {
+        "vtkernels": lambda: ours(False),
+        "vtkernels+compile": lambda: ours(True),
+        "timm": lambda: timm_tower(),
+        "timm+compile": lambda: timm_tower(compile_=True),
+        "timm+optimize": lambda: timm_tower(optimize=True),
+    }
+
+
 def _vit_providers(preset: str) -> dict:
     """provider -> builder returning (module, forward(images) -> logits)."""
     def plain(module, compile_: bool = False):
@@ -128,10 +162,10 @@ def _vit_providers(preset: str) -> dict:
     }
 
 
-def _vit_case(build, batch: int, train: bool):
+def _vit_case(build, batch: int, train: bool, side: int = 224):
     def make():
         module, model = build()
-        images = torch.randn(batch, 3, 224, 224, device="cuda", dtype=DTYPE)
+        images = torch.randn(batch, 3, side, side, device="cuda", dtype=DTYPE)
         if not train:
             def infer():
                 with torch.no_grad():
@@ -222,6 +256,14 @@ def cases(quick: bool = False):
                             baseline="timm", extra={"images": train_batch})
     if quick:
         return
+    label, batch = CLIP_TOWER_SHAPE
+    with torch.device("meta"):
+        tower_config = CLIP("L/14").config
+        tower_config.vision.image_size = 336
+        tower_flops, _ = _clip_tower_flops(CLIP(tower_config), batch)
+    for provider, build in _clip_l14_336_tower_providers().items():
+        yield BenchCase("clip_image", f"{label} bs{batch}", "fwd", provider, _vit_case(build, batch, False, side=336),
+                        flops=tower_flops, baseline="timm", extra={"images": batch})
     label, preset, batch = CLIP_SHAPE
     with torch.device("meta"):
         reference = CLIP(preset)
