@@ -66,8 +66,8 @@ def tune(label, spec, kernel):
         candidates.append({n: default[n] for n in names})  # always time the current choice
     for candidate in candidates:
 
-        def patched(head_dim, dtype, which, n_q=None, candidate=candidate):
-            return dict(candidate) if which == kernel else DEFAULT_CONFIG(head_dim, dtype, which, n_q)
+        def patched(head_dim, dtype, which, n=None, candidate=candidate):
+            return dict(candidate) if which == kernel else DEFAULT_CONFIG(head_dim, dtype, which, n)
 
         triton_attention.launch_config = patched
         try:

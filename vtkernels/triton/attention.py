@@ -36,9 +36,14 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n_q: Optional[int] = None) -> dict:
+# The tile each kernel's programs split their sequence axis into: queries (fwd, dq), keys (dkdv).
+PROGRAM_TILE = {"fwd": "BLOCK_M", "dq": "BLOCK_M", "dkdv": "BLOCK_N"}
+
+
+def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n: Optional[int] = None) -> dict:
     """Tile sizes, warps and pipeline stages for ``kernel`` in ("fwd", "dkdv", "dq", "delta");
-    with ``n_q``, the "fwd" and "dq" query tiles shrink to the smallest that holds n_q rows."""
+    with ``n``, the program tile (PROGRAM_TILE: queries for fwd / dq, keys for dkdv) shrinks to
+    the smallest that holds n rows."""
     wide = head_dim > 64
     if kernel == "delta":
         return {"BLOCK_M": 64, "num_warps": 4}
@@ -50,10 +55,13 @@ def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n_q: Optional[
         block_m, block_n, warps, stages = 32, 64 if wide else 128, 8 if head_dim >= 64 else 4, 3
     else:  # dq
         block_m, block_n, warps, stages = 64 if wide else 128, 32, 8 if head_dim == 64 else 4, 3
-    if kernel in ("fwd", "dq") and n_q is not None:  # decode (n_q = 1), short queries: no empty rows
-        block_m = min(block_m, max(16, triton.next_power_of_2(n_q)))
-        warps = 4 if block_m < 64 and not wide else warps  # 8 keep d = 128 tiles off the stack
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
+    cfg = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
+    if n is not None:  # decode (n_q = 1), short sequences: no empty rows
+        tile = PROGRAM_TILE[kernel]
+        cfg[tile] = min(cfg[tile], max(16, triton.next_power_of_2(n)))
+        if cfg[tile] < 64 and not wide and dtype != torch.float32:
+            cfg["num_warps"] = 4  # (8 keep d = 128 and fp32 tiles off the stack)
+    return cfg
 
 
 def key_tail_block(n_kv: int, block_n: int, causal: bool) -> int:
@@ -67,26 +75,28 @@ def key_tail_block(n_kv: int, block_n: int, causal: bool) -> int:
     return min(block_n, max(16, triton.next_power_of_2(leftover)))
 
 
-def query_launches(head_dim: int, dtype: torch.dtype, kernel: str, n_q: int) -> list[tuple[int, int, dict]]:
-    """How the query rows of ``kernel`` ("fwd" or "dq") split into launches: [(first row, rows,
-    launch config)]. Tiles of BLOCK_M rows waste up to BLOCK_M - 1 rows per (batch, head), a
-    large share at ViT's 197 tokens (256 rows computed with 128-row tiles). The rows that fill
-    whole tiles run in one launch and the leftover rows in a second one with the smallest tile
-    that holds them; the tile (the default or 64 rows) that computes the fewest rows wins, ties
-    to one launch: 197 -> 3 x 64 + 16, 257 -> 2 x 128 + 16, 577 -> 9 x 64 + 16, 1024 -> 8 x 128."""
-    default = launch_config(head_dim, dtype, kernel, n_q)
+def program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int) -> list[tuple[int, int, dict]]:
+    """How the rows of ``kernel``'s program axis (queries of "fwd" / "dq", keys of "dkdv"; n of
+    them) split into launches: [(first row, rows, launch config)]. Tiles of T rows waste up to
+    T - 1 rows per (batch, head), a large share at ViT's 197 tokens (256 computed with 128-row
+    tiles). The rows that fill whole tiles run in one launch and the leftover rows in a second one
+    with the smallest tile that holds them; the tile (the default or 64 rows) that computes the
+    fewest rows wins, ties to one launch: 197 -> 3 x 64 + 16, 257 -> 2 x 128 + 16,
+    577 -> 9 x 64 + 16, 1024 -> 8 x 128."""
+    tile = PROGRAM_TILE[kernel]
+    default = launch_config(head_dim, dtype, kernel, n)
     candidates = [default]
-    if default["BLOCK_M"] > 64 and dtype != torch.float32:
+    if default[tile] > 64 and dtype != torch.float32:
         candidates.append(launch_config(head_dim, dtype, kernel, 64))
     best, best_rows = None, None
     for cfg in candidates:
-        block_m = cfg["BLOCK_M"]
-        full_rows, leftover = n_q // block_m * block_m, n_q % block_m
+        size = cfg[tile]
+        full_rows, leftover = n // size * size, n % size
         tail = launch_config(head_dim, dtype, kernel, leftover) if leftover else None
-        if tail is None or tail["BLOCK_M"] >= block_m or full_rows == 0:  # one launch covers it
-            launches, rows = [(0, n_q, cfg)], triton.cdiv(n_q, block_m) * block_m
+        if tail is None or tail[tile] >= size or full_rows == 0:  # one launch covers it
+            launches, rows = [(0, n, cfg)], triton.cdiv(n, size) * size
         else:
-            launches, rows = [(0, full_rows, cfg), (full_rows, leftover, tail)], full_rows + tail["BLOCK_M"]
+            launches, rows = [(0, full_rows, cfg), (full_rows, leftover, tail)], full_rows + tail[tile]
         if best is None or rows < best_rows:
             best, best_rows = launches, rows
     return best
@@ -116,7 +126,7 @@ def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> 
     if out.numel() == 0:
         return
     mask, stride_mb = _pad_mask_args(key_padding_mask)
-    for first_row, rows, cfg in query_launches(head_dim, q.dtype, "fwd", n_q):
+    for first_row, rows, cfg in program_launches(head_dim, q.dtype, "fwd", n_q):
         tail_n = key_tail_block(n_kv, cfg["BLOCK_N"], causal)
         attention_fwd_kernel[(triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
             q, k, v, mask, out, lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(out),
@@ -142,12 +152,12 @@ def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool
     )
     operands = (*_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout))
 
-    cfg = launch_config(head_dim, q.dtype, "dkdv")
-    attention_bwd_dkdv_kernel[(triton.cdiv(n_kv, cfg["BLOCK_N"]), batch * heads)](
-        q, k, v, mask, dout, lse, delta, dk, dv, *operands, *_bhn_strides(dk), *_bhn_strides(dv),
-        stride_mb, heads, n_q, n_kv, scale, scale * LOG2E, **constexprs, **cfg,
-    )
-    for first_row, rows, cfg in query_launches(head_dim, q.dtype, "dq", n_q):
+    for first_key, keys, cfg in program_launches(head_dim, q.dtype, "dkdv", n_kv):
+        attention_bwd_dkdv_kernel[(triton.cdiv(keys, cfg["BLOCK_N"]), batch * heads)](
+            q, k, v, mask, dout, lse, delta, dk, dv, *operands, *_bhn_strides(dk), *_bhn_strides(dv),
+            stride_mb, heads, n_q, n_kv, first_key, scale, scale * LOG2E, **constexprs, **cfg,
+        )
+    for first_row, rows, cfg in program_launches(head_dim, q.dtype, "dq", n_q):
         attention_bwd_dq_kernel[(triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
             q, k, v, mask, dout, lse, delta, dq, *operands, *_bhn_strides(dq),
             stride_mb, heads, n_q, n_kv, first_row, scale, scale * LOG2E, **constexprs, **cfg,
@@ -171,7 +181,7 @@ _STRIDES = "stride_qb stride_qh stride_qn stride_kb stride_kh stride_kn stride_v
 _FWD_ARGS = (f"Q K V PadMask Out Lse {_STRIDES} stride_ob stride_oh stride_on stride_mb n_heads n_q n_kv first_row "
              "qk_scale")
 _DKDV_ARGS = (f"Q K V PadMask DOut Lse Delta DK DV {_STRIDES} stride_dob stride_doh stride_don stride_dkb "
-              "stride_dkh stride_dkn stride_dvb stride_dvh stride_dvn stride_mb n_heads n_q n_kv scale qk_scale")
+              "stride_dkh stride_dkn stride_dvb stride_dvh stride_dvn stride_mb n_heads n_q n_kv first_key scale qk_scale")
 _DQ_ARGS = (f"Q K V PadMask DOut Lse Delta DQ {_STRIDES} stride_dob stride_doh stride_don stride_dqb stride_dqh "
             "stride_dqn stride_mb n_heads n_q n_kv first_row scale qk_scale")
 _DELTA_ARGS = "Out DOut Delta stride_ob stride_oh stride_on stride_db stride_dh stride_dn n_heads n_q"
@@ -209,16 +219,15 @@ def aot_configs():
                 for kernel, fn, args in (("fwd", attention_fwd_kernel, _FWD_ARGS),
                                          ("dkdv", attention_bwd_dkdv_kernel, _DKDV_ARGS),
                                          ("dq", attention_bwd_dq_kernel, _DQ_ARGS)):
-                    launches = ([(0, values["n_q"], launch_config(head_dim, dtype, kernel))] if kernel == "dkdv"
-                                else query_launches(head_dim, dtype, kernel, values["n_q"]))
-                    for first_row, _, cfg in launches:
+                    for first, _, cfg in program_launches(head_dim, dtype, kernel, values["n_q"]):
                         cfg = dict(cfg)
                         if kernel == "fwd":
                             cfg["TAIL_N"] = key_tail_block(values["n_kv"], cfg["BLOCK_N"], causal)
                         options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-                        yield fn, _signature(args, ptrs), {**base, **cfg}, options, {**values, "first_row": first_row}
+                        first_name = "first_key" if kernel == "dkdv" else "first_row"
+                        yield fn, _signature(args, ptrs), {**base, **cfg}, options, {**values, first_name: first}
             if dtype == torch.bfloat16:  # decoding (causal): one query against a cache of 1025 keys
-                cfg = launch_config(head_dim, dtype, "fwd", n_q=1)
+                cfg = launch_config(head_dim, dtype, "fwd", n=1)
                 cfg["TAIL_N"] = key_tail_block(1025, cfg["BLOCK_N"], causal=True)
                 options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
                 yield (attention_fwd_kernel, _signature(_FWD_ARGS, ptrs), {**base, **cfg}, options,

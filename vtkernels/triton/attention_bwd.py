@@ -7,7 +7,8 @@ With ``P = softmax(S)``, ``S = scale * Q K^T`` and the saved row logsumexp ``lse
 
 1. ``attention_bwd_delta_kernel``: ``delta`` per query row (fp32).
 2. ``attention_bwd_dkdv_kernel``: a program owns BLOCK_N keys and walks the queries that see
-   them (causal: from the diagonal down), accumulating dK and dV in registers.
+   them (causal: from the diagonal down), accumulating dK and dV in registers; it covers the
+   keys from ``first_key`` on (short sequences: full tiles, then a small tile for the leftover keys).
 3. ``attention_bwd_dq_kernel``: a program owns BLOCK_M queries and walks their keys,
    accumulating dQ in registers; like the forward, it covers the rows from ``first_row`` on
    (short sequences: full tiles, then a small tile for the leftover rows).
@@ -86,11 +87,11 @@ def attention_bwd_dkdv_kernel(
     Q, K, V, PadMask, DOut, Lse, Delta, DK, DV,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-    stride_mb, n_heads, n_q, n_kv, scale, qk_scale,
+    stride_mb, n_heads, n_q, n_kv, first_key, scale, qk_scale,
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    start_n = tl.program_id(0) * BLOCK_N
+    start_n = first_key + tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
     Q += batch * stride_qb + head * stride_qh

@@ -16,7 +16,7 @@ with ``causal_offset = n_kv - n_q``. A row with no key left has ``l == 0``: it s
 ``lse = +inf`` (so that the backward's ``exp(s - lse)`` is 0 there, not NaN).
 
 A launch covers the query rows from ``first_row`` on: short sequences run as two launches, full
-BLOCK_M tiles and a small tile for the leftover rows (see ``query_launches`` in attention.py).
+BLOCK_M tiles and a small tile for the leftover rows (see ``program_launches`` in attention.py).
 
 Head vectors are held as two column chunks, ``[0, D_MAIN)`` and ``[D_MAIN, HEAD_DIM)`` with
 ``D_REST = HEAD_DIM - D_MAIN`` (both powers of two, as tl.arange needs): 80 = 64 + 16,
