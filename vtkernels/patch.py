@@ -82,28 +82,12 @@ def optimize(model: nn.Module, *, norms: bool = True, attention: bool = True, pa
             if norms and _is_plain_layer_norm(child):
                 setattr(parent, name, _fused_layer_norm(child, backend))
                 report.add("LayerNorm")
+    enabled = {"norms": norms, "attention": attention, "patch_embed": patch_embed}
     for module in model.modules():
         if getattr(module, "_vtkernels_patched", False):
             continue
-        kind = None
-        if attention and _is_hf_attention(module):
-            kind, forward = "Attention", _hf_attention_forward
-        elif attention and _is_timm_attention(module):
-            kind, forward = "Attention", _timm_attention_forward
-        elif attention and _is_hf_swin_layer(module):
-            kind, forward = "WindowAttention", _hf_swin_layer_forward
-        elif attention and _is_timm_swin_block(module):
-            kind, forward = "WindowAttention", _timm_swin_block_forward
-        elif norms and _is_timm_patch_merging(module):
-            kind, forward = "PatchMerging", _timm_patch_merging_forward
-        elif norms and _is_hf_patch_merging(module):
-            kind, forward = "PatchMerging", _hf_patch_merging_forward
-        elif patch_embed and type(module).__name__ in HF_EMBEDDING_CLASSES and _from(module, "transformers"):
-            kind, forward = "PatchEmbed", _hf_embeddings_forward
-        elif patch_embed and _is_hf_swin_patch_embeddings(module):
-            kind, forward = "PatchEmbed", _hf_swin_patch_embeddings_forward
-        elif patch_embed and _is_timm_patch_embed(module):
-            kind, forward = "PatchEmbed", _timm_patch_embed_forward
+        kind, forward = next(((kind, forward) for flag, detect, kind, forward in _PATCHES
+                              if enabled[flag] and detect(module)), (None, None))
         if kind is not None:
             module._vtkernels_original_forward = module.forward
             module._vtkernels_backend = backend
@@ -139,6 +123,10 @@ def _is_hf_attention(module: nn.Module) -> bool:
     return (type(module).__name__ in HF_ATTENTION_CLASSES and _from(module, "transformers")
             and all(hasattr(module, n) for n in ("q_proj", "k_proj", "v_proj", "head_dim"))
             and _forward_takes(module, "hidden_states", "attention_mask"))
+
+
+def _is_hf_embeddings(module: nn.Module) -> bool:
+    return type(module).__name__ in HF_EMBEDDING_CLASSES and _from(module, "transformers")
 
 
 def _is_hf_swin_layer(module: nn.Module) -> bool:
@@ -425,3 +413,18 @@ def _hf_swin_patch_embeddings_forward(self, pixel_values: torch.Tensor):
         return self._vtkernels_original_forward(pixel_values)
     patch = self.projection.kernel_size[0]
     return tokens, (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+
+
+# (the optimize() flag that enables it, detector, report kind, patched forward); first match wins.
+# Patch merging counts as a norm (its fused op is the 2x2 gather + LayerNorm).
+_PATCHES = (
+    ("attention", _is_hf_attention, "Attention", _hf_attention_forward),
+    ("attention", _is_timm_attention, "Attention", _timm_attention_forward),
+    ("attention", _is_hf_swin_layer, "WindowAttention", _hf_swin_layer_forward),
+    ("attention", _is_timm_swin_block, "WindowAttention", _timm_swin_block_forward),
+    ("norms", _is_timm_patch_merging, "PatchMerging", _timm_patch_merging_forward),
+    ("norms", _is_hf_patch_merging, "PatchMerging", _hf_patch_merging_forward),
+    ("patch_embed", _is_hf_embeddings, "PatchEmbed", _hf_embeddings_forward),
+    ("patch_embed", _is_hf_swin_patch_embeddings, "PatchEmbed", _hf_swin_patch_embeddings_forward),
+    ("patch_embed", _is_timm_patch_embed, "PatchEmbed", _timm_patch_embed_forward),
+)
