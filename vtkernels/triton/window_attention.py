@@ -31,6 +31,7 @@ whole window sits on chip), in fp32.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
@@ -252,11 +253,12 @@ class Geometry:
         return self.height_pad != self.height or self.width_pad != self.width
 
 
-def launch_config(tokens: int, head_dim: int, backward: bool = False) -> dict:
+def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: Optional[int] = None) -> dict:
     """Packing and tiles for windows of ``tokens`` tokens. Windows of up to 64 tokens pack G to a
     128-row tile; a larger window is one tile of BLOCK_N keys plus (KEYS_REST > 0) a rest chunk
-    (144 = 128 + 16, not 256). Queries run in chunks of BLOCK_M rows, the forward's last one
-    ROWS_REST rows where that is smaller (144 = 2 x 64 + 16)."""
+    (144 = 128 + 16, not 256). Queries run in chunks of BLOCK_M rows (``block_m`` overrides the
+    default, for tools/tune.py), the forward's last one ROWS_REST rows where that is smaller
+    (144 = 2 x 64 + 16)."""
     if tokens <= 64:
         block_n, keys_rest = 128, 0
         windows_per_program = block_n // tokens
@@ -270,8 +272,8 @@ def launch_config(tokens: int, head_dim: int, backward: bool = False) -> dict:
     # target is Swin-T stage 1 <= 0.1 ms.
     # A rest chunk of up to 1/8 of BLOCK_N rides in the budget's slack; a larger one counts double.
     keys = block_n if keys_rest <= block_n // 8 else 2 * block_n
-    block_m = min((8192 if not backward else 2048) // keys, triton.next_power_of_2(rows))
-    block_m = max(16, block_m)
+    if block_m is None:
+        block_m = max(16, min((8192 if not backward else 2048) // keys, triton.next_power_of_2(rows)))
     rows_rest = 0
     if not backward and rows > block_m and rows % block_m:
         tail = max(16, triton.next_power_of_2(rows % block_m))

@@ -1,0 +1,54 @@
+"""tools/tune.py's sweep on the CPU (Triton interpreter, a stand-in timer): every candidate reaches
+the kernel it configures, results are checked against the default's, launch_config is restored."""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+import triton.testing
+
+TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "tune.py")
+
+
+@pytest.fixture
+def tune(monkeypatch):
+    spec = importlib.util.spec_from_file_location("vtk_tune", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "vtk_tune", module)  # (its dataclass looks itself up there)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "DEVICE", "cpu")
+    monkeypatch.setattr(module, "DTYPE", torch.float16)
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: (fn(), 1.0)[1])
+    return module
+
+
+def _recording(target):
+    seen = []
+    configure = target.configure
+
+    def record(default, args, kwargs, candidate):
+        seen.append(dict(candidate))
+        return configure(default, args, kwargs, candidate)
+
+    target.configure = record
+    return seen
+
+
+@pytest.mark.parametrize("op, spec, kernel, grid", [
+    ("window_attention", (1, 14, 32, 2, 7), "bwd", {"BLOCK_M": (16, 32), "num_warps": (4,), "num_stages": (1,)}),
+    ("window_attention", (1, 24, 32, 1, 12), "fwd", {"BLOCK_M": (32, 64), "num_warps": (4,), "num_stages": (1,)}),
+    ("attention", (1, 2, 40, 40, 32, True, False), "dkdv",
+     {"BLOCK_M": (16, 32), "BLOCK_N": (32,), "num_warps": (4,), "num_stages": (2,)}),
+])
+def test_every_candidate_reaches_its_kernel(tune, op, spec, kernel, grid):
+    target = tune.TARGETS[op]()
+    originals = [module.launch_config for module in target.modules]
+    target.candidates = {kernel: grid}
+    seen = _recording(target)
+    result = tune.tune(target, "tiny", spec, kernel)
+    assert all(r["ok"] for r in result["all"]), result["all"]
+    assert {c["BLOCK_M"] for c in seen} == set(grid["BLOCK_M"])
+    assert result["best"] is not None and any(r["default"] for r in result["all"])
+    assert [module.launch_config for module in target.modules] == originals

@@ -1,0 +1,220 @@
+"""Sweep Triton launch configurations on a GPU, per benchmark shape and kernel.
+
+    python tools/tune.py [--ops attention,window_attention] [--shapes ViT-B,Swin-T] [--kernels fwd,bwd]
+                         [--out tuning.json]
+
+For each op's shapes (bf16) and each of its kernels, times every candidate configuration with
+``triton.testing.do_bench`` while the op's other kernels keep their ``launch_config`` choice,
+rejects candidates that fail to compile or change the result, and prints the fastest next to the
+current default. Copy the winners into the op's ``launch_config`` (then rerun
+tools/triton_aot_check.py and the tests). A candidate replaces the program tile of every launch,
+so attention's short-sequence tail launches (``program_launches``) are not tuned here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import sys
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vtkernels.triton import attention as triton_attention  # noqa: E402
+from vtkernels.triton import window_attention as triton_window  # noqa: E402
+from vtkernels.triton import window_attention_bwd as triton_window_bwd  # noqa: E402
+
+DTYPE = torch.bfloat16
+DEVICE = "cuda"  # (tests/test_tune.py runs the sweep's mechanics on the CPU, under the interpreter)
+
+
+@dataclasses.dataclass
+class Target:
+    """What tuning one op needs."""
+
+    modules: tuple                     # the modules whose ``launch_config`` global is patched
+    shapes: dict                       # label -> spec
+    candidates: dict                   # kernel -> {config key: values}
+    kernel_of: Callable                # (launch_config's args, kwargs) -> the kernel the call configures
+    configure: Callable                # (default launch_config, args, kwargs, candidate) -> config
+    run: Callable                      # (spec, kernel) -> (closure, its outputs)
+    default: Callable                  # (spec, kernel) -> the current config
+
+
+# --- attention -------------------------------------------------------------------------------
+
+def _attention_run(spec, kernel):
+    batch, heads, n_q, n_kv, head_dim, causal, padded = spec
+    q, k, v = (torch.randn(batch, heads, n, head_dim, device=DEVICE, dtype=DTYPE) for n in (n_q, n_kv, n_kv))
+    mask = torch.arange(n_kv, device=DEVICE)[None, :] >= torch.randint(n_kv // 2, n_kv + 1, (batch, 1), device=DEVICE) \
+        if padded else None
+    scale = head_dim ** -0.5
+    out = torch.empty_like(q)
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+
+    def forward():
+        triton_attention.forward(q, k, v, mask, out, lse, causal, scale)
+
+    forward()
+    if kernel == "fwd":
+        return forward, [out]
+    dout = torch.randn_like(out)
+    grads = [torch.empty_like(t) for t in (q, k, v)]
+    return lambda: triton_attention.backward(dout, q, k, v, mask, out, lse, *grads, causal, scale), grads
+
+
+def _attention_target() -> Target:
+    from benchmarks.ops.attention import SHAPES
+
+    return Target(
+        modules=(triton_attention,),
+        shapes=SHAPES,
+        candidates={
+            "fwd": {"BLOCK_M": (64, 128), "BLOCK_N": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4)},
+            "dkdv": {"BLOCK_M": (16, 32, 64), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (2, 3)},
+            "dq": {"BLOCK_M": (64, 128), "BLOCK_N": (16, 32, 64), "num_warps": (4, 8), "num_stages": (2, 3)},
+        },
+        kernel_of=lambda args, kwargs: args[2],
+        configure=lambda default, args, kwargs, candidate: {**default(*args, **kwargs), **candidate},
+        run=_attention_run,
+        default=lambda spec, kernel: triton_attention.launch_config(spec[4], DTYPE, kernel, spec[2]),
+    )
+
+
+# --- Swin window attention -------------------------------------------------------------------
+
+# label: (batch, map side, channels, heads, window); shifted (window // 2), head_dim 32
+WINDOW_SHAPES = {
+    "Swin-T s1 B=64 56x56x96 w7": (64, 56, 96, 3, 7),
+    "Swin-T s2 B=64 28x28x192 w7": (64, 28, 192, 6, 7),
+    "Swin-T s3 B=64 14x14x384 w7": (64, 14, 384, 12, 7),
+    "Swin-B@384 s1 B=32 96x96x128 w12": (32, 96, 128, 4, 12),
+}
+
+
+def _window_run(spec, kernel):
+    batch, side, channels, heads, window = spec
+    qkv = torch.randn(batch, side, side, 3 * channels, device=DEVICE, dtype=DTYPE)
+    table = torch.randn((2 * window - 1) ** 2, heads, device=DEVICE)
+    geo = triton_window.Geometry(side, side, window, window, window // 2, heads, channels // heads)
+    scale = (channels // heads) ** -0.5
+    if kernel == "fwd":
+        holder = [triton_window.forward(qkv, table, None, geo, scale, -100.0, False)]
+
+        def forward():
+            holder[0] = triton_window.forward(qkv, table, None, geo, scale, -100.0, False)
+        return forward, holder
+    dout = torch.randn(batch, side, side, channels, device=DEVICE, dtype=DTYPE)
+    holder = list(triton_window_bwd.backward(dout, qkv, table, None, geo, scale, -100.0, False))[:2]
+
+    def backward():
+        holder[:] = triton_window_bwd.backward(dout, qkv, table, None, geo, scale, -100.0, False)[:2]
+    return backward, holder
+
+
+def _window_configure(default, args, kwargs, candidate):
+    tile = {key: value for key, value in candidate.items() if key == "BLOCK_M"}
+    cfg = default(*args, **kwargs, block_m=tile.get("BLOCK_M"))
+    return {**cfg, **{key: value for key, value in candidate.items() if key != "BLOCK_M"}}
+
+
+def _window_target() -> Target:
+    def kernel_of(args, kwargs):
+        backward = kwargs.get("backward", args[2] if len(args) > 2 else False)
+        return "bwd" if backward else "fwd"
+
+    return Target(
+        modules=(triton_window, triton_window_bwd),  # the backward imported launch_config by name
+        shapes=WINDOW_SHAPES,
+        candidates={
+            "fwd": {"BLOCK_M": (32, 64, 128), "num_warps": (4, 8), "num_stages": (1, 2)},
+            "bwd": {"BLOCK_M": (16, 32), "num_warps": (4, 8), "num_stages": (1, 2)},
+        },
+        kernel_of=kernel_of,
+        configure=_window_configure,
+        run=_window_run,
+        default=lambda spec, kernel: triton_window.launch_config(spec[4] ** 2, spec[2] // spec[3], kernel == "bwd"),
+    )
+
+
+# --- the sweep -------------------------------------------------------------------------------
+
+def tune(target: Target, label: str, spec, kernel: str) -> dict:
+    from triton.testing import do_bench
+
+    default_launch_config = target.modules[0].launch_config
+    fn, outputs = target.run(spec, kernel)
+    fn()
+    expected = [o.float().clone() for o in outputs]
+    names = list(target.candidates[kernel])
+    default = target.default(spec, kernel)
+    candidates = [dict(zip(names, values)) for values in itertools.product(*target.candidates[kernel].values())]
+    if not any(all(c[n] == default[n] for n in names) for c in candidates):
+        candidates.append({n: default[n] for n in names})  # always time the current choice
+    results = []
+    for candidate in candidates:
+
+        def patched(*args, candidate=candidate, **kwargs):
+            if target.kernel_of(args, kwargs) != kernel:
+                return default_launch_config(*args, **kwargs)
+            return target.configure(default_launch_config, args, kwargs, candidate)
+
+        for module in target.modules:
+            module.launch_config = patched
+        try:
+            fn()
+            ok = all(torch.allclose(o.float(), e, atol=2e-2, rtol=2e-2) for o, e in zip(outputs, expected))
+            ms = do_bench(fn, warmup=10, rep=50) if ok else float("nan")
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile or fit is skipped
+            ok, ms = False, float("nan")
+            candidate["error"] = type(exc).__name__
+        finally:
+            for module in target.modules:
+                module.launch_config = default_launch_config
+        results.append({**candidate, "ms": ms, "ok": ok, "default": all(default.get(n) == candidate[n] for n in names)})
+    valid = [r for r in results if r["ok"]]
+    best = min(valid, key=lambda r: r["ms"]) if valid else None
+    base = next((r for r in results if r["default"]), None)
+    speedup = base["ms"] / best["ms"] if best and base and base["ok"] else float("nan")
+    print(f"{label:36} {kernel:5} default {base['ms'] if base else float('nan'):8.4f} ms  "
+          f"best {best['ms'] if best else float('nan'):8.4f} ms ({speedup:.2f}x) {best}", flush=True)
+    return {"shape": label, "kernel": kernel, "default": default, "best": best, "all": results}
+
+
+TARGETS = {"attention": _attention_target, "window_attention": _window_target}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", default=",".join(TARGETS))
+    parser.add_argument("--shapes", help="comma-separated substrings of the shape labels")
+    parser.add_argument("--kernels", help="comma-separated kernel names (default: every kernel of the op)")
+    parser.add_argument("--out", default="tuning.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("tools/tune.py needs a CUDA GPU")
+        return 2
+    wanted = args.shapes.split(",") if args.shapes else None
+    report = []
+    for op in args.ops.split(","):
+        target = TARGETS[op]()
+        kernels = args.kernels.split(",") if args.kernels else list(target.candidates)
+        for label, spec in target.shapes.items():
+            if wanted and not any(w in label for w in wanted):
+                continue
+            for kernel in kernels:
+                if kernel in target.candidates:
+                    report.append({"op": op, **tune(target, label, spec, kernel)})
+                    with open(args.out, "w") as f:  # written as it goes: a killed run keeps its results
+                        json.dump(report, f, indent=1, default=str)
+    print(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
