@@ -2,6 +2,7 @@
 the kernel it configures, results are checked against the default's, launch_config is restored."""
 
 import importlib.util
+import itertools
 import os
 import sys
 
@@ -41,6 +42,8 @@ def _recording(target):
     ("window_attention", (1, 24, 32, 1, 12), "fwd", {"BLOCK_M": (32, 64), "num_warps": (4,), "num_stages": (1,)}),
     ("attention", (1, 2, 40, 40, 32, True, False), "dkdv",
      {"BLOCK_M": (16, 32), "BLOCK_N": (32,), "num_warps": (4,), "num_stages": (2,)}),
+    ("clip_loss", (40, 32), "tile", {"BLOCK_M": (16,), "BLOCK_N": (16, 32), "num_warps": (4,)}),
+    ("clip_loss", (40, 32), "strip", {"BLOCK_M": (16,), "BLOCK_N": (16, 32), "num_warps": (4,)}),
 ])
 def test_every_candidate_reaches_its_kernel(tune, op, spec, kernel, grid):
     target = tune.TARGETS[op]()
@@ -49,6 +52,7 @@ def test_every_candidate_reaches_its_kernel(tune, op, spec, kernel, grid):
     seen = _recording(target)
     result = tune.tune(target, "tiny", spec, kernel)
     assert all(r["ok"] for r in result["all"]), result["all"]
-    assert {c["BLOCK_M"] for c in seen} == set(grid["BLOCK_M"])
+    every = {tuple(zip(grid, values)) for values in itertools.product(*grid.values())}
+    assert every <= {tuple(c.items()) for c in seen}
     assert result["best"] is not None and any(r["default"] for r in result["all"])
     assert [module.launch_config for module in target.modules] == originals

@@ -1,7 +1,7 @@
 """Sweep Triton launch configurations on a GPU, per benchmark shape and kernel.
 
-    python tools/tune.py [--ops attention,window_attention] [--shapes ViT-B,Swin-T] [--kernels fwd,bwd]
-                         [--out tuning.json]
+    python tools/tune.py [--ops attention,window_attention,clip_loss] [--shapes ViT-B,Swin-T]
+                         [--kernels fwd,bwd] [--out tuning.json]
 
 For each op's shapes (bf16) and each of its kernels, times every candidate configuration with
 ``triton.testing.do_bench`` while the op's other kernels keep their ``launch_config`` choice,
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -26,6 +27,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vtkernels.triton import attention as triton_attention  # noqa: E402
+from vtkernels.triton import clip_loss as triton_clip  # noqa: E402
+from vtkernels.triton import strip_matmul as triton_strip  # noqa: E402
 from vtkernels.triton import window_attention as triton_window  # noqa: E402
 from vtkernels.triton import window_attention_bwd as triton_window_bwd  # noqa: E402
 
@@ -142,12 +145,56 @@ def _window_target() -> Target:
     )
 
 
+# --- CLIP loss -------------------------------------------------------------------------------
+
+CLIP_SHAPES = {"n=16384 d=768": (16384, 768), "n=65536 d=768": (65536, 768)}
+
+
+def _clip_run(spec, kernel):
+    """Forward + backward through the op (the 'tile' config serves both; the strip matmuls only the backward)."""
+    import vtkernels
+
+    n, d = spec
+    image, text = (torch.randn(n, d, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(2))
+    scale = torch.tensor(2.659, device=DEVICE, requires_grad=True)
+
+    def step():
+        image.grad = text.grad = scale.grad = None
+        vtkernels.clip_loss(image, text, scale, backend="triton").backward()
+    step()
+    return step, [image.grad, text.grad]
+
+
+def _clip_target() -> Target:
+    def kernel_of(args, kwargs):
+        first = args[0] if args else kwargs.get("kind", kwargs.get("dtype"))
+        return "strip" if isinstance(first, torch.dtype) else first  # strip_matmul's takes (dtype, interpret)
+
+    def default(spec, kernel):
+        return triton_strip.launch_config(DTYPE) if kernel == "strip" else triton_clip.launch_config(kernel, DTYPE)
+
+    return Target(
+        modules=(triton_clip, triton_strip),
+        shapes=CLIP_SHAPES,
+        candidates={
+            "tile": {"BLOCK_M": (128,), "BLOCK_N": (64, 128), "BLOCK_K": (64,), "num_warps": (4, 8),
+                     "num_stages": (3, 4)},
+            "strip": {"BLOCK_M": (128,), "BLOCK_N": (128, 256), "BLOCK_K": (64,), "num_warps": (8,),
+                      "num_stages": (3, 4)},
+        },
+        kernel_of=kernel_of,
+        configure=lambda default, args, kwargs, candidate: {**default(*args, **kwargs), **candidate},
+        run=_clip_run,
+        default=default,
+    )
+
+
 # --- the sweep -------------------------------------------------------------------------------
 
 def tune(target: Target, label: str, spec, kernel: str) -> dict:
     from triton.testing import do_bench
 
-    default_launch_config = target.modules[0].launch_config
+    originals = [module.launch_config for module in target.modules]
     fn, outputs = target.run(spec, kernel)
     fn()
     expected = [o.float().clone() for o in outputs]
@@ -159,13 +206,13 @@ def tune(target: Target, label: str, spec, kernel: str) -> dict:
     results = []
     for candidate in candidates:
 
-        def patched(*args, candidate=candidate, **kwargs):
+        def patched(*args, original, candidate=candidate, **kwargs):
             if target.kernel_of(args, kwargs) != kernel:
-                return default_launch_config(*args, **kwargs)
-            return target.configure(default_launch_config, args, kwargs, candidate)
+                return original(*args, **kwargs)
+            return target.configure(original, args, kwargs, candidate)
 
-        for module in target.modules:
-            module.launch_config = patched
+        for module, original in zip(target.modules, originals):
+            module.launch_config = functools.partial(patched, original=original)
         try:
             fn()
             ok = all(torch.allclose(o.float(), e, atol=2e-2, rtol=2e-2) for o, e in zip(outputs, expected))
@@ -174,8 +221,8 @@ def tune(target: Target, label: str, spec, kernel: str) -> dict:
             ok, ms = False, float("nan")
             candidate["error"] = type(exc).__name__
         finally:
-            for module in target.modules:
-                module.launch_config = default_launch_config
+            for module, original in zip(target.modules, originals):
+                module.launch_config = original
         results.append({**candidate, "ms": ms, "ok": ok, "default": all(default.get(n) == candidate[n] for n in names)})
     valid = [r for r in results if r["ok"]]
     best = min(valid, key=lambda r: r["ms"]) if valid else None
@@ -186,7 +233,7 @@ def tune(target: Target, label: str, spec, kernel: str) -> dict:
     return {"shape": label, "kernel": kernel, "default": default, "best": best, "all": results}
 
 
-TARGETS = {"attention": _attention_target, "window_attention": _window_target}
+TARGETS = {"attention": _attention_target, "window_attention": _window_target, "clip_loss": _clip_target}
 
 
 def main() -> int:
