@@ -9,9 +9,10 @@ so neither the output nor the row statistics are needed), and produces
 
 each scattered straight to image order in dqkv: every real token belongs to exactly one window,
 so there are no atomics. The bias-table gradient is deterministic: each program first reduces
-its windows' dS on chip into one (N, N) partial indexed by the two tokens' positions in their
-window (windows over 64 tokens: one partial per window), torch.sum adds the partials over
-batch and programs, and a fixed gather folds (N, N) into the ((2Mt-1)^2, heads) table.
+its windows' dS into one (N, N) partial indexed by the two tokens' positions in their window
+(on chip for windows of <= 64 tokens; a larger window's dS is added into the program's own slab
+in memory, in a fixed order), torch.sum adds the partials over batch and programs, and a fixed
+gather folds (N, N) into the ((2Mt-1)^2, heads) table.
 Padding tokens' dK / dV rows are summed per program into a partial for ``pad_qkv``'s gradient.
 """
 
@@ -40,14 +41,14 @@ def store_tokens(DQKV, x, b, tokens, part, h, C, stride_b, stride_h, stride_w,
 
 
 @triton.jit
-def store_bias_partial(DBIAS_PARTIAL, ds, q_tokens, k_tokens, bh, n_win, w0, G: tl.constexpr, N: tl.constexpr,
-                       MW: tl.constexpr):
-    """dS of one key chunk into window slot g's (N, N) block of the (B * heads * n_win, N, N) partial."""
-    _, _, _, _, q_pr, q_pc, q_g, _ = q_tokens
+def add_bias_partial(DBIAS_PARTIAL, ds, q_tokens, k_tokens, slab, N: tl.constexpr, MW: tl.constexpr):
+    """slab[p_i, p_j] += dS[i, j] over one key chunk, (p_i, p_j) the tokens' positions in their window
+    (one window per tile here: G = 1). The program owns its slab: no other program touches it."""
+    _, _, _, _, q_pr, q_pc, _, _ = q_tokens
     _, _, _, _, k_pr, k_pc, _, _ = k_tokens
-    pair = (q_g * (N * N) + (q_pr * MW + q_pc) * N)[:, None] + (k_pr * MW + k_pc)[None, :]
-    base = (bh.to(tl.int64) * n_win + w0 * G) * (N * N)
-    tl.store(DBIAS_PARTIAL + base + pair, ds, mask=same_window(q_tokens, k_tokens))
+    ptrs = DBIAS_PARTIAL + slab * (N * N) + ((q_pr * MW + q_pc) * N)[:, None] + (k_pr * MW + k_pc)[None, :]
+    same = same_window(q_tokens, k_tokens)
+    tl.store(ptrs, tl.load(ptrs, mask=same, other=0.0) + ds, mask=same)
 
 
 @triton.jit
@@ -90,7 +91,8 @@ def window_attn_bwd_kernel(
 
     FOLD (windows of <= NP = 64 tokens, one key chunk): dS is folded on chip by local token
     index, acc[p_i, p_j] += sum over rows/cols with those indices (two one-hot dots), over all
-    its windows; one (N, N) partial per program. Otherwise each window's dS block is stored as is.
+    its windows. Otherwise (one window per tile) each window's dS is added to the program's slab
+    in memory, tile by tile. Either way one (N, N) partial per program.
     Keys as in the forward: BLOCK_N, then (KEYS_REST > 0) a rest chunk, each with its own dK, dV.
     """
     N: tl.constexpr = MH * MW
@@ -156,9 +158,9 @@ def window_attn_bwd_kernel(
                 by_key = fold_dot(ds, key_onehot)  # (BLOCK_M, NP)
                 bias_acc += fold_dot(tl.trans(by_key), query_onehot)  # (NP keys, NP queries)
             else:
-                store_bias_partial(DBIAS_PARTIAL, ds, q_tokens, k_tokens, bh, n_win, w0, G, N, MW)
+                add_bias_partial(DBIAS_PARTIAL, ds, q_tokens, k_tokens, program, N, MW)
                 if KEYS_REST > 0:
-                    store_bias_partial(DBIAS_PARTIAL, ds_rest, q_tokens, k_rest_tokens, bh, n_win, w0, G, N, MW)
+                    add_bias_partial(DBIAS_PARTIAL, ds_rest, q_tokens, k_rest_tokens, program, N, MW)
 
         store_tokens(DQKV, dk, b, k_tokens, 1, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
         store_tokens(DQKV, dv, b, k_tokens, 2, h, C, dqkv_b, dqkv_h, dqkv_w, HEAD_DIM, BLOCK_D)
@@ -171,6 +173,8 @@ def window_attn_bwd_kernel(
             if HAS_PAD:
                 pad_dk = padding_grad(pad_dk, k_rest_tokens, dk_rest)
                 pad_dv = padding_grad(pad_dv, k_rest_tokens, dv_rest)
+        if not FOLD:
+            tl.debug_barrier()  # the next group's read-modify-write of the slab sees this group's writes
 
     if FOLD:
         pair = local[None, :] * N + local[:, None]  # bias_acc is transposed: [key p_j, query p_i]
@@ -217,16 +221,15 @@ def fold_dtype_for(dtype: torch.dtype, on_gpu: bool):
 
 def backward_schedule(n_groups: int, batch_heads: int, tokens: int, device: torch.device, dtype: torch.dtype) -> dict:
     """Window groups per program: enough programs to fill the GPU (about 8 per SM), the rest
-    looped on chip so that the folded bias partials stay few. No folding above 64 tokens."""
-    fold_dtype = {"FOLD_DTYPE": fold_dtype_for(dtype, device.type == "cuda")}
-    if tokens > FOLD_MAX_TOKENS:
-        return {"GROUPS": 1, "FOLD": False, "NP": 16, **fold_dtype}
+    looped on chip so that the bias partials (one per program) stay few. No on-chip folding
+    above 64 tokens."""
+    fold = {"FOLD": True, "NP": FOLD_MAX_TOKENS} if tokens <= FOLD_MAX_TOKENS else {"FOLD": False, "NP": 16}
     if device.type == "cuda":
         wanted = max(1, 8 * torch.cuda.get_device_properties(device).multi_processor_count // max(batch_heads, 1))
         groups = max(1, min(8, n_groups // wanted))
     else:
         groups = min(3, n_groups)  # the interpreter: exercise the loop and a ragged last program
-    return {"GROUPS": groups, "FOLD": True, "NP": FOLD_MAX_TOKENS, **fold_dtype}
+    return {"GROUPS": groups, **fold, "FOLD_DTYPE": fold_dtype_for(dtype, device.type == "cuda")}
 
 
 def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, pad_qkv, geo: Geometry, scale: float,
@@ -240,8 +243,9 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, pad_qkv
     schedule = backward_schedule(n_groups, batch * geo.heads, geo.tokens, qkv.device, qkv.dtype)
     programs = triton.cdiv(n_groups, schedule["GROUPS"])
     n_tokens = geo.tokens
-    slabs = programs if schedule["FOLD"] else geo.n_windows  # bias partials per (batch, head)
-    bias_partial = torch.empty(batch * geo.heads * slabs, n_tokens, n_tokens, dtype=torch.float32, device=qkv.device)
+    # One (N, N) bias partial per program: written once when folded, accumulated into otherwise.
+    allocate = torch.empty if schedule["FOLD"] else torch.zeros
+    bias_partial = allocate(batch * geo.heads * programs, n_tokens, n_tokens, dtype=torch.float32, device=qkv.device)
     has_pad = pad_qkv is not None
     pad_partial = torch.empty((batch * geo.heads * programs, 2, geo.head_dim) if has_pad else (0,), dtype=torch.float32,
                               device=qkv.device)
@@ -252,7 +256,7 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, pad_qkv
             scale, mask_value, **common_constexprs(qkv, geo, pad_first, has_pad), **cfg, **schedule, **options,
         )
     # Deterministic reductions: fixed-shape sums, then a fixed gather per table row.
-    per_pair = bias_partial.view(batch, geo.heads, slabs, n_tokens * n_tokens).sum((0, 2))
+    per_pair = bias_partial.view(batch, geo.heads, programs, n_tokens * n_tokens).sum((0, 2))
     per_pair = torch.cat([per_pair, per_pair.new_zeros(geo.heads, 1)], dim=1)
     dtable = per_pair[:, pairs_by_offset(geo.window, geo.table_window, qkv.device)].sum(-1).t()
     dtable = dtable.to(table.dtype).contiguous()
@@ -272,7 +276,6 @@ def aot_signature(dtype: str, ints: list[str]):
 
 
 def aot_schedule(tokens: int, dtype: torch.dtype) -> dict:
-    fold = {"GROUPS": 4, "FOLD": True, "NP": FOLD_MAX_TOKENS} if tokens <= FOLD_MAX_TOKENS else \
-        {"GROUPS": 1, "FOLD": False, "NP": 16}
-    return {**fold, "FOLD_DTYPE": fold_dtype_for(dtype, on_gpu=True)}
+    fold = {"FOLD": True, "NP": FOLD_MAX_TOKENS} if tokens <= FOLD_MAX_TOKENS else {"FOLD": False, "NP": 16}
+    return {"GROUPS": 4, **fold, "FOLD_DTYPE": fold_dtype_for(dtype, on_gpu=True)}
 
