@@ -1,6 +1,6 @@
 """Sweep Triton launch configurations on a GPU, per benchmark shape and kernel.
 
-    python tools/tune.py [--ops attention,window_attention,clip_loss] [--shapes ViT-B,Swin-T]
+    python tools/tune.py [--ops attention,window_attention,clip_loss,patch_embed] [--shapes ViT-B,Swin-T]
                          [--kernels fwd,bwd] [--out tuning.json]
 
 For each op's shapes (bf16) and each of its kernels, times every candidate configuration with
@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vtkernels.triton import attention as triton_attention  # noqa: E402
 from vtkernels.triton import clip_loss as triton_clip  # noqa: E402
+from vtkernels.triton import patch_embed as triton_patch_embed  # noqa: E402
 from vtkernels.triton import strip_matmul as triton_strip  # noqa: E402
 from vtkernels.triton import window_attention as triton_window  # noqa: E402
 from vtkernels.triton import window_attention_bwd as triton_window_bwd  # noqa: E402
@@ -189,6 +190,55 @@ def _clip_target() -> Target:
     )
 
 
+# --- patch embedding -------------------------------------------------------------------------
+
+def _patch_embed_run(spec, kernel):
+    """The forward ("fwd"), or forward + backward with the gradient the kernel computes."""
+    import vtkernels
+
+    batch, side, patch, dim, cls_pos = spec
+    images = torch.randn(batch, 3, side, side, device=DEVICE, dtype=DTYPE, requires_grad=kernel == "bwd_images")
+    weight = torch.randn(dim, 3, patch, patch, device=DEVICE, dtype=DTYPE, requires_grad=kernel == "bwd_weight")
+    bias = torch.randn(dim, device=DEVICE, dtype=DTYPE)
+    tokens = (side // patch) ** 2
+    cls = torch.randn(1, 1, dim, device=DEVICE, dtype=DTYPE) if cls_pos else None
+    pos = torch.randn(1, tokens + 1, dim, device=DEVICE, dtype=DTYPE) if cls_pos else None
+    leaf = images if kernel == "bwd_images" else weight
+    holder = []
+
+    def step():
+        out = vtkernels.patch_embed(images, weight, bias, patch, cls_token=cls, pos_embed=pos, backend="triton")
+        if kernel == "fwd":
+            holder[:] = [out]
+            return
+        leaf.grad = None
+        out.backward(torch.ones_like(out))
+        holder[:] = [leaf.grad]
+    step()
+    return step, holder
+
+
+def _patch_embed_target() -> Target:
+    from benchmarks.ops.patch_embed import SHAPES
+
+    backward = {"BLOCK_M": (32, 64, 128), "BLOCK_N": (64, 128), "BLOCK_K": (64, 128), "num_warps": (4, 8),
+                "num_stages": (3,)}
+    return Target(
+        modules=(triton_patch_embed,),
+        shapes=SHAPES,
+        candidates={
+            "fwd": {"BLOCK_M": (64, 128), "BLOCK_N": (128, 256), "BLOCK_K": (32, 64), "num_warps": (4, 8),
+                    "num_stages": (3, 4)},
+            "bwd_weight": backward,
+            "bwd_images": backward,
+        },
+        kernel_of=lambda args, kwargs: args[0],
+        configure=lambda default, args, kwargs, candidate: {**default(*args, **kwargs), **candidate},
+        run=_patch_embed_run,
+        default=lambda spec, kernel: triton_patch_embed.launch_config(kernel, DTYPE, spec[3], 3 * spec[2] ** 2),
+    )
+
+
 # --- the sweep -------------------------------------------------------------------------------
 
 def tune(target: Target, label: str, spec, kernel: str) -> dict:
@@ -233,7 +283,8 @@ def tune(target: Target, label: str, spec, kernel: str) -> dict:
     return {"shape": label, "kernel": kernel, "default": default, "best": best, "all": results}
 
 
-TARGETS = {"attention": _attention_target, "window_attention": _window_target, "clip_loss": _clip_target}
+TARGETS = {"attention": _attention_target, "window_attention": _window_target, "clip_loss": _clip_target,
+           "patch_embed": _patch_embed_target}
 
 
 def main() -> int:
