@@ -9,8 +9,9 @@
 # 3. the full test suite on the GPU                      -> tests.log, tests.xml
 # 4. compute-sanitizer memcheck + racecheck over the CUDA kernel tests -> sanitizer_*.log
 # 5. the benchmark suite                                 -> bench/ (results.json, .md, PNGs)
+# 6. (only when named in STEPS) tools/tune.py, TUNE_ARGS passed on -> tuning.json, tune.log
 # and prints a summary table last. Pure-Python peers (Liger-Kernel, Inf-CL) are installed from
-# .whl/ when carried there. Steps: STEPS="build,info,tests,sanitizer,bench" (default all);
+# .whl/ when carried there. Steps: STEPS="build,info,tests,sanitizer,bench" (the default; "tune" is extra);
 # BENCH_ARGS is passed to benchmarks/run.py (e.g. "--ops norm --quick --budget-s 400": with a
 # budget the suite stops starting cases in time and still writes its results). The tests run in
 # TEST_WORKERS processes (default 8) when pytest-xdist is installed: most of their time is Triton
@@ -76,11 +77,13 @@ BENCH_BUDGET=()
 [[ "${BENCH_ARGS:-}" == *--budget-s* ]] || BENCH_BUDGET=(--budget-s $((DEADLINE_S - SECONDS - 90)))
 step bench bench.log python3 benchmarks/run.py --update-preferences --out "$OUT_DIR/bench" "${BENCH_BUDGET[@]}" ${BENCH_ARGS:-}
 cp vtkernels/preferences.json "$OUT_DIR/bench/" 2>/dev/null  # commit it back: the measured backend order
+# The sweep writes tuning.json as it goes: killed at the deadline, it still returns what it measured.
+step tune tune.log python3 tools/tune.py --out "$OUT_DIR/tuning.json" ${TUNE_ARGS:-}
 
 summary() {
   echo "| step | status | seconds |"
   echo "|---|---|---|"
-  for name in build info tests sanitizer bench; do
+  for name in build info tests sanitizer bench tune; do
     echo "| $name | ${STATUS[$name]} | ${SECONDS_TAKEN[$name]:-} |"
   done
   grep -E "passed|failed" "$OUT_DIR/tests.log" 2>/dev/null | tail -n 1
@@ -90,7 +93,7 @@ summary() {
 summary >"$OUT_DIR/summary.md"
 tar czf "$FINAL_DIR/gpu_check.tgz" -C "$OUT_DIR" .
 cp "$OUT_DIR/summary.md" "$FINAL_DIR/"
-cp "$OUT_DIR"/bench/results.md "$OUT_DIR"/bench/results.json "$FINAL_DIR/" 2>/dev/null
+cp "$OUT_DIR"/bench/results.md "$OUT_DIR"/bench/results.json "$OUT_DIR"/tuning.json "$FINAL_DIR/" 2>/dev/null
 echo
 cat "$OUT_DIR/summary.md"
 [[ -f "$OUT_DIR/bench/results.md" ]] && head -n 80 "$OUT_DIR/bench/results.md"
