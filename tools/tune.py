@@ -3,7 +3,10 @@
     python tools/tune.py [--ops attention,window_attention,clip_loss,patch_embed] [--shapes ViT-B,Swin-T]
                          [--kernels fwd,bwd] [--out tuning.json]
 
-For each op's shapes (bf16) and each of its kernels, times every candidate configuration with
+For each op's shapes (bf16) and each of its kernels, times every candidate configuration (grids of
+6 to 16 around the current choice: most of a sweep's time is Triton compiling, a few seconds per
+candidate, so a whole run takes longer than one 10-minute device call; split it with --ops /
+--shapes / --kernels) with
 ``triton.testing.do_bench`` while the op's other kernels keep their ``launch_config`` choice,
 rejects candidates that fail to compile or change the result, and prints the fastest next to the
 current default. Copy the winners into the op's ``launch_config`` (then rerun
@@ -79,9 +82,9 @@ def _attention_target() -> Target:
         modules=(triton_attention,),
         shapes=SHAPES,
         candidates={
-            "fwd": {"BLOCK_M": (64, 128), "BLOCK_N": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4)},
-            "dkdv": {"BLOCK_M": (16, 32, 64), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (2, 3)},
-            "dq": {"BLOCK_M": (64, 128), "BLOCK_N": (16, 32, 64), "num_warps": (4, 8), "num_stages": (2, 3)},
+            "fwd": {"BLOCK_M": (64, 128), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (2, 3)},
+            "dkdv": {"BLOCK_M": (32, 64), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (3,)},
+            "dq": {"BLOCK_M": (64, 128), "BLOCK_N": (32, 64), "num_warps": (4, 8), "num_stages": (3,)},
         },
         kernel_of=lambda args, kwargs: args[2],
         configure=lambda default, args, kwargs, candidate: {**default(*args, **kwargs), **candidate},
@@ -221,13 +224,12 @@ def _patch_embed_run(spec, kernel):
 def _patch_embed_target() -> Target:
     from benchmarks.ops.patch_embed import SHAPES
 
-    backward = {"BLOCK_M": (32, 64, 128), "BLOCK_N": (64, 128), "BLOCK_K": (64, 128), "num_warps": (4, 8),
-                "num_stages": (3,)}
+    backward = {"BLOCK_M": (32, 64, 128), "BLOCK_N": (128,), "BLOCK_K": (64, 128), "num_warps": (8,), "num_stages": (3,)}
     return Target(
         modules=(triton_patch_embed,),
         shapes=SHAPES,
         candidates={
-            "fwd": {"BLOCK_M": (64, 128), "BLOCK_N": (128, 256), "BLOCK_K": (32, 64), "num_warps": (4, 8),
+            "fwd": {"BLOCK_M": (128,), "BLOCK_N": (128, 256), "BLOCK_K": (32, 64), "num_warps": (4, 8),
                     "num_stages": (3, 4)},
             "bwd_weight": backward,
             "bwd_images": backward,
