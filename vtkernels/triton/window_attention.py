@@ -337,21 +337,22 @@ def _aot_launch_values(window: int, head_dim: int) -> dict:
 
 def aot_configs():
     """Every forward and backward variant at the Swin shapes (window 7 and 12, head_dim 32, shifted,
-    bf16/fp16/fp32), for the ahead-of-time sm_90 compile check."""
+    bf16/fp16/fp32), plus bf16 with padding tokens in both orders, for the ahead-of-time sm_90
+    compile check."""
     from vtkernels.triton import window_attention_bwd
 
+    variants = [(dtype, False, False) for dtype in ("bf16", "fp16", "fp32")] + [("bf16", True, False), ("bf16", True, True)]
+    ints = ["H", "W", "Hp", "Wp", "nWw", "n_win", "heads", "C", "SH", "SW", "stride_b", "stride_h", "stride_w"]
     for window, head_dim in _AOT_STAGES:
         values = _aot_launch_values(window, head_dim)
-        for dtype in ("bf16", "fp16", "fp32"):
+        for dtype, has_pad, pad_first in variants:
             torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
             for backward in (False, True):
                 cfg = launch_config(window * window, head_dim, backward)
                 options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
                 constexprs = {"MH": window, "MW": window, "MHT": window, "MWT": window, "HEAD_DIM": head_dim,
-                              "PAD_FIRST": False, "HAS_SHIFT": True, "HAS_PAD": False,
-                              "DOT_PRECISION": dot_precision(torch_dtype),
-                              **cfg}
-                ints = ["H", "W", "Hp", "Wp", "nWw", "n_win", "heads", "C", "SH", "SW", "stride_b", "stride_h", "stride_w"]
+                              "PAD_FIRST": pad_first, "HAS_SHIFT": True, "HAS_PAD": has_pad,
+                              "DOT_PRECISION": dot_precision(torch_dtype), **cfg}
                 if backward:
                     constexprs.update(window_attention_bwd.aot_schedule(window * window, torch_dtype))
                     yield (*window_attention_bwd.aot_signature(dtype, ints), constexprs, options, values)
