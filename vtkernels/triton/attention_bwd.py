@@ -28,7 +28,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from vtkernels.triton.attention_fwd import dot_accumulate, dot_rows, load_head, mask_scores, store_head
+from vtkernels.triton.attention_fwd import (dot_accumulate, dot_rows, heavy_first_block, load_head, mask_scores,
+                                            store_head)
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr global: readable inside @triton.jit
 
@@ -91,7 +92,7 @@ def attention_bwd_dkdv_kernel(
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    start_n = first_key + tl.program_id(0) * BLOCK_N
+    start_n = first_key + tl.program_id(0) * BLOCK_N  # (causal: the first key blocks are the heavy ones)
     bh = tl.program_id(1)
     batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
     Q += batch * stride_qb + head * stride_qh
@@ -169,7 +170,7 @@ def attention_bwd_dq_kernel(
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    start_m = first_row + tl.program_id(0) * BLOCK_M
+    start_m = first_row + heavy_first_block(CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
     batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
     K += batch * stride_kb + head * stride_kh

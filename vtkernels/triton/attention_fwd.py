@@ -88,6 +88,17 @@ def dot_accumulate(p, v, v_rest, acc, acc_rest, D_REST: tl.constexpr, PRECISION:
 
 
 @triton.jit
+def heavy_first_block(CAUSAL: tl.constexpr):
+    """This program's block along grid axis 0. Under the causal mask the last query blocks see the
+    most keys; blocks are dispatched in program-id order, so those run first and the longest
+    programs do not trail at the end of the launch."""
+    block = tl.program_id(0)
+    if CAUSAL:
+        block = tl.num_programs(0) - 1 - block
+    return block
+
+
+@triton.jit
 def mask_scores(s, offs_m, offs_n, n_kv, causal_offset, PadMask,
                 CHECK_BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr):
     """Sets to -inf the scores of keys past n_kv, after the causal diagonal, or padded."""
@@ -139,7 +150,7 @@ def attention_fwd_kernel(
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    start_m = first_row + tl.program_id(0) * BLOCK_M
+    start_m = first_row + heavy_first_block(CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
     batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
     Q += batch * stride_qb + head * stride_qh
