@@ -11,6 +11,7 @@
 #include "bindings/detr_cost.h"
 #include "bindings/window_attention.h"
 #include "bindings/patch_merging.h"
+#include "bindings/activation.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vtkernels CUDA kernels";
@@ -22,4 +23,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   vtk_torch::bind_detr_cost(m);
   vtk_torch::bind_window_attention(m);
   vtk_torch::bind_patch_merging(m);
+  vtk_torch::bind_activation(m);
 }

@@ -17,8 +17,9 @@ from model_configs import DEPTH, IMAGE, PATCH, hf_clip, hf_vit, needs_transforme
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """Counts the calls that reach vtkernels.attention / patch_embed / window_attention / patch_merging_norm."""
-    counts = {"attention": 0, "patch_embed": 0, "window_attention": 0, "patch_merging_norm": 0}
+    """Counts the calls that reach vtkernels' attention / patch_embed / window_attention /
+    patch_merging_norm / quick_gelu."""
+    counts = {"attention": 0, "patch_embed": 0, "window_attention": 0, "patch_merging_norm": 0, "quick_gelu": 0}
     for name in counts:
         original = getattr(vtkernels, name)
 
@@ -43,7 +44,8 @@ def test_hf_vit_forward_and_backward(fused_calls, device):
     assert isinstance(fused.vit.layers[0].layernorm_before, vtkernels.nn.LayerNorm)
     images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
     out = fused(images).logits
-    assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0, "patch_merging_norm": 0}
+    assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0,
+                           "patch_merging_norm": 0, "quick_gelu": 0}
     expected = hf(images).logits
     assert_close(out, expected, torch.float32, names=["logits"])
     cotangent = torch.randn_like(out)
@@ -62,8 +64,9 @@ def test_hf_vit_forward_and_backward(fused_calls, device):
 def test_hf_clip(fused_calls, attn_implementation, padding, device):
     hf = hf_clip(attn_implementation=attn_implementation).to(device)
     fused, report = _optimized(hf)
-    # vision: 2 per layer + pre + post; text: 2 per layer + final
-    assert report.replaced == {"LayerNorm": 4 * DEPTH + 3, "Attention": 2 * DEPTH, "PatchEmbed": 1}
+    # vision: 2 per layer + pre + post; text: 2 per layer + final; a QuickGELU per MLP
+    assert report.replaced == {"LayerNorm": 4 * DEPTH + 3, "Attention": 2 * DEPTH, "PatchEmbed": 1,
+                               "QuickGELU": 2 * DEPTH}
     images = torch.randn(3, 3, IMAGE, IMAGE, device=device)
     ids, mask = (t.to(device) for t in token_ids(3))
     mask = mask if padding else None
@@ -71,7 +74,8 @@ def test_hf_clip(fused_calls, attn_implementation, padding, device):
         out = fused(input_ids=ids, pixel_values=images, attention_mask=mask)
         expected = hf(input_ids=ids, pixel_values=images, attention_mask=mask)
     # the causal (+ padding) masks are taken by the op: no fallback
-    assert fused_calls == {"attention": 2 * DEPTH, "patch_embed": 1, "window_attention": 0, "patch_merging_norm": 0}
+    assert fused_calls == {"attention": 2 * DEPTH, "patch_embed": 1, "window_attention": 0, "patch_merging_norm": 0,
+                           "quick_gelu": 2 * DEPTH}
     assert_close([out.logits_per_image, out.text_model_output.last_hidden_state],
                  [expected.logits_per_image, expected.text_model_output.last_hidden_state], torch.float32,
                  names=["logits_per_image", "text last_hidden_state"])
@@ -110,7 +114,8 @@ def test_hf_swin_norms_and_window_attention(fused_calls, image, window, device):
     assert report.replaced == {"LayerNorm": norms, "WindowAttention": 4, "PatchMerging": 1, "PatchEmbed": 1}
     images = torch.randn(2, 3, image, image, device=device)
     out = fused(images).logits
-    assert fused_calls == {"attention": 0, "patch_embed": 1, "window_attention": 4, "patch_merging_norm": 1}
+    assert fused_calls == {"attention": 0, "patch_embed": 1, "window_attention": 4,
+                           "patch_merging_norm": 1, "quick_gelu": 0}
     expected = hf(images).logits
     assert_close(out, expected, torch.float32)
     cotangent = torch.randn_like(out)
@@ -205,7 +210,8 @@ def test_timm_vit(fused_calls, device):
     assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1}
     images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
     out = fused(images)
-    assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0, "patch_merging_norm": 0}
+    assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0,
+                           "patch_merging_norm": 0, "quick_gelu": 0}
     expected = model(images)
     assert_close(out, expected, torch.float32)
     cotangent = torch.randn_like(out)
@@ -233,7 +239,8 @@ def test_timm_swin(fused_calls, img_size, fused_windows, device):
     assert report.replaced == {"LayerNorm": norms, "WindowAttention": 4, "PatchMerging": 1, "PatchEmbed": 1}
     images = torch.randn(2, 3, *img_size, device=device)
     out = fused(images)
-    assert fused_calls == {"attention": 0, "patch_embed": 1, "window_attention": fused_windows, "patch_merging_norm": 1}
+    assert fused_calls == {"attention": 0, "patch_embed": 1, "window_attention": fused_windows,
+                           "patch_merging_norm": 1, "quick_gelu": 0}
     expected = model(images)
     assert_close(out, expected, torch.float32)
     cotangent = torch.randn_like(out)

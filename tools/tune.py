@@ -224,7 +224,8 @@ def _patch_embed_run(spec, kernel):
 def _patch_embed_target() -> Target:
     from benchmarks.ops.patch_embed import SHAPES
 
-    backward = {"BLOCK_M": (32, 64, 128), "BLOCK_N": (128,), "BLOCK_K": (64, 128), "num_warps": (8,), "num_stages": (3,)}
+    backward = {"BLOCK_M": (32, 64, 128), "BLOCK_N": (128,), "BLOCK_K": (64, 128), "num_warps": (8,),
+                "num_stages": (3,)}
     return Target(
         modules=(triton_patch_embed,),
         shapes=SHAPES,

@@ -12,6 +12,8 @@ Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on a
   bias, mask and reverse inside the op), and add their residual inside the fused second norm;
 * Swin patch merging (timm ``PatchMerging``, HF ``SwinPatchMerging``): the 2x2 gather and the
   LayerNorm(4C) become one :func:`vtkernels.patch_merging_norm` call before the reduction Linear;
+* QuickGELU (HF ``QuickGELUActivation``, timm's ``QuickGELU``: CLIP, iGPT) runs as one
+  :func:`vtkernels.quick_gelu` pass instead of eager PyTorch's three;
 * the patch embedding of HF ViT / CLIP (convolution + class token + position embedding) becomes
   one :func:`vtkernels.patch_embed` call; timm's ``PatchEmbed`` (flattened or Swin's NHWC output)
   and HF's ``SwinPatchEmbeddings`` keep their own position handling and get the fused projection.
@@ -69,7 +71,7 @@ class OptimizeReport:
 
 
 def optimize(model: nn.Module, *, norms: bool = True, attention: bool = True, patch_embed: bool = True,
-             backend: Optional[str] = None, return_report: bool = False):
+             activations: bool = True, backend: Optional[str] = None, return_report: bool = False):
     """Swap fused modules into ``model`` in place; returns ``model`` (and the report if asked).
 
     The report is also kept as ``model.vtkernels_report``. Calling it twice replaces nothing more.
@@ -82,7 +84,7 @@ def optimize(model: nn.Module, *, norms: bool = True, attention: bool = True, pa
             if norms and _is_plain_layer_norm(child):
                 setattr(parent, name, _fused_layer_norm(child, backend))
                 report.add("LayerNorm")
-    enabled = {"norms": norms, "attention": attention, "patch_embed": patch_embed}
+    enabled = {"norms": norms, "attention": attention, "patch_embed": patch_embed, "activations": activations}
     for module in model.modules():
         if getattr(module, "_vtkernels_patched", False):
             continue
@@ -145,6 +147,11 @@ def _is_timm_swin_block(module: nn.Module) -> bool:
             and all(hasattr(module, n) for n in ("_attn", "norm1", "norm2", "mlp", "drop_path1", "drop_path2",
                                                  "window_size", "shift_size", "input_resolution"))
             and all(hasattr(attn, n) for n in ("qkv", "proj", "relative_position_bias_table", "num_heads", "scale")))
+
+
+def _is_quick_gelu(module: nn.Module) -> bool:
+    return ((type(module).__name__ == "QuickGELUActivation" and _from(module, "transformers"))
+            or (type(module).__name__ == "QuickGELU" and _from(module, "timm")))
 
 
 def _is_timm_patch_merging(module: nn.Module) -> bool:
@@ -320,7 +327,8 @@ def _timm_swin_block_forward(self, x: torch.Tensor):
     # table built for that window, the op's shrink rule a no-op, and a mask for this map size.
     exact = (window is not None and shift is not None and _square_patch(attn.window_size) == window
              and effective_window(height, width, window, shift) == (window, shift)
-             and (shift == 0 or getattr(self, "dynamic_mask", False) or (height, width) == tuple(self.input_resolution)))
+             and (shift == 0 or getattr(self, "dynamic_mask", False)
+                  or (height, width) == tuple(self.input_resolution)))
     if not exact or (self.training and attn.attn_drop.p > 0):
         return self._vtkernels_original_forward(x)
     batch, _, _, channels = x.shape
@@ -335,13 +343,18 @@ def _timm_swin_block_forward(self, x: torch.Tensor):
     return (x + self.drop_path2(self.mlp(normed))).reshape(batch, height, width, channels)
 
 
+def _quick_gelu_forward(self, x: torch.Tensor):
+    return vtkernels.quick_gelu(x, self._vtkernels_backend)
+
+
 # --- patch merging ------------------------------------------------------------------------------
 
 def _fused_patch_merge(self, x: torch.Tensor) -> Optional[torch.Tensor]:
     """reduction(norm(2x2 merge of x (B, H, W, C))) with the merge and norm fused; None when the
     norm is not a LayerNorm over the merged 4C channels."""
     norm = self.norm
-    if not (isinstance(norm, LayerNorm) or _is_plain_layer_norm(norm)) or tuple(norm.normalized_shape) != (4 * x.shape[-1],):
+    layer_norm = isinstance(norm, LayerNorm) or _is_plain_layer_norm(norm)
+    if not layer_norm or tuple(norm.normalized_shape) != (4 * x.shape[-1],):
         return None
     merged = vtkernels.patch_merging_norm(x, _cast(norm.weight, x), _cast(norm.bias, x), norm.eps,
                                           self._vtkernels_backend)
@@ -427,4 +440,5 @@ _PATCHES = (
     ("patch_embed", _is_hf_embeddings, "PatchEmbed", _hf_embeddings_forward),
     ("patch_embed", _is_hf_swin_patch_embeddings, "PatchEmbed", _hf_swin_patch_embeddings_forward),
     ("patch_embed", _is_timm_patch_embed, "PatchEmbed", _timm_patch_embed_forward),
+    ("activations", _is_quick_gelu, "QuickGELU", _quick_gelu_forward),
 )

@@ -38,29 +38,34 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 
 
 class QuickGELU(nn.Module):
-    """OpenAI CLIP's activation ``x * sigmoid(1.702 x)`` (HF ``quick_gelu``)."""
+    """OpenAI CLIP's activation ``x * sigmoid(1.702 x)`` (HF ``quick_gelu``), one fused pass
+    (:func:`vtkernels.quick_gelu`) instead of eager PyTorch's three."""
+
+    def __init__(self, backend: Optional[str] = None):
+        super().__init__()
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return vtkernels.quick_gelu(x, self.backend)
 
 
-def make_activation(name: str) -> nn.Module:
+def make_activation(name: str, backend: Optional[str] = None) -> nn.Module:
     if name == "gelu":
         return nn.GELU()  # exact (erf): timm's default, HF "gelu"
     if name == "gelu_tanh":
         return nn.GELU(approximate="tanh")
     if name == "quick_gelu":
-        return QuickGELU()
+        return QuickGELU(backend)
     raise ValueError(f"act must be one of {ACTIVATIONS}, got {name!r}")
 
 
 class Mlp(nn.Module):
-    """fc1 -> activation -> fc2 (plain torch: the GEMMs are cuBLAS's, there is no fused MLP op)."""
+    """fc1 -> activation -> fc2 (the GEMMs are cuBLAS's; QuickGELU is one fused pass)."""
 
-    def __init__(self, dim: int, hidden_dim: int, act: str = "gelu", bias: bool = True):
+    def __init__(self, dim: int, hidden_dim: int, act: str = "gelu", bias: bool = True, backend: Optional[str] = None):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
-        self.act = make_activation(act)
+        self.act = make_activation(act, backend)
         self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +81,7 @@ class Block(nn.Module):
         self.norm1 = LayerNorm(dim, eps=eps, backend=backend)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, causal=causal, backend=backend)
         self.norm2 = LayerNorm(dim, eps=eps, backend=backend)
-        self.mlp = Mlp(dim, mlp_dim, act)
+        self.mlp = Mlp(dim, mlp_dim, act, backend=backend)
 
     def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """timm semantics: the block's output as one tensor."""

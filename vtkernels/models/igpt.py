@@ -123,7 +123,7 @@ class ImageGPTBlock(nn.Module):
         self.norm1 = RMSNorm(config.dim, eps=config.eps, backend=backend)
         self.attn = CausalSelfAttention(config.dim, config.num_heads, scale, backend)
         self.norm2 = RMSNorm(config.dim, eps=config.eps, backend=backend)
-        self.mlp = Mlp(config.dim, config.mlp_dim or 4 * config.dim, config.act)
+        self.mlp = Mlp(config.dim, config.mlp_dim or 4 * config.dim, config.act, backend=backend)
 
     def forward_split(self, stream, branch, cache: Optional[KVCache] = None, mask: Optional[torch.Tensor] = None):
         """Block on ``stream + branch``; returns ``(branch, stream)`` whose sum is its output.

@@ -181,7 +181,8 @@ _STRIDES = "stride_qb stride_qh stride_qn stride_kb stride_kh stride_kn stride_v
 _FWD_ARGS = (f"Q K V PadMask Out Lse {_STRIDES} stride_ob stride_oh stride_on stride_mb n_heads n_q n_kv first_row "
              "qk_scale")
 _DKDV_ARGS = (f"Q K V PadMask DOut Lse Delta DK DV {_STRIDES} stride_dob stride_doh stride_don stride_dkb "
-              "stride_dkh stride_dkn stride_dvb stride_dvh stride_dvn stride_mb n_heads n_q n_kv first_key scale qk_scale")
+              "stride_dkh stride_dkn stride_dvb stride_dvh stride_dvn stride_mb n_heads n_q n_kv first_key scale "
+              "qk_scale")
 _DQ_ARGS = (f"Q K V PadMask DOut Lse Delta DQ {_STRIDES} stride_dob stride_doh stride_don stride_dqb stride_dqh "
             "stride_dqn stride_mb n_heads n_q n_kv first_row scale qk_scale")
 _DELTA_ARGS = "Out DOut Delta stride_ob stride_oh stride_on stride_db stride_dh stride_dn n_heads n_q"

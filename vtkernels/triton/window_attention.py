@@ -341,7 +341,8 @@ def aot_configs():
     compile check."""
     from vtkernels.triton import window_attention_bwd
 
-    variants = [(dtype, False, False) for dtype in ("bf16", "fp16", "fp32")] + [("bf16", True, False), ("bf16", True, True)]
+    variants = [(dtype, False, False) for dtype in ("bf16", "fp16", "fp32")]
+    variants += [("bf16", True, False), ("bf16", True, True)]  # padding tokens, timm and HF order
     ints = ["H", "W", "Hp", "Wp", "nWw", "n_win", "heads", "C", "SH", "SW", "stride_b", "stride_h", "stride_w"]
     for window, head_dim in _AOT_STAGES:
         values = _aot_launch_values(window, head_dim)

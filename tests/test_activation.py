@@ -1,0 +1,101 @@
+"""QuickGELU op: reference vs HF's activation, kernels vs the float64 reference (forward and dx,
+odd sizes, large |x|, non-contiguous input), opcheck, torch.compile, errors, and the models using it."""
+
+import pytest
+import torch
+
+import vtkernels
+from vtkernels.ops.activation import quick_gelu_bwd, quick_gelu_fwd
+from vtkernels.testing import assert_close, grads, upcast
+
+CPU_DTYPES = [torch.float32, torch.float16]
+GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def check_against_reference(shape, dtype, device, backend, scale=4.0, transform=None):
+    x = (scale * torch.randn(shape, device=device)).to(dtype).requires_grad_()
+    used = transform(x) if transform else x
+    out = vtkernels.quick_gelu(used, backend)
+    assert out.shape == used.shape and out.dtype == dtype
+    (x64,) = upcast(x)
+    expected = vtkernels.quick_gelu(transform(x64) if transform else x64, "reference")
+    peer = vtkernels.quick_gelu(used.detach(), "reference")
+    assert_close(out, expected, dtype, names=["y"], same_dtype_ref=peer)
+    cot = torch.randn_like(out)
+    assert_close(grads(out, [x], cot), grads(expected, [x64], cot), dtype, names=["dx"])
+
+
+def test_reference_matches_hf_activation():
+    from transformers.activations import ACT2FN
+
+    x = torch.randn(4, 33, dtype=torch.float64) * 5
+    torch.testing.assert_close(vtkernels.quick_gelu(x, "reference"), ACT2FN["quick_gelu"](x))
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(2, 77, 96), (5000,), (1,), (3, 2049)])  # tails of a 2048-element program
+def test_triton_matches_reference(shape, dtype, device):
+    check_against_reference(shape, dtype, device, "triton")
+
+
+def test_triton_saturated_inputs_and_non_contiguous(device):
+    x = torch.tensor([-200.0, -60.0, -1e-3, 0.0, 1e-3, 60.0, 200.0], device=device)
+    y = vtkernels.quick_gelu(x, "triton")
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, vtkernels.quick_gelu(x, "reference"))
+    check_against_reference((6, 40), torch.float32, device, "triton", transform=lambda t: t.t())
+
+
+def test_empty_input(device):
+    x = torch.empty(0, 8, device=device, requires_grad=True)
+    out = vtkernels.quick_gelu(x, "triton")
+    out.sum().backward()
+    assert out.shape == (0, 8) and x.grad.shape == (0, 8)
+
+
+def test_custom_ops_opcheck(device):
+    x = torch.randn(3, 50, device=device)
+    torch.library.opcheck(quick_gelu_fwd, (x, "triton"))
+    torch.library.opcheck(quick_gelu_bwd, (torch.randn_like(x), x, "triton"))
+
+
+def test_torch_compile_fullgraph(device):
+    mlp = vtkernels.models.Mlp(16, 64, act="quick_gelu", backend="triton").to(device)
+    x = torch.randn(2, 5, 16, device=device)
+    compiled = torch.compile(mlp, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), mlp(x))
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(TypeError, match="x has dtype torch.int64"):
+        vtkernels.quick_gelu(torch.ones(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        vtkernels.quick_gelu([1.0, 2.0])
+    with pytest.raises(vtkernels.BackendError, match="bfloat16"):
+        vtkernels.quick_gelu(torch.ones(3, dtype=torch.bfloat16), backend="triton")
+
+
+def test_models_mlp_takes_the_fused_op(monkeypatch):
+    calls = []
+    original = vtkernels.quick_gelu
+    monkeypatch.setattr(vtkernels, "quick_gelu", lambda x, backend=None: calls.append(backend) or original(x, backend))
+    mlp = vtkernels.models.Mlp(8, 32, act="quick_gelu", backend="triton")
+    mlp(torch.randn(2, 8))
+    assert calls == ["triton"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("shape", [(256, 197, 3072), (7, 1001), (3,)])  # CLIP-B/16's MLP; odd sizes: scalar tail
+def test_gpu_kernels_match_reference(shape, dtype, backend):
+    check_against_reference(shape, dtype, torch.device("cuda"), backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_unaligned_view(backend):
+    """A view starting one element in: the CUDA kernel's 16-byte vectors do not apply."""
+    base = torch.randn(4097, device="cuda", dtype=torch.bfloat16)
+    x = base[1:]
+    torch.testing.assert_close(vtkernels.quick_gelu(x, backend), vtkernels.quick_gelu(x.double(), "reference").bfloat16())
