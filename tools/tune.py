@@ -40,6 +40,11 @@ DTYPE = torch.bfloat16
 DEVICE = "cuda"  # (tests/test_tune.py runs the sweep's mechanics on the CPU, under the interpreter)
 
 
+def _override(default, args, kwargs, candidate) -> dict:
+    """The call's default configuration with the candidate's values on top."""
+    return {**default(*args, **kwargs), **candidate}
+
+
 @dataclasses.dataclass
 class Target:
     """What tuning one op needs."""
@@ -48,9 +53,9 @@ class Target:
     shapes: dict                       # label -> spec
     candidates: dict                   # kernel -> {config key: values}
     kernel_of: Callable                # (launch_config's args, kwargs) -> the kernel the call configures
-    configure: Callable                # (default launch_config, args, kwargs, candidate) -> config
     run: Callable                      # (spec, kernel) -> (closure, its outputs)
     default: Callable                  # (spec, kernel) -> the current config
+    configure: Callable = _override    # (default launch_config, args, kwargs, candidate) -> config
 
 
 # --- attention -------------------------------------------------------------------------------
@@ -87,7 +92,6 @@ def _attention_target() -> Target:
             "dq": {"BLOCK_M": (64, 128), "BLOCK_N": (32, 64), "num_warps": (4, 8), "num_stages": (3,)},
         },
         kernel_of=lambda args, kwargs: args[2],
-        configure=lambda default, args, kwargs, candidate: {**default(*args, **kwargs), **candidate},
         run=_attention_run,
         default=lambda spec, kernel: triton_attention.launch_config(spec[4], DTYPE, kernel, spec[2]),
     )
@@ -125,9 +129,9 @@ def _window_run(spec, kernel):
 
 
 def _window_configure(default, args, kwargs, candidate):
-    tile = {key: value for key, value in candidate.items() if key == "BLOCK_M"}
-    cfg = default(*args, **kwargs, block_m=tile.get("BLOCK_M"))
-    return {**cfg, **{key: value for key, value in candidate.items() if key != "BLOCK_M"}}
+    """BLOCK_M goes through launch_config, which derives ROWS_REST from it."""
+    rest = {key: value for key, value in candidate.items() if key != "BLOCK_M"}
+    return {**default(*args, **kwargs, block_m=candidate.get("BLOCK_M")), **rest}
 
 
 def _window_target() -> Target:
@@ -187,7 +191,6 @@ def _clip_target() -> Target:
                       "num_stages": (3, 4)},
         },
         kernel_of=kernel_of,
-        configure=lambda default, args, kwargs, candidate: {**default(*args, **kwargs), **candidate},
         run=_clip_run,
         default=default,
     )
@@ -236,7 +239,6 @@ def _patch_embed_target() -> Target:
             "bwd_images": backward,
         },
         kernel_of=lambda args, kwargs: args[0],
-        configure=lambda default, args, kwargs, candidate: {**default(*args, **kwargs), **candidate},
         run=_patch_embed_run,
         default=lambda spec, kernel: triton_patch_embed.launch_config(kernel, DTYPE, spec[3], 3 * spec[2] ** 2),
     )
