@@ -12,6 +12,7 @@
 #include "bindings/window_attention.h"
 #include "bindings/patch_merging.h"
 #include "bindings/activation.h"
+#include "bindings/mlp.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vtkernels CUDA kernels";
@@ -24,4 +25,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   vtk_torch::bind_window_attention(m);
   vtk_torch::bind_patch_merging(m);
   vtk_torch::bind_activation(m);
+  vtk_torch::bind_mlp(m);
 }

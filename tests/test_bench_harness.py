@@ -7,6 +7,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -79,3 +80,17 @@ def test_backend_order_ranks_by_geometric_mean():
                record("vtkernels-cuda", "a", 2.0), record("vtkernels-cuda", "b", 1.0),
                record("torch", "a", 0.1)]
     assert backend_order(records) == {"op": ["cuda", "triton"]}
+
+
+def test_measured_order_can_keep_the_reference_on_the_gpu():
+    """The MLP's unfused cuBLAS path is its reference; where it measures fastest, auto dispatch on
+    CUDA tensors picks it (no GPU needed: dispatch looks at the device type only)."""
+    from vtkernels.backend import OpDispatcher
+
+    records = [harness.Record("mlp", provider, "fwd", "a", "bf16", "ms", median, None, None)
+               for provider, median in (("vtkernels-triton", 2.0), ("vtkernels-reference", 1.0),
+                                        ("vtkernels-cuda", 3.0), ("torch.compile", 0.5))]
+    order = backend_order(records)
+    assert order == {"mlp": ["reference", "triton", "cuda"]}
+    dispatcher = OpDispatcher("mlp-measured", gpu_preference=order["mlp"])
+    assert dispatcher.choose(torch.device("cuda")) == "reference"

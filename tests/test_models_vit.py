@@ -250,7 +250,7 @@ def test_bad_input_and_config():
     with pytest.raises(ValueError, match="patch_size"):
         ViTConfig(img_size=30, patch_size=8)
     with pytest.raises(ValueError, match="act"):
-        ViTConfig(act="relu")
+        ViTConfig(act="swish")
     with pytest.raises(ValueError, match="num_heads"):
         ViT(ViTConfig(img_size=IMAGE, patch_size=PATCH, embed_dim=WIDTH, num_heads=3, depth=1))
 

@@ -18,8 +18,9 @@ from model_configs import DEPTH, IMAGE, PATCH, hf_clip, hf_vit, needs_transforme
 @pytest.fixture
 def fused_calls(monkeypatch):
     """Counts the calls that reach vtkernels' attention / patch_embed / window_attention /
-    patch_merging_norm / quick_gelu."""
-    counts = {"attention": 0, "patch_embed": 0, "window_attention": 0, "patch_merging_norm": 0, "quick_gelu": 0}
+    patch_merging_norm / quick_gelu / mlp."""
+    counts = {"attention": 0, "patch_embed": 0, "window_attention": 0, "patch_merging_norm": 0, "quick_gelu": 0,
+              "mlp": 0}
     for name in counts:
         original = getattr(vtkernels, name)
 
@@ -45,7 +46,7 @@ def test_hf_vit_forward_and_backward(fused_calls, device):
     images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
     out = fused(images).logits
     assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0,
-                           "patch_merging_norm": 0, "quick_gelu": 0}
+                           "patch_merging_norm": 0, "quick_gelu": 0, "mlp": 0}  # HF's MLP is two modules
     expected = hf(images).logits
     assert_close(out, expected, torch.float32, names=["logits"])
     cotangent = torch.randn_like(out)
@@ -64,9 +65,9 @@ def test_hf_vit_forward_and_backward(fused_calls, device):
 def test_hf_clip(fused_calls, attn_implementation, padding, device):
     hf = hf_clip(attn_implementation=attn_implementation).to(device)
     fused, report = _optimized(hf)
-    # vision: 2 per layer + pre + post; text: 2 per layer + final; a QuickGELU per MLP
+    # vision: 2 per layer + pre + post; text: 2 per layer + final; an MLP and its QuickGELU per layer
     assert report.replaced == {"LayerNorm": 4 * DEPTH + 3, "Attention": 2 * DEPTH, "PatchEmbed": 1,
-                               "QuickGELU": 2 * DEPTH}
+                               "Mlp": 2 * DEPTH, "QuickGELU": 2 * DEPTH}
     images = torch.randn(3, 3, IMAGE, IMAGE, device=device)
     ids, mask = (t.to(device) for t in token_ids(3))
     mask = mask if padding else None
@@ -75,7 +76,7 @@ def test_hf_clip(fused_calls, attn_implementation, padding, device):
         expected = hf(input_ids=ids, pixel_values=images, attention_mask=mask)
     # the causal (+ padding) masks are taken by the op: no fallback
     assert fused_calls == {"attention": 2 * DEPTH, "patch_embed": 1, "window_attention": 0, "patch_merging_norm": 0,
-                           "quick_gelu": 2 * DEPTH}
+                           "quick_gelu": 0, "mlp": 2 * DEPTH}  # the fused MLP applies QuickGELU itself
     assert_close([out.logits_per_image, out.text_model_output.last_hidden_state],
                  [expected.logits_per_image, expected.text_model_output.last_hidden_state], torch.float32,
                  names=["logits_per_image", "text last_hidden_state"])
@@ -115,7 +116,7 @@ def test_hf_swin_norms_and_window_attention(fused_calls, image, window, device):
     images = torch.randn(2, 3, image, image, device=device)
     out = fused(images).logits
     assert fused_calls == {"attention": 0, "patch_embed": 1, "window_attention": 4,
-                           "patch_merging_norm": 1, "quick_gelu": 0}
+                           "patch_merging_norm": 1, "quick_gelu": 0, "mlp": 0}  # HF's MLP is two modules
     expected = hf(images).logits
     assert_close(out, expected, torch.float32)
     cotangent = torch.randn_like(out)
@@ -207,11 +208,11 @@ def test_timm_vit(fused_calls, device):
                               embed_dim=64, depth=DEPTH, num_heads=2, num_classes=5)
     model = perturb_(model).eval().to(device)
     fused, report = _optimized(model)
-    assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1}
+    assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1, "Mlp": DEPTH}
     images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
     out = fused(images)
     assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0,
-                           "patch_merging_norm": 0, "quick_gelu": 0}
+                           "patch_merging_norm": 0, "quick_gelu": 0, "mlp": DEPTH}
     expected = model(images)
     assert_close(out, expected, torch.float32)
     cotangent = torch.randn_like(out)
@@ -236,11 +237,12 @@ def test_timm_swin(fused_calls, img_size, fused_windows, device):
     model = _tiny_timm_swin(img_size).to(device)
     norms = sum(type(m) is nn.LayerNorm for m in model.modules())
     fused, report = _optimized(model)
-    assert report.replaced == {"LayerNorm": norms, "WindowAttention": 4, "PatchMerging": 1, "PatchEmbed": 1}
+    assert report.replaced == {"LayerNorm": norms, "WindowAttention": 4, "PatchMerging": 1, "PatchEmbed": 1,
+                               "Mlp": 4}
     images = torch.randn(2, 3, *img_size, device=device)
     out = fused(images)
     assert fused_calls == {"attention": 0, "patch_embed": 1, "window_attention": fused_windows,
-                           "patch_merging_norm": 1, "quick_gelu": 0}
+                           "patch_merging_norm": 1, "quick_gelu": 0, "mlp": 4}
     expected = model(images)
     assert_close(out, expected, torch.float32)
     cotangent = torch.randn_like(out)

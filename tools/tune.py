@@ -1,6 +1,6 @@
 """Sweep Triton launch configurations on a GPU, per benchmark shape and kernel.
 
-    python tools/tune.py [--ops attention,window_attention,clip_loss,patch_embed] [--shapes ViT-B,Swin-T]
+    python tools/tune.py [--ops attention,window_attention,clip_loss,patch_embed,mlp] [--shapes ViT-B,Swin-T]
                          [--kernels fwd,bwd] [--out tuning.json]
 
 For each op's shapes (bf16) and each of its kernels, times every candidate configuration (grids of
@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vtkernels.triton import attention as triton_attention  # noqa: E402
 from vtkernels.triton import clip_loss as triton_clip  # noqa: E402
+from vtkernels.triton import mlp as triton_mlp  # noqa: E402
 from vtkernels.triton import patch_embed as triton_patch_embed  # noqa: E402
 from vtkernels.triton import strip_matmul as triton_strip  # noqa: E402
 from vtkernels.triton import window_attention as triton_window  # noqa: E402
@@ -244,6 +245,44 @@ def _patch_embed_target() -> Target:
     )
 
 
+# --- MLP ----------------------------------------------------------------------------------------
+
+def _mlp_run(spec, kernel):
+    """fc1 + activation as inference runs it ("fwd": no pre-activation stored), or the d pre GEMM ("bwd")."""
+    rows, dim, hidden, activation = spec
+
+    def randn(*shape):
+        return torch.randn(shape, device=DEVICE, dtype=DTYPE) * shape[-1] ** -0.5
+
+    holder = []
+    if kernel == "fwd":
+        x, weight, bias = randn(rows, dim), randn(hidden, dim), randn(hidden)
+
+        def step():
+            holder[:] = [triton_mlp.linear_act(x, weight, bias, activation, False)[0]]
+    else:
+        dout, weight, pre = randn(rows, dim), randn(dim, hidden), randn(rows, hidden)
+
+        def step():
+            holder[:] = [triton_mlp.matmul_act_grad(dout, weight, pre, activation)]
+    step()
+    return step, holder
+
+
+def _mlp_target() -> Target:
+    from benchmarks.ops.mlp import SHAPES
+
+    grid = {"BLOCK_M": (64, 128), "BLOCK_N": (128, 256), "BLOCK_K": (64,), "num_warps": (4, 8), "num_stages": (3, 4)}
+    return Target(
+        modules=(triton_mlp,),
+        shapes=SHAPES,
+        candidates={"fwd": grid, "bwd": grid},
+        kernel_of=lambda args, kwargs: "bwd" if kwargs.get("backward", args[1] if len(args) > 1 else False) else "fwd",
+        run=_mlp_run,
+        default=lambda spec, kernel: triton_mlp.launch_config(DTYPE, kernel == "bwd"),
+    )
+
+
 # --- the sweep -------------------------------------------------------------------------------
 
 def tune(target: Target, label: str, spec, kernel: str) -> dict:
@@ -289,7 +328,7 @@ def tune(target: Target, label: str, spec, kernel: str) -> dict:
 
 
 TARGETS = {"attention": _attention_target, "window_attention": _window_target, "clip_loss": _clip_target,
-           "patch_embed": _patch_embed_target}
+           "patch_embed": _patch_embed_target, "mlp": _mlp_target}
 
 
 def main() -> int:

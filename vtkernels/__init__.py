@@ -11,6 +11,7 @@ from vtkernels.ops.detr_cost import detr_match_cost
 from vtkernels.ops.window_attention import window_attention
 from vtkernels.ops.patch_merging import patch_merging_norm
 from vtkernels.ops.activation import quick_gelu
+from vtkernels.ops.mlp import mlp
 from vtkernels import nn
 
 __version__ = "0.1.0"
@@ -37,4 +38,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["BACKENDS", "BackendError", "use_backend", "layer_norm", "rms_norm", "clip_loss", "ClipLossOutput", "patch_embed", "attention", "palette_quantize", "palette_dequantize", "detr_match_cost", "window_attention", "patch_merging_norm", "quick_gelu", "nn", "models", "optimize", "OptimizeReport", "__version__"]
+__all__ = ["BACKENDS", "BackendError", "use_backend", "layer_norm", "rms_norm", "clip_loss", "ClipLossOutput", "patch_embed", "attention", "palette_quantize", "palette_dequantize", "detr_match_cost", "window_attention", "patch_merging_norm", "quick_gelu", "mlp", "nn", "models", "optimize", "OptimizeReport", "__version__"]

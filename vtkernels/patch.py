@@ -12,7 +12,9 @@ Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on a
   bias, mask and reverse inside the op), and add their residual inside the fused second norm;
 * Swin patch merging (timm ``PatchMerging``, HF ``SwinPatchMerging``): the 2x2 gather and the
   LayerNorm(4C) become one :func:`vtkernels.patch_merging_norm` call before the reduction Linear;
-* QuickGELU (HF ``QuickGELUActivation``, timm's ``QuickGELU``: CLIP, iGPT) runs as one
+* the MLP of timm (``Mlp``: ViT, Swin, CLIP towers) and HF CLIP (``CLIPMLP``) runs as one
+  :func:`vtkernels.mlp` call, the activation (GELU, QuickGELU, ReLU) fused into fc1's GEMM;
+* QuickGELU (HF ``QuickGELUActivation``, timm's ``QuickGELU``: CLIP, iGPT) elsewhere runs as one
   :func:`vtkernels.quick_gelu` pass instead of eager PyTorch's three;
 * the patch embedding of HF ViT / CLIP (convolution + class token + position embedding) becomes
   one :func:`vtkernels.patch_embed` call; timm's ``PatchEmbed`` (flattened or Swin's NHWC output)
@@ -39,6 +41,7 @@ from torch import nn
 
 import vtkernels
 from vtkernels.nn import LayerNorm
+from vtkernels.nn.mlp import activation_name, fused_mlp
 from vtkernels.nn.norm import _cast
 from vtkernels.reference.attention import allowed_keys
 from vtkernels.reference.window_attention import effective_window
@@ -71,7 +74,7 @@ class OptimizeReport:
 
 
 def optimize(model: nn.Module, *, norms: bool = True, attention: bool = True, patch_embed: bool = True,
-             activations: bool = True, backend: Optional[str] = None, return_report: bool = False):
+             mlp: bool = True, activations: bool = True, backend: Optional[str] = None, return_report: bool = False):
     """Swap fused modules into ``model`` in place; returns ``model`` (and the report if asked).
 
     The report is also kept as ``model.vtkernels_report``. Calling it twice replaces nothing more.
@@ -84,7 +87,8 @@ def optimize(model: nn.Module, *, norms: bool = True, attention: bool = True, pa
             if norms and _is_plain_layer_norm(child):
                 setattr(parent, name, _fused_layer_norm(child, backend))
                 report.add("LayerNorm")
-    enabled = {"norms": norms, "attention": attention, "patch_embed": patch_embed, "activations": activations}
+    enabled = {"norms": norms, "attention": attention, "patch_embed": patch_embed, "mlp": mlp,
+               "activations": activations}
     for module in model.modules():
         if getattr(module, "_vtkernels_patched", False):
             continue
@@ -147,6 +151,20 @@ def _is_timm_swin_block(module: nn.Module) -> bool:
             and all(hasattr(module, n) for n in ("_attn", "norm1", "norm2", "mlp", "drop_path1", "drop_path2",
                                                  "window_size", "shift_size", "input_resolution"))
             and all(hasattr(attn, n) for n in ("qkv", "proj", "relative_position_bias_table", "num_heads", "scale")))
+
+
+def _is_timm_mlp(module: nn.Module) -> bool:
+    """timm's Mlp with Linear layers, no hidden norm and an activation vtkernels.mlp has."""
+    return (type(module).__name__ == "Mlp" and _from(module, "timm")
+            and isinstance(getattr(module, "fc1", None), nn.Linear) and isinstance(getattr(module, "fc2", None), nn.Linear)
+            and isinstance(getattr(module, "norm", nn.Identity()), nn.Identity)
+            and activation_name(getattr(module, "act", None)) is not None)
+
+
+def _is_hf_clip_mlp(module: nn.Module) -> bool:
+    return (type(module).__name__ == "CLIPMLP" and _from(module, "transformers")
+            and isinstance(getattr(module, "fc1", None), nn.Linear) and isinstance(getattr(module, "fc2", None), nn.Linear)
+            and activation_name(getattr(module, "activation_fn", None)) is not None)
 
 
 def _is_quick_gelu(module: nn.Module) -> bool:
@@ -343,6 +361,14 @@ def _timm_swin_block_forward(self, x: torch.Tensor):
     return (x + self.drop_path2(self.mlp(normed))).reshape(batch, height, width, channels)
 
 
+def _timm_mlp_forward(self, x: torch.Tensor):
+    return self.drop2(fused_mlp(self, x, self.act, self.drop1, self._vtkernels_backend))
+
+
+def _hf_clip_mlp_forward(self, hidden_states: torch.Tensor):
+    return fused_mlp(self, hidden_states, self.activation_fn, None, self._vtkernels_backend)
+
+
 def _quick_gelu_forward(self, x: torch.Tensor):
     return vtkernels.quick_gelu(x, self._vtkernels_backend)
 
@@ -440,5 +466,7 @@ _PATCHES = (
     ("patch_embed", _is_hf_embeddings, "PatchEmbed", _hf_embeddings_forward),
     ("patch_embed", _is_hf_swin_patch_embeddings, "PatchEmbed", _hf_swin_patch_embeddings_forward),
     ("patch_embed", _is_timm_patch_embed, "PatchEmbed", _timm_patch_embed_forward),
+    ("mlp", _is_timm_mlp, "Mlp", _timm_mlp_forward),
+    ("mlp", _is_hf_clip_mlp, "Mlp", _hf_clip_mlp_forward),
     ("activations", _is_quick_gelu, "QuickGELU", _quick_gelu_forward),
 )

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "common/activation.cuh"
 #include "common/launch.h"
 
 namespace vtk {
@@ -12,18 +13,14 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 8192;  // grid-stride beyond: enough blocks to fill any GPU
-constexpr float kAlpha = 1.702f;
-
-__device__ __forceinline__ float scaled_sigmoid(float x) { return 1.f / (1.f + __expf(-kAlpha * x)); }
 
 struct Forward {
-  __device__ __forceinline__ float operator()(float x, float) const { return x * scaled_sigmoid(x); }
+  __device__ __forceinline__ float operator()(float x, float) const { return activate<Activation::kQuickGelu>(x); }
 };
 
 struct Backward {
   __device__ __forceinline__ float operator()(float x, float dy) const {
-    const float s = scaled_sigmoid(x);
-    return dy * (s + kAlpha * x * s * (1.f - s));
+    return dy * activation_grad<Activation::kQuickGelu>(x);
   }
 };
 

@@ -1,4 +1,4 @@
-// Fused patch embedding, forward and backward, as three gather GEMMs (gather_gemm.cuh).
+// Fused patch embedding, forward and backward, as three gather GEMMs (common/gather_gemm.cuh).
 //
 // Patch row m -> (b, n) = (m / N, m % N), grid cell (py, px) = (n / Wp, n % Wp); column
 // k -> (c, ky, kx) = (k / p^2, (k / p) % p, k % p), the Conv2d weight's own flat order, so
@@ -16,7 +16,7 @@
 
 #include "common/dtype.cuh"
 #include "common/launch.h"
-#include "patch_embed/gather_gemm.cuh"
+#include "common/gather_gemm.cuh"
 
 namespace vtk {
 namespace {
@@ -185,23 +185,9 @@ __global__ void sum_partials_kernel(const float* partial, T* out, int splits, in
   out[i] = from_float<T>(total);
 }
 
-template <typename Problem, typename T>
-cudaError_t launch_gemm(const Problem& problem, cudaStream_t stream) {
-  const dim3 grid = gather_gemm::grid_for(problem);
-  if (grid.x == 0 || grid.y == 0) return cudaSuccess;
-  gather_gemm::gather_gemm_kernel<T, Problem><<<grid, gather_gemm::kThreads, 0, stream>>>(problem);
-  return cudaGetLastError();
-}
-
-int whole_depth(int depth) { return std::max(kBK, (depth + kBK - 1) / kBK * kBK); }
-
-// Runs fn.template operator()<T>() with T the 16-bit type of `dtype` (fp32 is refused upstream).
-template <typename Fn>
-cudaError_t dispatch_16bit(DType dtype, Fn&& fn) {
-  if (dtype == DType::kFloat16) return fn(__half{});
-  if (dtype == DType::kBFloat16) return fn(__nv_bfloat16{});
-  return cudaErrorInvalidValue;
-}
+using gather_gemm::dispatch_16bit;
+using gather_gemm::launch_gemm;
+using gather_gemm::whole_depth;
 
 template <typename T, typename Pixel>
 cudaError_t fwd_typed(const PatchEmbedFwdParams& p, cudaStream_t stream) {

@@ -1,6 +1,7 @@
 """Models built from vtkernels.nn: ViT and CLIP (with HF / timm weight loaders) and the shared blocks."""
 
-from vtkernels.models.blocks import Block, Mlp, QuickGELU
+from vtkernels.models.blocks import Block, Mlp
+from vtkernels.nn.mlp import QuickGELU
 from vtkernels.models.clip import CLIP, CLIPConfig, CLIPOutput, CLIPTextConfig, CLIPVisionConfig
 from vtkernels.models.vit import ViT, ViTConfig
 from vtkernels.models.igpt import ImageGPT, ImageGPTConfig

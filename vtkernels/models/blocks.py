@@ -1,4 +1,4 @@
-"""Transformer pieces shared by every model: activations, the MLP, the pre-norm block, the block
+"""Transformer pieces shared by every model: the MLP, the pre-norm block, the block
 stack that fuses each residual add into the next LayerNorm, backend selection and init helpers.
 
 Module names follow timm (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``,
@@ -33,43 +33,15 @@ from torch import nn
 
 import vtkernels
 from vtkernels.nn import Attention, LayerNorm
-
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
-
-
-class QuickGELU(nn.Module):
-    """OpenAI CLIP's activation ``x * sigmoid(1.702 x)`` (HF ``quick_gelu``), one fused pass
-    (:func:`vtkernels.quick_gelu`) instead of eager PyTorch's three."""
-
-    def __init__(self, backend: Optional[str] = None):
-        super().__init__()
-        self.backend = backend
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return vtkernels.quick_gelu(x, self.backend)
+from vtkernels.nn.mlp import Mlp as NnMlp
 
 
-def make_activation(name: str, backend: Optional[str] = None) -> nn.Module:
-    if name == "gelu":
-        return nn.GELU()  # exact (erf): timm's default, HF "gelu"
-    if name == "gelu_tanh":
-        return nn.GELU(approximate="tanh")
-    if name == "quick_gelu":
-        return QuickGELU(backend)
-    raise ValueError(f"act must be one of {ACTIVATIONS}, got {name!r}")
-
-
-class Mlp(nn.Module):
-    """fc1 -> activation -> fc2 (the GEMMs are cuBLAS's; QuickGELU is one fused pass)."""
+class Mlp(NnMlp):
+    """fc1 -> activation -> fc2 as one :func:`vtkernels.mlp` call (the activation fused into fc1's
+    GEMM); ``act`` by name: ``gelu`` (exact), ``gelu_tanh``, ``quick_gelu``, ``relu``."""
 
     def __init__(self, dim: int, hidden_dim: int, act: str = "gelu", bias: bool = True, backend: Optional[str] = None):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
-        self.act = make_activation(act, backend)
-        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        super().__init__(dim, hidden_dim, act_layer=act, bias=bias, backend=backend)
 
 
 class Block(nn.Module):

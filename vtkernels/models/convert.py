@@ -15,6 +15,8 @@ from typing import Iterable, Mapping, Optional
 import torch
 from torch import nn
 
+from vtkernels.nn.mlp import activation_name
+
 # (pattern, replacement) pairs; the first matching pattern renames a key; replacement None drops it.
 Rules = Iterable[tuple[str, Optional[str]]]
 
@@ -128,8 +130,7 @@ def hf_activation(name: str) -> str:
 
 def module_activation(act: nn.Module) -> str:
     """A timm MLP's activation module -> ours."""
-    if isinstance(act, nn.GELU):
-        return "gelu" if act.approximate == "none" else "gelu_tanh"
-    if type(act).__name__ == "QuickGELU":
-        return "quick_gelu"
-    raise ValueError(f"unsupported activation {type(act).__name__}; supported: GELU, GELU(tanh), QuickGELU")
+    name = activation_name(act)
+    if name is None:
+        raise ValueError(f"unsupported activation {type(act).__name__}; supported: GELU, GELU(tanh), QuickGELU, ReLU")
+    return name

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import vtkernels
-from vtkernels.models.blocks import set_backend
+from vtkernels.models.blocks import Mlp, set_backend
 from vtkernels.nn import LayerNorm
 
 
@@ -98,25 +98,13 @@ class DetrAttention(nn.Module):
         return self.o_proj(out.flatten(2))
 
 
-class FeedForward(nn.Module):
-    """fc1 -> ReLU -> fc2 (HF ``DetrMLP``)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x)))
-
-
 class DetrEncoderLayer(nn.Module):
     def __init__(self, config: DetrConfig, backend: Optional[str] = None):
         super().__init__()
         d = config.d_model
         self.self_attn = DetrAttention(d, config.encoder_heads, backend)
         self.self_attn_layer_norm = LayerNorm(d, eps=config.eps, backend=backend)
-        self.mlp = FeedForward(d, config.encoder_ffn_dim)
+        self.mlp = Mlp(d, config.encoder_ffn_dim, act="relu", backend=backend)
         self.final_layer_norm = LayerNorm(d, eps=config.eps, backend=backend)
 
     def forward(self, x, pos, key_padding_mask):
@@ -133,7 +121,7 @@ class DetrDecoderLayer(nn.Module):
         self.self_attn_layer_norm = LayerNorm(d, eps=config.eps, backend=backend)
         self.encoder_attn = DetrAttention(d, config.decoder_heads, backend)
         self.encoder_attn_layer_norm = LayerNorm(d, eps=config.eps, backend=backend)
-        self.mlp = FeedForward(d, config.decoder_ffn_dim)
+        self.mlp = Mlp(d, config.decoder_ffn_dim, act="relu", backend=backend)
         self.final_layer_norm = LayerNorm(d, eps=config.eps, backend=backend)
 
     def forward(self, x, query_pos, memory, memory_with_pos, memory_padding_mask):

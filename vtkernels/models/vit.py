@@ -20,10 +20,10 @@ from torch import nn
 
 from vtkernels.models import convert
 from vtkernels.models.blocks import (
-    ACTIVATIONS, conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks,
-    set_backend,
+    conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks, set_backend,
 )
 from vtkernels.nn import LayerNorm, PatchEmbed, resample_pos_embed
+from vtkernels.reference.activation import ACTIVATIONS
 
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm's ViT default normalization
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from vtkernels.nn.mlp import Mlp
 from vtkernels.nn.norm import LayerNorm, _cast
 from vtkernels.ops.patch_merging import patch_merging_norm
 from vtkernels.ops.window_attention import window_attention
@@ -108,21 +109,6 @@ def hf_to_timm_attention_state_dict(hf: dict) -> dict:
     return out
 
 
-class Mlp(nn.Module):
-    """timm's Mlp keys: fc1, fc2."""
-
-    def __init__(self, dim: int, hidden: int, act_layer=nn.GELU, drop: float = 0.0, device=None, dtype=None):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, device=device, dtype=dtype)
-        self.act = act_layer()
-        self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
-        self.drop2 = nn.Dropout(drop)
-
-    def forward(self, x):
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-
-
 def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if p == 0.0 or not training:
         return x
@@ -157,7 +143,7 @@ class SwinTransformerBlock(nn.Module):
                                     backend=backend, **factory)
         self.drop_path = drop_path
         self.norm2 = norm_layer(dim, **factory)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer, proj_drop, **factory)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, backend=backend, **factory)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.pop(prefix + "attn_mask", None)  # older timm: a persistent buffer; computed in-kernel here

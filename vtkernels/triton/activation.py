@@ -1,8 +1,10 @@
-"""Triton QuickGELU forward and backward (spec: vtkernels/reference/activation.py).
+"""Triton activations (spec: vtkernels/reference/activation.py): the formulas every kernel that
+applies one shares (``activate`` / ``activation_grad``, selected by a constexpr code), and QuickGELU
+forward and backward as standalone passes.
 
-One pass each, math in fp32: ``y = x * s`` and ``dx = dy * (s + 1.702 x s (1 - s))`` with
-``s = sigmoid(1.702 x)``, over x (and dy) flattened; eager PyTorch runs the forward formula as
-three kernels.
+QuickGELU: one pass each, math in fp32: ``y = x * s`` and ``dx = dy * (s + 1.702 x s (1 - s))``
+with ``s = sigmoid(1.702 x)``, over x (and dy) flattened; eager PyTorch runs the forward formula
+as three kernels.
 """
 
 from __future__ import annotations
@@ -11,35 +13,74 @@ import torch
 import triton
 import triton.language as tl
 
-from vtkernels.reference.activation import QUICK_GELU_ALPHA
+from vtkernels.reference.activation import ACTIVATIONS, QUICK_GELU_ALPHA
+
+# The constexpr code of each activation, in vtkernels.reference.activation.ACTIVATIONS order.
+ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
+GELU, GELU_TANH, QUICK_GELU, RELU = (tl.constexpr(ACTIVATION_CODE[n]) for n in ACTIVATIONS)
+SQRT_HALF = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+# tanh(u) = 2 sigmoid(2u) - 1, so 0.5 x (1 + tanh(u)) = x sigmoid(2u); TANH_SCALE = 2 sqrt(2 / pi).
+TANH_SCALE = tl.constexpr(1.5957691216057308)
+TANH_CUBIC = tl.constexpr(0.044715)
+ALPHA = tl.constexpr(QUICK_GELU_ALPHA)
 
 BLOCK = 2048  # elements per program: 16 per thread at 4 warps, 16-byte loads and stores
 NUM_WARPS = 4
 
 
 @triton.jit
-def quick_gelu_fwd_kernel(X, Y, n, ALPHA: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < n
-    x = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
-    tl.store(Y + offs, (x * tl.sigmoid(ALPHA * x)).to(Y.dtype.element_ty), mask=ok)
+def activate(x, ACT: tl.constexpr):
+    """act(x) of an fp32 tensor."""
+    if ACT == GELU:
+        y = 0.5 * x * (1.0 + tl.math.erf(x * SQRT_HALF))
+    elif ACT == GELU_TANH:
+        y = x * tl.sigmoid(TANH_SCALE * (x + TANH_CUBIC * x * x * x))
+    elif ACT == QUICK_GELU:
+        y = x * tl.sigmoid(ALPHA * x)
+    else:
+        y = tl.maximum(x, 0.0)
+    return y
 
 
 @triton.jit
-def quick_gelu_bwd_kernel(X, DY, DX, n, ALPHA: tl.constexpr, BLOCK: tl.constexpr):
+def activation_grad(x, ACT: tl.constexpr):
+    """d act / dx at an fp32 tensor x."""
+    if ACT == GELU:
+        g = 0.5 * (1.0 + tl.math.erf(x * SQRT_HALF)) + x * INV_SQRT_2PI * tl.exp(-0.5 * x * x)
+    elif ACT == GELU_TANH:
+        s = tl.sigmoid(TANH_SCALE * (x + TANH_CUBIC * x * x * x))
+        g = s + x * s * (1.0 - s) * TANH_SCALE * (1.0 + 3.0 * TANH_CUBIC * x * x)
+    elif ACT == QUICK_GELU:
+        s = tl.sigmoid(ALPHA * x)
+        g = s + ALPHA * x * s * (1.0 - s)
+    else:
+        g = tl.where(x > 0.0, 1.0, 0.0)
+    return g
+
+
+@triton.jit
+def quick_gelu_fwd_kernel(X, Y, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    x = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(Y + offs, activate(x, QUICK_GELU).to(Y.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def quick_gelu_bwd_kernel(X, DY, DX, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
     x = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
     dy = tl.load(DY + offs, mask=ok, other=0.0).to(tl.float32)
-    s = tl.sigmoid(ALPHA * x)
-    tl.store(DX + offs, (dy * (s + ALPHA * x * s * (1.0 - s))).to(DX.dtype.element_ty), mask=ok)
+    tl.store(DX + offs, (dy * activation_grad(x, QUICK_GELU)).to(DX.dtype.element_ty), mask=ok)
 
 
 def quick_gelu_fwd(x: torch.Tensor) -> torch.Tensor:
     """x contiguous -> y like x."""
     y = torch.empty_like(x)
     if x.numel():
-        quick_gelu_fwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, y, x.numel(), ALPHA=QUICK_GELU_ALPHA, BLOCK=BLOCK,
+        quick_gelu_fwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, y, x.numel(), BLOCK=BLOCK,
                                                                  num_warps=NUM_WARPS)
     return y
 
@@ -48,8 +89,8 @@ def quick_gelu_bwd(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """dy, x contiguous, same shape -> dx like x."""
     dx = torch.empty_like(x)
     if x.numel():
-        quick_gelu_bwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, dy, dx, x.numel(), ALPHA=QUICK_GELU_ALPHA,
-                                                                 BLOCK=BLOCK, num_warps=NUM_WARPS)
+        quick_gelu_bwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, dy, dx, x.numel(), BLOCK=BLOCK,
+                                                                 num_warps=NUM_WARPS)
     return dx
 
 
@@ -58,7 +99,7 @@ def aot_configs():
     activations, B=256)."""
     values = {"n": 256 * 197 * 3072}
     for dtype in ("bf16", "fp16", "fp32"):
-        constexprs = {"ALPHA": QUICK_GELU_ALPHA, "BLOCK": BLOCK}
+        constexprs = {"BLOCK": BLOCK}
         options = {"num_warps": NUM_WARPS}
         t = f"*{dtype}"
         yield quick_gelu_fwd_kernel, {"X": t, "Y": t, "n": "i32"}, constexprs, options, values

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from vtkernels.backend import triton_interpreter_enabled
+from vtkernels.triton.tiling import grouped_tile
 
 
 @triton.jit
@@ -25,13 +26,7 @@ def strip_matmul_kernel(
     program_id(1)); alpha is a power of two (exact);
     B and C have unit column stride, A any strides (the dS strip is also read transposed).
     Grouped launch order for L2 reuse."""
-    pid = tl.program_id(0)
-    n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    group_size = GROUP_M * n_n
-    first_m = (pid // group_size) * GROUP_M
-    rows_in_group = min(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group_size) % rows_in_group
-    pid_n = (pid % group_size) // rows_in_group
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     # This program's K split: shift the base pointers, then walk k_len columns of A / rows of B.
     k_start = tl.program_id(1) * k_per_split
     k_len = min(K - k_start, k_per_split)

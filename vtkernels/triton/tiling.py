@@ -1,12 +1,30 @@
-"""Tile extents: tl.arange needs powers of two, so a length that is not one is covered by two
-tiles, a power of two plus a smaller power-of-two rest, where that computes fewer elements than
-rounding the length up: 80 -> 64 + 16, 96 -> 64 + 32, 144 -> 128 + 16 (Swin's 12x12 window;
-rounded up it would be 256).
+"""Tiles.
+
+Extents: tl.arange needs powers of two, so a length that is not one is covered by two tiles, a
+power of two plus a smaller power-of-two rest, where that computes fewer elements than rounding
+the length up: 80 -> 64 + 16, 96 -> 64 + 32, 144 -> 128 + 16 (Swin's 12x12 window; rounded up it
+would be 256).
+
+Order: :func:`grouped_tile` maps a GEMM program to its output tile.
 """
 
 from __future__ import annotations
 
 import triton
+import triton.language as tl
+
+
+@triton.jit
+def grouped_tile(pid, n_m, n_n, GROUP_M: tl.constexpr):
+    """Program ``pid`` -> output tile (pid_m, pid_n) of an (n_m x n_n)-tile GEMM, launched in
+    groups of GROUP_M tile rows, column by column within a group: programs running together
+    share their A rows and B columns in L2."""
+    group_size = GROUP_M * n_n
+    first_m = (pid // group_size) * GROUP_M
+    rows_in_group = min(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group_size) % rows_in_group
+    pid_n = (pid % group_size) // rows_in_group
+    return pid_m, pid_n
 
 
 def two_tiles(n: int, floor: int = 16) -> tuple[int, int]:

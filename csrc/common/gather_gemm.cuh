@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cuda_runtime.h>
 
 #include "common/dtype.cuh"
 #include "common/mma.cuh"
@@ -172,6 +173,25 @@ template <class Problem>
 inline dim3 grid_for(const Problem& p) {
   const int64_t tiles = int64_t((p.rows() + kBM - 1) / kBM) * ((p.cols() + kBN - 1) / kBN);
   return dim3(static_cast<unsigned>(tiles), static_cast<unsigned>((p.depth() + p.k_chunk - 1) / p.k_chunk));
+}
+
+template <class Problem, typename T>
+cudaError_t launch_gemm(const Problem& problem, cudaStream_t stream) {
+  const dim3 grid = grid_for(problem);
+  if (grid.x == 0 || grid.y == 0) return cudaSuccess;
+  gather_gemm_kernel<T, Problem><<<grid, kThreads, 0, stream>>>(problem);
+  return cudaGetLastError();
+}
+
+// The whole K range as one chunk (no split-K), at least one k tile.
+inline int whole_depth(int depth) { return depth > kBK ? (depth + kBK - 1) / kBK * kBK : kBK; }
+
+// Runs fn(T{}) with T the 16-bit type of `dtype`; fp32 (refused upstream) is an invalid value.
+template <typename Fn>
+cudaError_t dispatch_16bit(DType dtype, Fn&& fn) {
+  if (dtype == DType::kFloat16) return fn(__half{});
+  if (dtype == DType::kBFloat16) return fn(__nv_bfloat16{});
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace gather_gemm
