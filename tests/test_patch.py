@@ -40,13 +40,13 @@ def _optimized(model, **kwargs):
 def test_hf_vit_forward_and_backward(fused_calls, device):
     hf = hf_vit().to(device)
     fused, report = _optimized(hf)
-    assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1}
-    assert fused.vtkernels_report is report and report.total == 3 * DEPTH + 2
+    assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1, "Mlp": DEPTH}
+    assert fused.vtkernels_report is report and report.total == 4 * DEPTH + 2
     assert isinstance(fused.vit.layers[0].layernorm_before, vtkernels.nn.LayerNorm)
     images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
     out = fused(images).logits
     assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0,
-                           "patch_merging_norm": 0, "quick_gelu": 0, "mlp": 0}  # HF's MLP is two modules
+                           "patch_merging_norm": 0, "quick_gelu": 0, "mlp": DEPTH}
     expected = hf(images).logits
     assert_close(out, expected, torch.float32, names=["logits"])
     cotangent = torch.randn_like(out)
@@ -112,11 +112,12 @@ def test_hf_swin_norms_and_window_attention(fused_calls, image, window, device):
     hf = _tiny_swin(image, window).to(device)
     norms = sum(type(m) is nn.LayerNorm for m in hf.modules())
     fused, report = _optimized(hf)
-    assert report.replaced == {"LayerNorm": norms, "WindowAttention": 4, "PatchMerging": 1, "PatchEmbed": 1}
+    assert report.replaced == {"LayerNorm": norms, "WindowAttention": 4, "PatchMerging": 1, "PatchEmbed": 1,
+                               "Mlp": 4}
     images = torch.randn(2, 3, image, image, device=device)
     out = fused(images).logits
     assert fused_calls == {"attention": 0, "patch_embed": 1, "window_attention": 4,
-                           "patch_merging_norm": 1, "quick_gelu": 0, "mlp": 0}  # HF's MLP is two modules
+                           "patch_merging_norm": 1, "quick_gelu": 0, "mlp": 4}
     expected = hf(images).logits
     assert_close(out, expected, torch.float32)
     cotangent = torch.randn_like(out)
@@ -162,7 +163,7 @@ def test_idempotent_and_selective():
     fused, first = _optimized(hf, attention=False)
     assert first["Attention"] == 0 and first["LayerNorm"] == 2 * DEPTH + 1
     second = vtkernels.optimize(fused, return_report=True)[1]
-    assert second.replaced == {"Attention": DEPTH}  # norms and patch embedding were already fused
+    assert second.replaced == {"Attention": DEPTH}  # norms, patch embedding and MLPs were already fused
     assert vtkernels.optimize(fused, return_report=True)[1].total == 0
     assert "Attention: 2" in str(second)
 

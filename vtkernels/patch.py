@@ -12,7 +12,7 @@ Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on a
   bias, mask and reverse inside the op), and add their residual inside the fused second norm;
 * Swin patch merging (timm ``PatchMerging``, HF ``SwinPatchMerging``): the 2x2 gather and the
   LayerNorm(4C) become one :func:`vtkernels.patch_merging_norm` call before the reduction Linear;
-* the MLP of timm (``Mlp``: ViT, Swin, CLIP towers) and HF CLIP (``CLIPMLP``) runs as one
+* the MLP of timm (``Mlp``: ViT, Swin, CLIP towers) and HF (``CLIPMLP``, ``ViTMLP``, ``SwinMLP``) runs as one
   :func:`vtkernels.mlp` call, the activation (GELU, QuickGELU, ReLU) fused into fc1's GEMM;
 * QuickGELU (HF ``QuickGELUActivation``, timm's ``QuickGELU``: CLIP, iGPT) elsewhere runs as one
   :func:`vtkernels.quick_gelu` pass instead of eager PyTorch's three;
@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 HF_ATTENTION_CLASSES = ("ViTAttention", "CLIPAttention")
 HF_EMBEDDING_CLASSES = ("ViTEmbeddings", "CLIPVisionEmbeddings")
+HF_MLP_CLASSES = ("CLIPMLP", "ViTMLP", "SwinMLP")
 
 
 @dataclasses.dataclass
@@ -161,8 +162,10 @@ def _is_timm_mlp(module: nn.Module) -> bool:
             and activation_name(getattr(module, "act", None)) is not None)
 
 
-def _is_hf_clip_mlp(module: nn.Module) -> bool:
-    return (type(module).__name__ == "CLIPMLP" and _from(module, "transformers")
+def _is_hf_mlp(module: nn.Module) -> bool:
+    """HF's fc1 -> activation_fn -> fc2 MLPs (no dropout inside) of CLIP, ViT and Swin (transformers 5.x)."""
+    return (type(module).__name__ in HF_MLP_CLASSES and _from(module, "transformers")
+            and _forward_takes(module, "hidden_states")
             and isinstance(getattr(module, "fc1", None), nn.Linear) and isinstance(getattr(module, "fc2", None), nn.Linear)
             and activation_name(getattr(module, "activation_fn", None)) is not None)
 
@@ -365,7 +368,7 @@ def _timm_mlp_forward(self, x: torch.Tensor):
     return self.drop2(fused_mlp(self, x, self.act, self.drop1, self._vtkernels_backend))
 
 
-def _hf_clip_mlp_forward(self, hidden_states: torch.Tensor):
+def _hf_mlp_forward(self, hidden_states: torch.Tensor):
     return fused_mlp(self, hidden_states, self.activation_fn, None, self._vtkernels_backend)
 
 
@@ -467,6 +470,6 @@ _PATCHES = (
     ("patch_embed", _is_hf_swin_patch_embeddings, "PatchEmbed", _hf_swin_patch_embeddings_forward),
     ("patch_embed", _is_timm_patch_embed, "PatchEmbed", _timm_patch_embed_forward),
     ("mlp", _is_timm_mlp, "Mlp", _timm_mlp_forward),
-    ("mlp", _is_hf_clip_mlp, "Mlp", _hf_clip_mlp_forward),
+    ("mlp", _is_hf_mlp, "Mlp", _hf_mlp_forward),
     ("activations", _is_quick_gelu, "QuickGELU", _quick_gelu_forward),
 )
