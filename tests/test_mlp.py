@@ -98,6 +98,18 @@ def test_only_some_gradients(device):
         torch.testing.assert_close(ours.grad, ref.grad)
 
 
+def test_double_backward_matches_reference(device):
+    """create_graph=True takes a differentiable backward; first-order backward stays fused."""
+    x, w1, b1, w2, b2 = make_inputs((6,), 16, 32, 16, torch.float32, device)
+
+    def second_order(backend):
+        out = vtkernels.mlp(x, w1, b1, w2, b2, "gelu", backend=backend)
+        (gx,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.sum(), [x, w1, b2])
+
+    assert_close(second_order("triton"), second_order("reference"), torch.float32)
+
+
 def test_empty_input(device):
     x, w1, b1, w2, b2 = make_inputs((0,), 16, 32, 8, torch.float32, device)
     out = vtkernels.mlp(x, w1, b1, w2, b2, backend="triton")
@@ -131,7 +143,9 @@ def test_autocast_computes_in_the_autocast_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = vtkernels.mlp(x, w1, b1, w2, b2, backend="reference")
         linear = nn.Linear(16, 16)(x)
+        float64 = vtkernels.mlp(*(t.double() for t in (x, w1, b1, w2, b2)))
     assert out.dtype == linear.dtype == torch.bfloat16
+    assert float64.dtype == torch.float64  # autocast leaves float64 alone
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -162,9 +176,16 @@ def test_activation_names(module, name):
 def test_hf_activation_names():
     from transformers.activations import ACT2FN
 
-    assert activation_name(ACT2FN["quick_gelu"]) == "quick_gelu"
-    assert activation_name(ACT2FN["gelu"]) == "gelu"
-    assert activation_name(ACT2FN["relu"]) == "relu"
+    expected = {"quick_gelu": "quick_gelu", "gelu": "gelu", "relu": "relu", "gelu_pytorch_tanh": "gelu_tanh",
+                "gelu_new": "gelu_tanh", "gelu_python": None, "gelu_fast": None, "silu": None}
+    assert {name: activation_name(ACT2FN[name]) for name in expected} == expected
+
+
+def test_timm_activation_names():
+    layers = pytest.importorskip("timm.layers")
+    kinds = ("gelu", "gelu_tanh", "quick_gelu", "silu")
+    names = {kind: activation_name(layers.get_act_layer(kind)()) for kind in kinds}
+    assert names == {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "quick_gelu": "quick_gelu", "silu": None}
 
 
 def test_module_is_timm_mlp_drop_in():
@@ -188,6 +209,27 @@ def test_module_uses_the_fused_op_unless_dropping(monkeypatch):
     unknown = vtkernels.nn.Mlp(8, 32, act_layer=nn.SiLU)
     unknown(torch.randn(2, 8))
     assert calls == ["quick_gelu"]
+
+
+def test_hooks_and_linear_subclasses_take_the_module_path(monkeypatch):
+    """The fused call skips fc1 / act / fc2's own forward: hooks on them, or Linear subclasses with
+    their own forward, must still run."""
+    calls = []
+    monkeypatch.setattr(vtkernels, "mlp", lambda *a, **k: calls.append(1))
+    block = vtkernels.nn.Mlp(8, 16)
+    seen = []
+    handle = block.fc1.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    block(torch.randn(2, 8))
+    assert seen == [(2, 16)] and calls == []
+    handle.remove()
+
+    class ScaledLinear(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    block.fc2 = ScaledLinear(16, 8)
+    block(torch.randn(2, 8))
+    assert calls == []
 
 
 def test_optimize_timm_mlp():

@@ -157,7 +157,7 @@ def _is_timm_swin_block(module: nn.Module) -> bool:
 def _is_timm_mlp(module: nn.Module) -> bool:
     """timm's Mlp with Linear layers, no hidden norm and an activation vtkernels.mlp has."""
     return (type(module).__name__ == "Mlp" and _from(module, "timm")
-            and isinstance(getattr(module, "fc1", None), nn.Linear) and isinstance(getattr(module, "fc2", None), nn.Linear)
+            and type(getattr(module, "fc1", None)) is nn.Linear and type(getattr(module, "fc2", None)) is nn.Linear
             and isinstance(getattr(module, "norm", nn.Identity()), nn.Identity)
             and activation_name(getattr(module, "act", None)) is not None)
 
@@ -166,7 +166,7 @@ def _is_hf_mlp(module: nn.Module) -> bool:
     """HF's fc1 -> activation_fn -> fc2 MLPs (no dropout inside) of CLIP, ViT and Swin (transformers 5.x)."""
     return (type(module).__name__ in HF_MLP_CLASSES and _from(module, "transformers")
             and _forward_takes(module, "hidden_states")
-            and isinstance(getattr(module, "fc1", None), nn.Linear) and isinstance(getattr(module, "fc2", None), nn.Linear)
+            and type(getattr(module, "fc1", None)) is nn.Linear and type(getattr(module, "fc2", None)) is nn.Linear
             and activation_name(getattr(module, "activation_fn", None)) is not None)
 
 

@@ -9,17 +9,12 @@
 namespace vtk {
 namespace {
 
-// pre = x W^T + bias, out = act(pre): M = rows of x, N = hidden, K = dim.
-template <typename T, Activation A>
-struct LinearActProblem {
-  static constexpr bool kAKFast = true;  // x rows are contiguous along k
-  static constexpr bool kBKFast = true;  // W (N, K) rows are contiguous along k
-  const T* x;
+// What both problems share: A (M, K) read row by row through row stride lda; C is (M, N).
+template <typename T>
+struct RowMajorA {
+  static constexpr bool kAKFast = true;  // A rows are contiguous along k
+  const T* a_ptr;
   int64_t lda;
-  const T* weight;
-  const T* bias;
-  T* pre;
-  T* out;
   int m, n, k;
   int k_chunk;
 
@@ -28,45 +23,50 @@ struct LinearActProblem {
   __host__ __device__ int depth() const { return k; }
   __device__ int64_t a_row(int r) const { return r * lda; }
   __device__ int a_col(int kk) const { return kk; }
-  __device__ float a(int64_t row, int col) const { return to_float(x[row + col]); }
-  __device__ int64_t b_row(int c) const { return int64_t(c) * k; }
+  __device__ float a(int64_t row, int col) const { return to_float(a_ptr[row + col]); }
+};
+
+// A = x: pre = x W^T + bias, out = act(pre); N = hidden, K = dim, W (N, K) is fc1's weight.
+template <typename T, Activation A>
+struct LinearActProblem : RowMajorA<T> {
+  static constexpr bool kBKFast = true;  // W rows are contiguous along k
+  const T* weight;
+  const T* bias;
+  T* pre;
+  T* out;
+
+  __device__ int64_t b_row(int c) const { return int64_t(c) * this->k; }
   __device__ int b_col(int kk) const { return kk; }
   __device__ float b(int64_t row, int col) const { return to_float(weight[row + col]); }
   __device__ void store(int r, int c, float v) const {
     if (bias) v += to_float(bias[c]);
-    const int64_t offset = int64_t(r) * n + c;
+    const int64_t offset = int64_t(r) * this->n + c;
     if (pre) pre[offset] = from_float<T>(v);
     out[offset] = from_float<T>(activate<A>(v));
   }
 };
 
-// out = (d_out W) * act'(pre): M = rows, N = hidden, K = dim_out; W (K, N) is fc2's weight.
+// A = d out: out = (d out W) * act'(pre); N = hidden, K = dim_out, W (K, N) is fc2's weight.
 template <typename T, Activation A>
-struct ActGradProblem {
-  static constexpr bool kAKFast = true;   // d_out rows are contiguous along k
+struct ActGradProblem : RowMajorA<T> {
   static constexpr bool kBKFast = false;  // W[k, :] is contiguous along the output column
-  const T* d_out;
-  int64_t lda;
   const T* weight;
   const T* pre;
   T* out;
-  int m, n, k;
-  int k_chunk;
 
-  __host__ __device__ int rows() const { return m; }
-  __host__ __device__ int cols() const { return n; }
-  __host__ __device__ int depth() const { return k; }
-  __device__ int64_t a_row(int r) const { return r * lda; }
-  __device__ int a_col(int kk) const { return kk; }
-  __device__ float a(int64_t row, int col) const { return to_float(d_out[row + col]); }
   __device__ int b_row(int c) const { return c; }  // the column part of W's offset kk * n + c
-  __device__ int64_t b_col(int kk) const { return int64_t(kk) * n; }
+  __device__ int64_t b_col(int kk) const { return int64_t(kk) * this->n; }
   __device__ float b(int c, int64_t row) const { return to_float(weight[row + c]); }
   __device__ void store(int r, int c, float v) const {
-    const int64_t offset = int64_t(r) * n + c;
+    const int64_t offset = int64_t(r) * this->n + c;
     out[offset] = from_float<T>(v * activation_grad<A>(to_float(pre[offset])));
   }
 };
+
+template <typename T>
+RowMajorA<T> row_major_a(const MlpGemmParams& p) {
+  return {static_cast<const T*>(p.a), p.lda, p.m, p.n, p.k, gather_gemm::whole_depth(p.k)};
+}
 
 }  // namespace
 
@@ -75,9 +75,8 @@ cudaError_t mlp_linear_act(const MlpGemmParams& p, cudaStream_t stream) {
     using T = decltype(tag);
     return dispatch_activation(p.activation, [&](auto act) {
       using Problem = LinearActProblem<T, decltype(act)::value>;
-      const Problem problem{static_cast<const T*>(p.a), p.lda, static_cast<const T*>(p.weight),
-                            static_cast<const T*>(p.bias), static_cast<T*>(p.pre), static_cast<T*>(p.out),
-                            p.m, p.n, p.k, gather_gemm::whole_depth(p.k)};
+      const Problem problem{row_major_a<T>(p), static_cast<const T*>(p.weight), static_cast<const T*>(p.bias),
+                            static_cast<T*>(p.pre), static_cast<T*>(p.out)};
       return gather_gemm::launch_gemm<Problem, T>(problem, stream);
     });
   });
@@ -88,9 +87,8 @@ cudaError_t mlp_matmul_act_grad(const MlpGemmParams& p, cudaStream_t stream) {
     using T = decltype(tag);
     return dispatch_activation(p.activation, [&](auto act) {
       using Problem = ActGradProblem<T, decltype(act)::value>;
-      const Problem problem{static_cast<const T*>(p.a), p.lda, static_cast<const T*>(p.weight),
-                            static_cast<const T*>(p.pre), static_cast<T*>(p.out), p.m, p.n, p.k,
-                            gather_gemm::whole_depth(p.k)};
+      const Problem problem{row_major_a<T>(p), static_cast<const T*>(p.weight), static_cast<const T*>(p.pre),
+                            static_cast<T*>(p.out)};
       return gather_gemm::launch_gemm<Problem, T>(problem, stream);
     });
   });

@@ -3,6 +3,7 @@ timm's ``Mlp`` (same state_dict: ``fc1``, ``fc2``), and QuickGELU as a module.""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Union
 
 import torch
@@ -25,6 +26,15 @@ class QuickGELU(nn.Module):
         return vtkernels.quick_gelu(x, self.backend)
 
 
+# (package, class) -> name, for the activation modules of timm, HF and ours that compute exactly
+# one of the op's activations (HF's NewGELUActivation writes out the tanh formula).
+_ACTIVATION_CLASSES = {
+    ("timm", "GELU"): "gelu", ("timm", "GELUTanh"): "gelu_tanh", ("timm", "QuickGELU"): "quick_gelu",
+    ("transformers", "QuickGELUActivation"): "quick_gelu", ("transformers", "NewGELUActivation"): "gelu_tanh",
+    ("vtkernels", "QuickGELU"): "quick_gelu",
+}
+
+
 def activation_name(act: nn.Module) -> Optional[str]:
     """The :func:`vtkernels.mlp` name of an activation module (torch's, timm's, HF's, ours), or
     None when the op has no kernel for it."""
@@ -32,11 +42,16 @@ def activation_name(act: nn.Module) -> Optional[str]:
         return "gelu" if act.approximate == "none" else "gelu_tanh"
     if isinstance(act, nn.ReLU):
         return "relu"
-    kind = type(act).__name__
-    if kind in ("QuickGELU", "QuickGELUActivation"):  # ours, timm's, HF's
-        return "quick_gelu"
-    if kind == "GELUActivation" and getattr(act, "act", None) is F.gelu:  # HF "gelu"
-        return "gelu"
+    key = (type(act).__module__.split(".")[0], type(act).__name__)
+    if key in _ACTIVATION_CLASSES:
+        return _ACTIVATION_CLASSES[key]
+    if key in (("transformers", "GELUActivation"), ("transformers", "GELUTanh")):  # HF "gelu", "gelu_pytorch_tanh"
+        function = getattr(act, "act", None)
+        if function is F.gelu:
+            return "gelu"
+        tanh = {"approximate": "tanh"}
+        if isinstance(function, functools.partial) and function.func is F.gelu and function.keywords == tanh:
+            return "gelu_tanh"
     return None
 
 
@@ -82,11 +97,15 @@ class Mlp(nn.Module):
 def fused_mlp(module: nn.Module, x: torch.Tensor, act: nn.Module, drop: Optional[nn.Module],
               backend: Optional[str]) -> torch.Tensor:
     """``module.fc2(drop(act(module.fc1(x))))``, as one :func:`vtkernels.mlp` call where it can be
-    (the activation is one the op has, the dropout inactive); the modules one by one otherwise.
-    Shared by :class:`Mlp` and the MLPs :func:`vtkernels.optimize` patches."""
+    (plain ``nn.Linear`` layers, an activation the op has, the dropout inactive, no hooks on the
+    modules whose forward the fused call skips); the modules one by one otherwise. Shared by
+    :class:`Mlp` and the MLPs :func:`vtkernels.optimize` patches."""
     name = activation_name(act)
-    dropping = drop is not None and module.training and drop.p > 0
-    if name is None or dropping:
+    dropping = drop is not None and drop.training and drop.p > 0
+    skipped = (module.fc1, act, module.fc2)
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in skipped)
+    plain = type(module.fc1) is nn.Linear and type(module.fc2) is nn.Linear
+    if name is None or dropping or hooked or not plain:
         h = act(module.fc1(x))
         return module.fc2(drop(h) if drop is not None else h)
     return vtkernels.mlp(x, module.fc1.weight, module.fc1.bias, module.fc2.weight, module.fc2.bias, name, backend)

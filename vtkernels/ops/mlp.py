@@ -35,6 +35,8 @@ def _kernel_refusals(backend: str, x: Tensor, **_) -> list[str]:
         return ["vtkernels._C was built without mlp; rebuild it (pip install -e .)"]
     if backend == "cuda" and x.dtype == torch.float32:
         return ["the CUDA MLP GEMMs run fp16 / bf16 tensor-core MMAs only; float32 runs on Triton"]
+    if backend == "cuda" and x.shape[-1] == 0:
+        return ["the CUDA MLP needs dim > 0"]
     return []
 
 
@@ -76,9 +78,13 @@ def mlp_bwd(grad_out: Tensor, x: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
     _, matmul_act_grad = _kernels(backend)
     empty = x.new_empty(0)
     d_fc2_weight, d_fc2_bias = (grad_out.t() @ h, grad_out.sum(0)) if needs_fc2 else (empty, empty.clone())
-    d_pre = matmul_act_grad(grad_out, fc2_weight, pre, activation)  # (d out @ W2) * act'(pre)
-    d_fc1_weight, d_fc1_bias = (d_pre.t() @ x, d_pre.sum(0)) if needs_fc1 else (empty.clone(), empty.clone())
-    d_x = d_pre @ fc1_weight if needs_x else empty.clone()
+    d_x, d_fc1_weight, d_fc1_bias = empty.clone(), empty.clone(), empty.clone()
+    if needs_x or needs_fc1:
+        d_pre = matmul_act_grad(grad_out, fc2_weight, pre, activation)  # (d out @ W2) * act'(pre)
+        if needs_fc1:
+            d_fc1_weight, d_fc1_bias = d_pre.t() @ x, d_pre.sum(0)
+        if needs_x:
+            d_x = d_pre @ fc1_weight
     return d_x, d_fc1_weight, d_fc1_bias, d_fc2_weight, d_fc2_bias
 
 
@@ -95,12 +101,24 @@ def _(grad_out, x, fc1_weight, fc2_weight, h, pre, activation, needs_x, needs_fc
 def _setup_context(ctx, inputs, output):
     x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, _, backend = inputs
     _, h, pre = output
-    ctx.save_for_backward(x, fc1_weight, fc2_weight, h, pre)
+    ctx.save_for_backward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, h, pre)
     ctx.activation, ctx.backend = activation, backend
 
 
+def _differentiable_backward(ctx, grad_out, inputs):
+    """The gradients as a graph of torch ops on the inputs (recomputed through the reference), for
+    a backward that is itself differentiated (``create_graph=True``, ``torch.func``)."""
+    with torch.enable_grad():
+        out = reference.mlp(*inputs, ctx.activation)
+    wanted = [t for t, want in zip(inputs, ctx.needs_input_grad) if want]
+    found = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
+    return tuple(next(found) if want else None for want in ctx.needs_input_grad[:5]) + (None, None, None)
+
+
 def _backward(ctx, grad_out, _grad_h, _grad_pre):
-    x, fc1_weight, fc2_weight, h, pre = ctx.saved_tensors
+    x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, h, pre = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return _differentiable_backward(ctx, grad_out, (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias))
     wants = ctx.needs_input_grad
     d_x, d_w1, d_b1, d_w2, d_b2 = mlp_bwd(grad_out.contiguous(), x, fc1_weight, fc2_weight, h, pre, ctx.activation,
                                           wants[0], wants[1] or wants[2], wants[3] or wants[4], ctx.backend)
@@ -134,9 +152,10 @@ def _validate(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation) -> None
 
 
 def _autocast(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
-    """Under autocast, the tensors in the autocast dtype (as ``nn.Linear`` would compute)."""
+    """Under autocast, the tensors in the autocast dtype (as ``nn.Linear`` would compute); float64
+    inputs, which autocast leaves alone, stay as they are."""
     device_type = tensors[0].device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not torch.is_autocast_enabled(device_type) or tensors[0].dtype == torch.float64:
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(None if t is None else t.to(dtype) for t in tensors)
