@@ -4,6 +4,8 @@
 // fast path (see vtkernels/ops/mlp.py).
 #include "mlp/mlp.h"
 
+#include <type_traits>
+
 #include "common/gather_gemm.cuh"
 
 namespace vtk {
@@ -68,29 +70,34 @@ RowMajorA<T> row_major_a(const MlpGemmParams& p) {
   return {static_cast<const T*>(p.a), p.lda, p.m, p.n, p.k, gather_gemm::whole_depth(p.k)};
 }
 
-}  // namespace
-
-cudaError_t mlp_linear_act(const MlpGemmParams& p, cudaStream_t stream) {
+// Launches the problem make(T{}, activation tag) builds, for p's 16-bit type and activation.
+template <typename Make>
+cudaError_t launch(const MlpGemmParams& p, cudaStream_t stream, Make&& make) {
   return gather_gemm::dispatch_16bit(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     return dispatch_activation(p.activation, [&](auto act) {
-      using Problem = LinearActProblem<T, decltype(act)::value>;
-      const Problem problem{row_major_a<T>(p), static_cast<const T*>(p.weight), static_cast<const T*>(p.bias),
-                            static_cast<T*>(p.pre), static_cast<T*>(p.out)};
-      return gather_gemm::launch_gemm<Problem, T>(problem, stream);
+      const auto problem = make(tag, act);
+      return gather_gemm::launch_gemm<std::remove_const_t<decltype(problem)>, T>(problem, stream);
     });
   });
 }
 
-cudaError_t mlp_matmul_act_grad(const MlpGemmParams& p, cudaStream_t stream) {
-  return gather_gemm::dispatch_16bit(p.dtype, [&](auto tag) {
+}  // namespace
+
+cudaError_t mlp_linear_act(const MlpGemmParams& p, cudaStream_t stream) {
+  return launch(p, stream, [&](auto tag, auto act) {
     using T = decltype(tag);
-    return dispatch_activation(p.activation, [&](auto act) {
-      using Problem = ActGradProblem<T, decltype(act)::value>;
-      const Problem problem{row_major_a<T>(p), static_cast<const T*>(p.weight), static_cast<const T*>(p.pre),
-                            static_cast<T*>(p.out)};
-      return gather_gemm::launch_gemm<Problem, T>(problem, stream);
-    });
+    return LinearActProblem<T, decltype(act)::value>{row_major_a<T>(p), static_cast<const T*>(p.weight),
+                                                     static_cast<const T*>(p.bias), static_cast<T*>(p.pre),
+                                                     static_cast<T*>(p.out)};
+  });
+}
+
+cudaError_t mlp_matmul_act_grad(const MlpGemmParams& p, cudaStream_t stream) {
+  return launch(p, stream, [&](auto tag, auto act) {
+    using T = decltype(tag);
+    return ActGradProblem<T, decltype(act)::value>{row_major_a<T>(p), static_cast<const T*>(p.weight),
+                                                   static_cast<const T*>(p.pre), static_cast<T*>(p.out)};
   });
 }
 
