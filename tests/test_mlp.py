@@ -75,6 +75,56 @@ def test_triton_non_contiguous_input(device):
                             transform=lambda t: t.transpose(0, 1))
 
 
+@pytest.fixture
+def kernel_spy(monkeypatch):
+    """Forces the TMA choice of vtkernels.triton.mlp.launch_config (``force(True)``) and records
+    which GEMM kernel each launch ran."""
+    from vtkernels.triton import mlp as triton_mlp
+
+    ran, original_config = [], triton_mlp.launch_config
+    for name in ("gemm_act_kernel", "gemm_act_tma_kernel"):
+        kernel = getattr(triton_mlp, name)
+
+        class Spy:
+            def __getitem__(self, grid, kernel=kernel, name=name):
+                ran.append(name)
+                return kernel[grid]
+        monkeypatch.setattr(triton_mlp, name, Spy())
+
+    def force(tma: bool):
+        monkeypatch.setattr(triton_mlp, "launch_config", lambda *a, **k: {**original_config(*a, **k), "TMA": tma})
+    return force, ran
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape", [((77,), 48, 80, 40), ((3, 5), 8, 16, 8), ((70,), 96, 104, 24)])
+def test_triton_tma_kernel_matches_reference(shape, activation, kernel_spy):
+    """The persistent TMA kernel (on the CPU: interpreted descriptors, 3 programs walking the
+    tiles), ragged against its 32-wide tiles in every dimension, forward and backward."""
+    force, ran = kernel_spy
+    force(True)
+    lead, dim, hidden, dim_out = shape
+    check_against_reference(lead, dim, hidden, dim_out, activation, torch.float16, torch.device("cpu"), "triton")
+    assert ran == ["gemm_act_tma_kernel", "gemm_act_tma_kernel"]
+
+
+def test_triton_tma_falls_back_where_tma_cannot_address(kernel_spy):
+    """Row strides that are not a multiple of 16 bytes (x and d out rows of 20 fp16: 40 bytes),
+    fp32, and views whose base is not 16-byte aligned run on the pointer kernel."""
+    from vtkernels.triton.mlp import tma_usable
+
+    force, ran = kernel_spy
+    force(True)
+    check_against_reference((9,), 20, 32, 20, "gelu", torch.float16, torch.device("cpu"), "triton")
+    assert ran == ["gemm_act_kernel", "gemm_act_kernel"]
+    ran.clear()
+    check_against_reference((9,), 16, 32, 16, "relu", torch.float32, torch.device("cpu"), "triton")
+    assert ran == ["gemm_act_kernel", "gemm_act_kernel"]
+    base = torch.zeros(4, 17, dtype=torch.float16)
+    assert tma_usable(base[:, :16].contiguous()) and not tma_usable(base.view(-1)[1:65].view(4, 16))
+    assert not tma_usable(torch.zeros(0, 16, dtype=torch.float16))
+
+
 def test_inference_saves_no_pre_activation(device):
     x, w1, b1, w2, b2 = (t.detach() for t in make_inputs((9,), 16, 32, 16, torch.float32, device))
     out, h, pre = mlp_fwd(x, w1, b1, w2, b2, "gelu", False, "triton")
@@ -265,6 +315,19 @@ def test_gpu_kernels_match_reference(shape, activation, backend, dtype):
         pytest.skip("the CUDA MLP runs fp16 / bf16 only (refusal tested below)")
     lead, dim, hidden, dim_out = shape
     check_against_reference(lead, dim, hidden, dim_out, activation, dtype, torch.device("cuda"), backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("tma", [True, False])
+def test_gpu_triton_both_gemm_kernels(tma, dtype, kernel_spy):
+    """Each of the two Triton GEMM kernels on the GPU, at a ViT-B-like shape (with a ragged row
+    count) where TMA can address every operand: the TMA kernel needs sm_90."""
+    force, ran = kernel_spy
+    force(tma)
+    check_against_reference((3, 197), 768, 3072, 768, "gelu", dtype, torch.device("cuda"), "triton")
+    expected = "gemm_act_tma_kernel" if tma and torch.cuda.get_device_capability()[0] >= 9 else "gemm_act_kernel"
+    assert ran == [expected, expected]
 
 
 @pytest.mark.gpu

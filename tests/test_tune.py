@@ -47,8 +47,10 @@ def _recording(target):
     ("patch_embed", (2, 32, 8, 32, True), "fwd", {"BLOCK_M": (16, 32), "BLOCK_N": (32,), "BLOCK_K": (16,)}),
     ("patch_embed", (2, 32, 8, 32, False), "bwd_weight", {"BLOCK_M": (16, 32), "BLOCK_N": (32,), "BLOCK_K": (32,)}),
     ("patch_embed", (2, 32, 8, 32, True), "bwd_images", {"BLOCK_M": (16, 32), "BLOCK_N": (32,), "BLOCK_K": (32,)}),
-    ("mlp", (40, 32, 48, "gelu"), "fwd", {"BLOCK_M": (16, 32), "BLOCK_N": (32,), "BLOCK_K": (16,)}),
-    ("mlp", (40, 32, 48, "quick_gelu"), "bwd", {"BLOCK_M": (16,), "BLOCK_N": (16, 32), "BLOCK_K": (32,)}),
+    ("mlp", (40, 32, 48, "gelu"), "fwd", {"BLOCK_M": (16, 32), "BLOCK_N": (32,), "BLOCK_K": (16,),
+                                          "TMA": (True, False)}),
+    ("mlp", (40, 32, 48, "quick_gelu"), "bwd", {"BLOCK_M": (16,), "BLOCK_N": (16, 32), "BLOCK_K": (32,),
+                                                "TMA": (True, False)}),
 ])
 def test_every_candidate_reaches_its_kernel(tune, op, spec, kernel, grid):
     target = tune.TARGETS[op]()

@@ -272,7 +272,9 @@ def _mlp_run(spec, kernel):
 def _mlp_target() -> Target:
     from benchmarks.ops.mlp import SHAPES
 
-    grid = {"BLOCK_M": (64, 128), "BLOCK_N": (128, 256), "BLOCK_K": (64,), "num_warps": (4, 8), "num_stages": (3, 4)}
+    # TMA: the persistent tensor-descriptor kernel against the pointer kernel (vtkernels/triton/mlp.py).
+    grid = {"BLOCK_M": (64, 128), "BLOCK_N": (128, 256), "BLOCK_K": (64,), "num_warps": (8,), "num_stages": (3, 4),
+            "TMA": (True, False)}
     return Target(
         modules=(triton_mlp,),
         shapes=SHAPES,

@@ -7,9 +7,15 @@ h. Here fc1's GEMM applies the bias and the activation to its fp32 accumulator a
 that produces d h = d out @ W2 multiplies by act'(pre) before its store, so d h never exists:
 eager writes it, then reads it and the pre-activation to write d pre.
 
-One kernel does both: C = epilogue(A @ B), A (M, K) and B (K, N) read through strides, so B = W1^T
-is W1 (N, K) with its strides swapped and B = W2 is W2 (K, N) as it is. fc2 and the remaining
-gradient GEMMs are cuBLAS's (vtkernels/ops/mlp.py).
+Both directions are C = epilogue(A @ B) with A (M, K) and B (K, N): B = W1^T (W1 (N, K) read
+K-major) forward, B = W2 (K, N) as it is backward. Two kernels compute it, sharing the epilogue:
+- ``gemm_act_tma_kernel`` (sm_90+, 16-bit): persistent (one program per SM walks the output
+  tiles, so tile i's epilogue overlaps tile i+1's first loads), operands fetched by TMA through
+  host-built tensor descriptors (asynchronous bulk copies, out-of-bounds rows and columns
+  zero-filled on load and clipped on store: no masks, no modulo index math). It needs
+  16-byte-aligned bases and row strides, which contiguous activations and weights have.
+- ``gemm_act_kernel``: pointer loads through any strides (fp32, older GPUs, unaligned views).
+fc2 and the remaining gradient GEMMs are cuBLAS's (vtkernels/ops/mlp.py).
 """
 
 from __future__ import annotations
@@ -19,10 +25,26 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from vtkernels.backend import triton_interpreter_enabled
 from vtkernels.triton.activation import ACTIVATION_CODE, activate, activation_grad
 from vtkernels.triton.tiling import grouped_tile
+
+
+@triton.jit
+def act_epilogue(acc, BIAS, on, N, pre, ACT: tl.constexpr, BACKWARD: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """(C tile, pre-activation tile) from the fp32 accumulator of output columns ``on``: forward,
+    pre = acc (+ bias[n]) and C = act(pre); backward, C = acc * act'(pre) with ``pre`` the loaded
+    pre-activation tile (returned unchanged)."""
+    if BACKWARD:
+        out = acc * activation_grad(pre.to(tl.float32), ACT)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(BIAS + on, mask=on < N, other=0.0).to(tl.float32)[None, :]
+        pre = acc
+        out = activate(acc, ACT)
+    return out, pre
 
 
 @triton.jit
@@ -58,16 +80,47 @@ def gemm_act_kernel(
 
     offs = om.to(tl.int64)[:, None] * stride_cm + on[None, :]
     in_range = (om < M)[:, None] & (on < N)[None, :]
+    pre = 0.0
     if BACKWARD:
-        pre = tl.load(PRE + offs, mask=in_range, other=0.0).to(tl.float32)
-        out = acc * activation_grad(pre, ACT)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(BIAS + on, mask=on < N, other=0.0).to(tl.float32)[None, :]
-        if SAVE_PRE:
-            tl.store(PRE + offs, acc.to(PRE.dtype.element_ty), mask=in_range)
-        out = activate(acc, ACT)
+        pre = tl.load(PRE + offs, mask=in_range, other=0.0)
+    out, pre = act_epilogue(acc, BIAS, on, N, pre, ACT, BACKWARD, HAS_BIAS)
+    if SAVE_PRE:
+        tl.store(PRE + offs, pre.to(PRE.dtype.element_ty), mask=in_range)
     tl.store(C + offs, out.to(C.dtype.element_ty), mask=in_range)
+
+
+@triton.jit
+def gemm_act_tma_kernel(
+    A, B, BIAS, PRE, C, M, N, K,
+    ACT: tl.constexpr, BACKWARD: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr,
+    B_K_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """gemm_act_kernel's computation, persistent, on tensor descriptors: A [BLOCK_M, BLOCK_K]
+    blocks of (M, K); B [BLOCK_N, BLOCK_K] blocks of (N, K) when B_K_MAJOR (W1, transposed after
+    the load), else [BLOCK_K, BLOCK_N] blocks of (K, N); PRE and C [BLOCK_M, BLOCK_N] blocks of
+    (M, N). Of P programs, program p computes the output tiles p, p + P, p + 2P, ... in grouped order."""
+    n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    # flatten: the tile loop and the K loop are pipelined as one, so the next tile's loads are in
+    # flight during this tile's epilogue.
+    for tile in tl.range(tl.program_id(0), n_m * n_n, tl.num_programs(0), flatten=True):
+        pid_m, pid_n = grouped_tile(tile, n_m, n_n, GROUP_M)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            a = A.load([pid_m * BLOCK_M, k])
+            if B_K_MAJOR:
+                b = B.load([pid_n * BLOCK_N, k]).T
+            else:
+                b = B.load([k, pid_n * BLOCK_N])
+            acc = tl.dot(a, b, acc)
+        off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
+        pre = 0.0
+        if BACKWARD:
+            pre = PRE.load([off_m, off_n])
+        out, pre = act_epilogue(acc, BIAS, off_n + tl.arange(0, BLOCK_N), N, pre, ACT, BACKWARD, HAS_BIAS)
+        if SAVE_PRE:
+            PRE.store([off_m, off_n], pre.to(PRE.dtype))
+        C.store([off_m, off_n], out.to(C.dtype))
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -78,26 +131,62 @@ def launch_config(dtype: torch.dtype = torch.bfloat16, backward: bool = False,
                   interpret: Optional[bool] = None) -> dict:
     """Tile sizes and launch options; ``backward`` is the d pre GEMM (it loads the pre-activation
     tile in its epilogue). 128 x 128 tiles at 8 warps hold 64 fp32 accumulators per thread,
-    leaving room for the activation's temporaries without spilling (sm_90 compile check)."""
+    leaving room for the activation's temporaries without spilling (sm_90 compile check).
+    ``TMA``: run the persistent tensor-descriptor kernel where the GPU and the tensors allow it
+    (:func:`tma_usable`); fp32 keeps the pointer kernel (exact "ieee" products on FMA units)."""
     if triton_interpreter_enabled() if interpret is None else interpret:
-        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "num_warps": 4}
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "num_warps": 4, "TMA": False}
     wide = dtype != torch.float32
     return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64 if wide else 32, "GROUP_M": 8, "num_warps": 8,
-            "num_stages": 4 if wide else 3}
+            "num_stages": 4 if wide else 3, "TMA": wide}
 
 
-def _launch(a, b_matrix, b_strides, bias, pre, c, activation, backward, save_pre):
+def tma_usable(*tensors: torch.Tensor) -> bool:
+    """Whether TMA can address these 2-D operands: 16-bit, unit column stride, 16-byte-aligned
+    base and row stride, no empty dimension; on CUDA, a GPU with TMA (sm_90+). (The interpreter
+    emulates descriptors on the CPU.)"""
+    for t in tensors:
+        if t.dtype not in (torch.float16, torch.bfloat16) or t.dim() != 2 or 0 in t.shape:
+            return False
+        if t.stride(1) != 1 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16:
+            return False
+    device = tensors[0].device
+    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _program_count(device: torch.device, tiles: int) -> int:
+    """Persistent programs: one per SM (a few on the interpreter, so each walks several tiles)."""
+    slots = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 3
+    return min(slots, tiles)
+
+
+def _launch(a, b_matrix, b_k_major, bias, pre, c, activation, backward, save_pre):
+    """C = epilogue(A @ B) with B = b_matrix^T when ``b_k_major`` (b_matrix (N, K)), else
+    b_matrix (K, N)."""
     m, k = a.shape
     n = c.shape[1]
     if m == 0 or n == 0:
         return
-    cfg = launch_config(a.dtype, backward)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-    gemm_act_kernel[grid](
-        a, b_matrix, bias if bias is not None else c, pre if pre is not None else c, c, m, n, k,
-        a.stride(0), a.stride(1), *b_strides, c.stride(0),
-        ACT=ACTIVATION_CODE[activation], BACKWARD=backward, HAS_BIAS=bias is not None, SAVE_PRE=save_pre,
-        EVEN_K=k % cfg["BLOCK_K"] == 0, PRECISION=_precision(a.dtype), **cfg)
+    cfg = dict(launch_config(a.dtype, backward))
+    use_tma = cfg.pop("TMA") and tma_usable(*(t for t in (a, b_matrix, pre, c) if t is not None))
+    constexprs = dict(ACT=ACTIVATION_CODE[activation], BACKWARD=backward, HAS_BIAS=bias is not None,
+                      SAVE_PRE=save_pre)
+    bias = bias if bias is not None else c
+    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    if use_tma:
+        bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+        out_desc = TensorDescriptor.from_tensor(c, [bm, bn])
+        gemm_act_tma_kernel[(_program_count(a.device, tiles),)](
+            TensorDescriptor.from_tensor(a, [bm, bk]),
+            TensorDescriptor.from_tensor(b_matrix, [bn, bk] if b_k_major else [bk, bn]), bias,
+            TensorDescriptor.from_tensor(pre, [bm, bn]) if pre is not None else out_desc, out_desc, m, n, k,
+            B_K_MAJOR=b_k_major, **constexprs, **cfg)
+        return
+    # B[k, n] = b_matrix[n, k] when K-major: read with its strides swapped.
+    b_strides = (b_matrix.stride(1), b_matrix.stride(0)) if b_k_major else (b_matrix.stride(0), b_matrix.stride(1))
+    gemm_act_kernel[(tiles,)](
+        a, b_matrix, bias, pre if pre is not None else c, c, m, n, k, a.stride(0), a.stride(1), *b_strides,
+        c.stride(0), EVEN_K=k % cfg["BLOCK_K"] == 0, PRECISION=_precision(a.dtype), **constexprs, **cfg)
 
 
 def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str,
@@ -107,9 +196,7 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     m, n = x.shape[0], weight.shape[0]
     h = torch.empty((m, n), dtype=x.dtype, device=x.device)
     pre = torch.empty((m, n) if save_pre else (0,), dtype=x.dtype, device=x.device)
-    # B[k, n] = weight[n, k]: weight read with its strides swapped.
-    _launch(x, weight, (weight.stride(1), weight.stride(0)), bias, pre if save_pre else None, h, activation,
-            backward=False, save_pre=save_pre)
+    _launch(x, weight, True, bias, pre if save_pre else None, h, activation, backward=False, save_pre=save_pre)
     return h, pre
 
 
@@ -117,8 +204,7 @@ def matmul_act_grad(dout: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor,
     """dout (M, K), weight (K, N) (fc2's weight), pre (M, N) contiguous -> d pre =
     (dout @ weight) * act'(pre), (M, N) contiguous."""
     dpre = torch.empty_like(pre)
-    _launch(dout, weight, (weight.stride(0), weight.stride(1)), None, pre, dpre, activation, backward=True,
-            save_pre=False)
+    _launch(dout, weight, False, None, pre, dpre, activation, backward=True, save_pre=False)
     return dpre
 
 
@@ -130,7 +216,8 @@ AOT_SHAPES = {"gelu": (256 * 197, 768, 3072), "quick_gelu": (256 * 197, 768, 307
 
 def aot_configs():
     """(kernel, signature, constexprs, options, launch values) for the sm_90 ahead-of-time compile
-    check: forward with and without the saved pre-activation, and backward, per activation and dtype."""
+    check: forward with and without the saved pre-activation, and backward, per activation and
+    dtype; the pointer kernel always (the fallback), the TMA kernel where ``launch_config`` picks it."""
     for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
         t = f"*{name}"
         sig = {"A": t, "B": t, "BIAS": t, "PRE": t, "C": t, "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32",
@@ -139,11 +226,22 @@ def aot_configs():
             for backward, save_pre in ((False, False), (False, True), (True, False)):
                 cfg = launch_config(dtype, backward, interpret=False)
                 options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+                tma = cfg.pop("TMA")
+                common = {"ACT": ACTIVATION_CODE[activation], "BACKWARD": backward, "HAS_BIAS": not backward,
+                          "SAVE_PRE": save_pre, **cfg}
                 # Both GEMMs reduce over dim: x @ W1^T (W1 (hidden, dim)) and d out @ W2 (W2 (dim, hidden)).
                 b_strides = {"stride_bk": hidden, "stride_bn": 1} if backward else {"stride_bk": 1, "stride_bn": dim}
                 values = {"M": m, "N": hidden, "K": dim, "stride_am": dim, "stride_ak": 1, "stride_cm": hidden,
                           **b_strides}
-                constexprs = {"ACT": ACTIVATION_CODE[activation], "BACKWARD": backward,
-                              "HAS_BIAS": not backward, "SAVE_PRE": save_pre, "EVEN_K": dim % cfg["BLOCK_K"] == 0,
-                              "PRECISION": _precision(dtype), **cfg}
-                yield gemm_act_kernel, sig, constexprs, options, values
+                yield gemm_act_kernel, sig, {**common, "EVEN_K": dim % cfg["BLOCK_K"] == 0,
+                                             "PRECISION": _precision(dtype)}, options, values
+                if tma:
+                    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+
+                    def desc(*block):
+                        return f"tensordesc<{name}[{', '.join(map(str, block))}]>"
+
+                    tma_sig = {"A": desc(bm, bk), "B": desc(bk, bn) if backward else desc(bn, bk), "BIAS": t,
+                               "PRE": desc(bm, bn), "C": desc(bm, bn), "M": "i32", "N": "i32", "K": "i32"}
+                    yield gemm_act_tma_kernel, tma_sig, {**common, "B_K_MAJOR": not backward}, \
+                        options, {"M": m, "N": hidden, "K": dim}
