@@ -117,6 +117,33 @@ def test_triton_several_backward_strips(monkeypatch, device):
     check_against_reference(70, 32, torch.float16, device, "triton")
 
 
+def test_triton_tma_operands(monkeypatch):
+    """The tile kernels and strip GEMMs with TMA descriptors (interpreted on the CPU): ragged n,
+    several strips with a narrower last one (its stale columns must not leak into the GEMMs),
+    and a d whose rows are not 16-byte aligned (40 bytes), which keeps pointers."""
+    from vtkernels.triton import clip_loss as triton_clip
+    from vtkernels.triton import strip_matmul as triton_strip
+
+    boxes = []
+    for module in (triton_clip, triton_strip):
+        original_config, original_descriptor = module.launch_config, module.descriptor
+        monkeypatch.setattr(module, "launch_config",
+                            lambda *a, _original=original_config, **k: {**_original(*a, **k), "TMA": True})
+
+        def spy(t, rows, cols, _original=original_descriptor):
+            boxes.append((rows, cols))
+            return _original(t, rows, cols)
+        monkeypatch.setattr(module, "descriptor", spy)
+    monkeypatch.setattr(triton_clip, "STRIP_BYTES", 1)
+    monkeypatch.setattr(triton_clip, "MIN_STRIP", 1)  # 70 columns: strips of 32, 32 and 6 (32-wide tiles)
+    check_against_reference(70, 48, torch.float16, torch.device("cpu"), "triton")
+    # stats (I, T) + dlogits (I, T) + 3 strips x 2 GEMMs x (A, B)
+    assert len(boxes) == 16
+    boxes.clear()
+    check_against_reference(37, 20, torch.float16, torch.device("cpu"), "triton")
+    assert boxes == []
+
+
 def test_triton_non_contiguous_inputs(device):
     wide = torch.randn(50, 96, device=device)
     image = wide[:, :40].requires_grad_(False)  # row stride 96

@@ -111,7 +111,7 @@ def test_triton_tma_kernel_matches_reference(shape, activation, kernel_spy):
 def test_triton_tma_falls_back_where_tma_cannot_address(kernel_spy):
     """Row strides that are not a multiple of 16 bytes (x and d out rows of 20 fp16: 40 bytes),
     fp32, and views whose base is not 16-byte aligned run on the pointer kernel."""
-    from vtkernels.triton.mlp import tma_usable
+    from vtkernels.triton.tma import tma_usable
 
     force, ran = kernel_spy
     force(True)

@@ -79,7 +79,11 @@ def main() -> int:
             signature, constexprs, attrs = specialize(kernel, signature, constexprs, values[0] if values else {})
             count += 1
             name = f"{info.name}.{kernel.fn.__name__}"
-            dtype = next((t[1:] for t in signature.values() if t.startswith("*")), "")
+            # The operand dtype: the first tensor descriptor's (then the kernel loads by TMA), else
+            # the first pointer's.
+            tma = next((t[len("tensordesc<"):].split("[")[0] for t in signature.values()
+                        if t.startswith("tensordesc<")), None)
+            dtype = f"{tma} tma" if tma else next((t[1:] for t in signature.values() if t.startswith("*")), "")
             sizes = ",".join(f"{k}={v}" for k, v in constexprs.items() if type(v) is int)
             shown = f"{dtype} {sizes}"[:60]
             sig = {**signature, **{k: "constexpr" for k in constexprs}}

@@ -187,9 +187,9 @@ def _clip_target() -> Target:
         shapes=CLIP_SHAPES,
         candidates={
             "tile": {"BLOCK_M": (128,), "BLOCK_N": (64, 128), "BLOCK_K": (64,), "num_warps": (4, 8),
-                     "num_stages": (3, 4)},
+                     "num_stages": (3, 4), "TMA": (True, False)},
             "strip": {"BLOCK_M": (128,), "BLOCK_N": (128, 256), "BLOCK_K": (64,), "num_warps": (8,),
-                      "num_stages": (3, 4)},
+                      "num_stages": (3, 4), "TMA": (True, False)},
         },
         kernel_of=kernel_of,
         run=_clip_run,

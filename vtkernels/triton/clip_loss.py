@@ -22,7 +22,8 @@ gradients then come from that same recomputed strip with two GEMMs (vtkernels/tr
 Total: 1 (forward) + 1 (recompute) + 2 (products) = 4 GEMM-equivalents. The caller multiplies
 by s * grad / n and applies the normalization backward in :func:`finish_grad`.
 
-fp32 features use IEEE fp32 dots (no tf32); fp16/bf16 run on tensor cores, fp32 accumulation.
+fp32 features use IEEE fp32 dots (no tf32); fp16/bf16 run on tensor cores, fp32 accumulation,
+their tiles fetched by TMA on sm_90 where the feature rows allow it (vtkernels/triton/tma.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import triton.language as tl
 
 from vtkernels.backend import triton_interpreter_enabled
 from vtkernels.triton.strip_matmul import matmul_fp32_out
+from vtkernels.triton.tma import descriptor, tma_usable
 
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's default
 STRIP_BYTES = 128 * 2**20  # cap on the backward's dS strip (rows x W features)
@@ -42,20 +44,27 @@ TARGET_PROGRAMS = 1024  # forward programs to aim for when choosing column group
 
 
 @triton.jit
-def _logit_tile(I, T, rows64, cols64, row_ok, col_ok, d, stride_i, stride_t,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """fp32 (BLOCK_M, BLOCK_N) tile of I @ T^T; the K loop masks the tail of d."""
+def _logit_tile(I, T, first_row, first_col, row_ok, col_ok, d, stride_i, stride_t,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                TMA: tl.constexpr):
+    """fp32 (BLOCK_M, BLOCK_N) tile of I @ T^T, rows first_row + [0, BLOCK_M), columns first_col +
+    [0, BLOCK_N). Pointers: the K loop masks rows, columns and the tail of d. TMA (I, T tensor
+    descriptors of [BLOCK_M | BLOCK_N, BLOCK_K] boxes): the unit zero-fills what lies out of bounds."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    ks = tl.arange(0, BLOCK_K)
-    a_ptrs = I + rows64[:, None] * stride_i + ks[None, :]
-    b_ptrs = T + cols64[None, :] * stride_t + ks[:, None]
-    for k in range(0, d, BLOCK_K):
-        k_ok = ks < d - k
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+    if TMA:
+        for k in range(0, d, BLOCK_K):
+            acc = tl.dot(I.load([first_row, k]), T.load([first_col, k]).T, acc, input_precision=PRECISION)
+    else:
+        ks = tl.arange(0, BLOCK_K)
+        a_ptrs = I + (first_row + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None] * stride_i + ks[None, :]
+        b_ptrs = T + (first_col + tl.arange(0, BLOCK_N)).to(tl.int64)[None, :] * stride_t + ks[:, None]
+        for k in range(0, d, BLOCK_K):
+            k_ok = ks < d - k
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
     return acc
 
 
@@ -64,21 +73,22 @@ def clip_stats_kernel(
     I, T, Scale, RowPart, RowPartMax, ColPart, ColPartMax, Diag,
     n_rows, n_cols, d, stride_i, stride_t, diag_offset, blocks_per_group,
     WITH_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
+    """I and T: pointers, or tensor descriptors when TMA (see _logit_tile)."""
     row_block = tl.program_id(0)
     group = tl.program_id(1)
     rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
-    rows64 = rows.to(tl.int64)
     scale = tl.load(Scale)
     m_row = tl.full([BLOCK_M], float("-inf"), tl.float32)
     sum_row = tl.zeros([BLOCK_M], dtype=tl.float32)
     for jb in range(blocks_per_group):
-        cols = (group * blocks_per_group + jb) * BLOCK_N + tl.arange(0, BLOCK_N)
+        first_col = (group * blocks_per_group + jb) * BLOCK_N
+        cols = first_col + tl.arange(0, BLOCK_N)
         col_ok = cols < n_cols  # the last group may run past the end: fully masked tiles
-        acc = _logit_tile(I, T, rows64, cols.to(tl.int64), row_ok, col_ok, d, stride_i, stride_t,
-                          BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+        acc = _logit_tile(I, T, row_block * BLOCK_M, first_col, row_ok, col_ok, d, stride_i, stride_t,
+                          BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, TMA)
         ok = row_ok[:, None] & col_ok[None, :]
         s = tl.where(ok, acc * scale, float("-inf"))
 
@@ -98,7 +108,6 @@ def clip_stats_kernel(
         m_row = m_new
 
         # The positive pair S[i, i + diag_offset], from the tile that holds it.
-        first_col = (group * blocks_per_group + jb) * BLOCK_N
         first_pos = row_block * BLOCK_M + diag_offset
         if (first_col < first_pos + BLOCK_M) & (first_pos < first_col + BLOCK_N):
             is_diag = (cols[None, :] == rows[:, None] + diag_offset) & ok
@@ -138,18 +147,21 @@ def clip_dlogits_kernel(
     I, T, Scale, RowLse, ColLse, DS, DtPart,
     n_rows, n_cols, d, stride_i, stride_t, stride_ds, diag_offset, col_start, strip_end, ds_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     """DS[:, c - col_start] = (P_row + P_col) / 2 - delta for the strip's columns c; DtPart gets
-    sum(dS * S) per tile (d loss / d logit_scale = that sum / n when unclamped)."""
+    sum(dS * S) per tile (d loss / d logit_scale = that sum / n when unclamped). I and T:
+    pointers, or tensor descriptors when TMA (see _logit_tile)."""
     row_block = tl.program_id(0)
     col_block = tl.program_id(1)
-    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = col_start + col_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    first_row, first_col = row_block * BLOCK_M, col_start + col_block * BLOCK_N
+    rows = first_row + tl.arange(0, BLOCK_M)
+    cols = first_col + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
     col_ok = cols < strip_end
     rows64 = rows.to(tl.int64)
-    acc = _logit_tile(I, T, rows64, cols.to(tl.int64), row_ok, col_ok, d, stride_i, stride_t,
-                      BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+    acc = _logit_tile(I, T, first_row, first_col, row_ok, col_ok, d, stride_i, stride_t,
+                      BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, TMA)
     s = acc * tl.load(Scale)
     ok = row_ok[:, None] & col_ok[None, :]
     lse_row = tl.load(RowLse + rows, mask=row_ok, other=0.0)
@@ -238,14 +250,24 @@ def launch_config(kind: str, dtype: torch.dtype = torch.bfloat16, interpret: boo
     if kind == "rows":
         return {"BLOCK_ROWS": 4 if interpret else 8, "BLOCK_D": 64 if interpret else 256, "num_warps": 4}
     if interpret:
-        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4}
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "TMA": False}
     wide = dtype != torch.float32
     # 128 x 64 keeps the softmax epilogue (two exps per logit) within 255 registers, no spills.
-    return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64 if wide else 32, "num_warps": 8, "num_stages": 3}
+    # TMA: feature tiles through tensor descriptors where the features allow (vtkernels/triton/tma.py).
+    return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64 if wide else 32, "num_warps": 8, "num_stages": 3,
+            "TMA": wide}
 
 
 def _interpret(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" or triton_interpreter_enabled()
+
+
+def _tile_operands(image: torch.Tensor, text: torch.Tensor, cfg: dict) -> tuple:
+    """(I, T, TMA) for the tile kernels: tensor descriptors when ``cfg`` asks for TMA and the
+    features allow it, else the tensors themselves. Pops "TMA" from ``cfg``."""
+    if cfg.pop("TMA") and tma_usable(image, text):
+        return descriptor(image, cfg["BLOCK_M"], cfg["BLOCK_K"]), descriptor(text, cfg["BLOCK_N"], cfg["BLOCK_K"]), True
+    return image, text, False
 
 
 def normalize_rows(x: torch.Tensor):
@@ -286,7 +308,8 @@ def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, di
         return (torch.full((n_rows,), float("-inf"), **f32), torch.full((n_cols,), float("-inf"), **f32), diag,
                 empty if not with_max else torch.full((n_rows,), float("-inf"), **f32),
                 empty if not with_max else torch.full((n_cols,), float("-inf"), **f32))
-    cfg = launch_config("tile", image.dtype, _interpret(image))
+    cfg = dict(launch_config("tile", image.dtype, _interpret(image)))
+    image_op, text_op, tma = _tile_operands(image, text, cfg)
     row_blocks = triton.cdiv(n_rows, cfg["BLOCK_M"])
     col_blocks = triton.cdiv(n_cols, cfg["BLOCK_N"])
     groups, blocks_per_group = column_groups(row_blocks, col_blocks, _interpret(image))
@@ -295,9 +318,9 @@ def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, di
     row_part_max = torch.empty((groups, n_rows) if with_max else 0, **f32)
     col_part_max = torch.empty((row_blocks, n_cols) if with_max else 0, **f32)
     clip_stats_kernel[(row_blocks, groups)](
-        image, text, scale, row_part, row_part_max, col_part, col_part_max, diag,
+        image_op, text_op, scale, row_part, row_part_max, col_part, col_part_max, diag,
         n_rows, n_cols, d, image.stride(0), text.stride(0), diag_offset, blocks_per_group,
-        WITH_MAX=with_max, PRECISION=_precision(image.dtype), **cfg)
+        WITH_MAX=with_max, PRECISION=_precision(image.dtype), TMA=tma, **cfg)
     row_lse, row_max = _merge(row_part, row_part_max, n_rows, with_max)
     del row_part, row_part_max
     col_lse, col_max = _merge(col_part, col_part_max, n_cols, with_max)
@@ -341,7 +364,8 @@ def grad_features(image, text, scale, row_lse, col_lse, diag_offset: int, text_r
         return d_image, d_text.zero_(), dt_sum
     interpret = _interpret(image)
     ds_scale = DS_SCALE_FP16 if image.dtype == torch.float16 else 1.0
-    cfg = launch_config("tile", image.dtype, interpret)
+    cfg = dict(launch_config("tile", image.dtype, interpret))
+    image_op, text_op, tma = _tile_operands(image, text, cfg)
     width = strip_width(n_rows, n_cols, image.element_size(), cfg["BLOCK_N"])
     strip = torch.empty((n_rows, width), dtype=image.dtype, device=image.device)
     text_acc = torch.empty((width, d), **f32) if finish_text else None
@@ -352,16 +376,15 @@ def grad_features(image, text, scale, row_lse, col_lse, diag_offset: int, text_r
         end = min(start + width, n_cols)
         col_blocks = triton.cdiv(end - start, cfg["BLOCK_N"])
         clip_dlogits_kernel[(row_blocks, col_blocks)](
-            image, text, scale, row_lse, col_lse, strip, dt_parts[strip_index],
+            image_op, text_op, scale, row_lse, col_lse, strip, dt_parts[strip_index],
             n_rows, n_cols, d, image.stride(0), text.stride(0), strip.stride(0), diag_offset, start, end, ds_scale,
-            PRECISION=_precision(image.dtype), **cfg)
+            PRECISION=_precision(image.dtype), TMA=tma, **cfg)
         # dI += dS_strip @ T_strip: (rows, W) @ (W, d)
-        matmul_fp32_out(strip, text[start:end], d_image, n_rows, d, end - start, (strip.stride(0), 1), start > 0,
-                image.dtype, interpret, 1 / ds_scale)
+        ds_strip = strip[:, :end - start]  # (a last, narrower strip leaves stale columns beyond)
+        matmul_fp32_out(ds_strip, text[start:end], d_image, start > 0, interpret, 1 / ds_scale)
         # dT[strip] = dS_strip^T @ I: (W, rows) @ (rows, d), A read transposed through its strides
         out = text_acc[:end - start] if finish_text else d_text[start:end]
-        matmul_fp32_out(strip, image, out, end - start, d, n_rows, (1, strip.stride(0)), False, image.dtype, interpret,
-                1 / ds_scale)
+        matmul_fp32_out(ds_strip.t(), image, out, False, interpret, 1 / ds_scale)
         if finish_text:
             d_text[start:end] = finish_grad(out, text_raw[start:end], coef, normalize)
     return d_image, d_text, dt_parts.sum().reshape(1)
@@ -398,15 +421,21 @@ def aot_configs():
         tile = launch_config("tile", dtype)
         opts = {"num_warps": tile.pop("num_warps"), "num_stages": tile.pop("num_stages")}
         prec = {"PRECISION": _precision(dtype)}
-        sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowPart": "*fp32", "RowPartMax": "*fp32",
-               "ColPart": "*fp32", "ColPartMax": "*fp32", "Diag": "*fp32", "n_rows": "i32", "n_cols": "i32",
-               "d": "i32", "stride_i": "i32", "stride_t": "i32", "diag_offset": "i32", "blocks_per_group": "i32"}
-        yield clip_stats_kernel, sig, {"WITH_MAX": False, **tile, **prec}, opts, values
-        sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowLse": "*fp32", "ColLse": "*fp32",
-               "DS": f"*{name}", "DtPart": "*fp32", "n_rows": "i32", "n_cols": "i32", "d": "i32",
-               "stride_i": "i32", "stride_t": "i32", "stride_ds": "i32", "diag_offset": "i32",
-               "col_start": "i32", "strip_end": "i32", "ds_scale": "fp32"}
-        yield clip_dlogits_kernel, sig, {**tile, **prec}, opts, values
+        stats_sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowPart": "*fp32",
+                     "RowPartMax": "*fp32", "ColPart": "*fp32", "ColPartMax": "*fp32", "Diag": "*fp32",
+                     "n_rows": "i32", "n_cols": "i32", "d": "i32", "stride_i": "i32", "stride_t": "i32",
+                     "diag_offset": "i32", "blocks_per_group": "i32"}
+        dlogits_sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowLse": "*fp32", "ColLse": "*fp32",
+                       "DS": f"*{name}", "DtPart": "*fp32", "n_rows": "i32", "n_cols": "i32", "d": "i32",
+                       "stride_i": "i32", "stride_t": "i32", "stride_ds": "i32", "diag_offset": "i32",
+                       "col_start": "i32", "strip_end": "i32", "ds_scale": "fp32"}
+        # The pointer kernels always (the fallback), the TMA ones where launch_config picks them.
+        for tma in (False, True) if tile.pop("TMA") else (False,):
+            descriptors = {"I": f"tensordesc<{name}[{tile['BLOCK_M']}, {tile['BLOCK_K']}]>",
+                           "T": f"tensordesc<{name}[{tile['BLOCK_N']}, {tile['BLOCK_K']}]>"} if tma else {}
+            yield clip_stats_kernel, {**stats_sig, **descriptors}, {"WITH_MAX": False, "TMA": tma, **tile, **prec}, \
+                opts, values
+            yield clip_dlogits_kernel, {**dlogits_sig, **descriptors}, {"TMA": tma, **tile, **prec}, opts, values
         rows = launch_config("rows")
         opts = {"num_warps": rows.pop("num_warps")}
         sig = {"X": f"*{name}", "Y": f"*{name}", "Rnorm": "*fp32", "n": "i32", "d": "i32",

@@ -25,11 +25,11 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from vtkernels.backend import triton_interpreter_enabled
 from vtkernels.triton.activation import ACTIVATION_CODE, activate, activation_grad
 from vtkernels.triton.tiling import grouped_tile
+from vtkernels.triton.tma import descriptor, tma_usable
 
 
 @triton.jit
@@ -133,25 +133,12 @@ def launch_config(dtype: torch.dtype = torch.bfloat16, backward: bool = False,
     tile in its epilogue). 128 x 128 tiles at 8 warps hold 64 fp32 accumulators per thread,
     leaving room for the activation's temporaries without spilling (sm_90 compile check).
     ``TMA``: run the persistent tensor-descriptor kernel where the GPU and the tensors allow it
-    (:func:`tma_usable`); fp32 keeps the pointer kernel (exact "ieee" products on FMA units)."""
+    (vtkernels/triton/tma.py); fp32 keeps the pointer kernel (exact "ieee" products on FMA units)."""
     if triton_interpreter_enabled() if interpret is None else interpret:
         return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "num_warps": 4, "TMA": False}
     wide = dtype != torch.float32
     return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64 if wide else 32, "GROUP_M": 8, "num_warps": 8,
             "num_stages": 4 if wide else 3, "TMA": wide}
-
-
-def tma_usable(*tensors: torch.Tensor) -> bool:
-    """Whether TMA can address these 2-D operands: 16-bit, unit column stride, 16-byte-aligned
-    base and row stride, no empty dimension; on CUDA, a GPU with TMA (sm_90+). (The interpreter
-    emulates descriptors on the CPU.)"""
-    for t in tensors:
-        if t.dtype not in (torch.float16, torch.bfloat16) or t.dim() != 2 or 0 in t.shape:
-            return False
-        if t.stride(1) != 1 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16:
-            return False
-    device = tensors[0].device
-    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _program_count(device: torch.device, tiles: int) -> int:
@@ -175,11 +162,10 @@ def _launch(a, b_matrix, b_k_major, bias, pre, c, activation, backward, save_pre
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
     if use_tma:
         bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
-        out_desc = TensorDescriptor.from_tensor(c, [bm, bn])
+        out_desc = descriptor(c, bm, bn)
         gemm_act_tma_kernel[(_program_count(a.device, tiles),)](
-            TensorDescriptor.from_tensor(a, [bm, bk]),
-            TensorDescriptor.from_tensor(b_matrix, [bn, bk] if b_k_major else [bk, bn]), bias,
-            TensorDescriptor.from_tensor(pre, [bm, bn]) if pre is not None else out_desc, out_desc, m, n, k,
+            descriptor(a, bm, bk), descriptor(b_matrix, bn, bk) if b_k_major else descriptor(b_matrix, bk, bn), bias,
+            descriptor(pre, bm, bn) if pre is not None else out_desc, out_desc, m, n, k,
             B_K_MAJOR=b_k_major, **constexprs, **cfg)
         return
     # B[k, n] = b_matrix[n, k] when K-major: read with its strides swapped.
