@@ -145,6 +145,51 @@ def test_triton_non_contiguous_inputs(device):
     assert_close([dqkv, dv], [dqkv64, dv64], torch.float32, names=["dqkv", "dv"])
 
 
+@pytest.fixture
+def forward_descriptors(monkeypatch):
+    """Forces TMA in the forward's launch_config (interpreted descriptors on the CPU) and records
+    the box of every descriptor the forward builds."""
+    from vtkernels.triton import attention as triton_attention
+
+    boxes, original_config, original_descriptor = [], triton_attention.launch_config, triton_attention.descriptor
+
+    def config(head_dim, dtype, kernel, n=None):
+        cfg = original_config(head_dim, dtype, kernel, n)
+        return {**cfg, "TMA": dtype != torch.float32} if kernel == "fwd" else cfg
+
+    def spy(t, *block):
+        boxes.append(block)
+        return original_descriptor(t, *block)
+    monkeypatch.setattr(triton_attention, "launch_config", config)
+    monkeypatch.setattr(triton_attention, "descriptor", spy)
+    return boxes
+
+
+@pytest.mark.parametrize("case", [(2, 3, 77, 77, 64, False, True, "bhnd"), (2, 2, 49, 130, 32, True, False, "bnhd"),
+                                  (1, 2, 1, 65, 64, True, False, "bhnd")], ids=["padded", "causal-cross", "decode"])
+def test_triton_forward_tma_matches_reference(case, forward_descriptors):
+    """The forward's TMA path: query tiles and unmasked key / value blocks through descriptors of
+    the (B, H, N, d) views, the masked tail through pointers; backward unchanged."""
+    check_against_reference(*case, dtype=torch.float16, device=torch.device("cpu"), backend="triton")
+    assert forward_descriptors and all(box[:2] == (1, 1) and box[3] == case[4] for box in forward_descriptors)
+
+
+def test_triton_forward_tma_reads_fused_qkv_in_place(forward_descriptors):
+    """q, k, v unbound from a fused (B, N, 3, H, d) projection: 4-D descriptors over the strided
+    views, no copy. head_dim 80 (two column chunks) keeps pointers."""
+    batch, n, heads, head_dim = 2, 40, 2, 32
+    qkv = torch.randn(batch, n, 3, heads, head_dim).half()
+    q, k, v = qkv.unbind(2)
+    out = vtkernels.attention(q, k, v, backend="triton", layout="bnhd")
+    q64, k64, v64 = upcast(q, k, v)
+    assert_close(out, reference(q64, k64, v64, layout="bnhd"), torch.float16)
+    assert len(forward_descriptors) == 3
+    forward_descriptors.clear()
+    check_against_reference(1, 2, 20, 20, 80, False, False, "bhnd", torch.float16, torch.device("cpu"), "triton",
+                            with_grad=False)
+    assert forward_descriptors == []
+
+
 def test_triton_batch_of_one_and_empty_batch(device):
     check_against_reference(1, 1, 17, 17, 32, False, False, "bhnd", torch.float32, device, "triton")
     q, k, v = make_qkv(0, 2, 5, 5, 32, torch.float32, device)
@@ -311,6 +356,24 @@ def test_gpu_small_and_odd_views(backend, dtype):
     assert_close(out, expected, dtype)
     dout = torch.randn_like(expected)
     assert_close(grads(out, [base], dout), grads(expected, [base64], dout), dtype, names=["dbase"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_gpu_forward_pointer_path(dtype, monkeypatch):
+    """The Triton forward with TMA turned off (the path unaligned views take) at power-of-two
+    head_dims, where TMA is otherwise the default on sm_90."""
+    from vtkernels.triton import attention as triton_attention
+
+    original = triton_attention.launch_config
+
+    def without_tma(head_dim, dtype, kernel, n=None):
+        cfg = original(head_dim, dtype, kernel, n)
+        return {**cfg, "TMA": False} if kernel == "fwd" else cfg
+    monkeypatch.setattr(triton_attention, "launch_config", without_tma)
+    for case in [(4, 12, 197, 197, 64, False, True, "bnhd"), (2, 8, 77, 77, 64, True, False, "bhnd"),
+                 (2, 4, 100, 850, 32, False, True, "bhnd"), (1, 8, 1, 1025, 128, True, False, "bhnd")]:
+        check_against_reference(*case, dtype=dtype, device=torch.device("cuda"), backend="triton")
 
 
 @pytest.mark.gpu

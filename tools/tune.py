@@ -88,7 +88,8 @@ def _attention_target() -> Target:
         modules=(triton_attention,),
         shapes=SHAPES,
         candidates={
-            "fwd": {"BLOCK_M": (64, 128), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (2, 3)},
+            "fwd": {"BLOCK_M": (64, 128), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (3,),
+                    "TMA": (True, False)},
             "dkdv": {"BLOCK_M": (32, 64), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (3,)},
             "dq": {"BLOCK_M": (64, 128), "BLOCK_N": (32, 64), "num_warps": (4, 8), "num_stages": (3,)},
         },

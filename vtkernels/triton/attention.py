@@ -15,8 +15,10 @@ import triton
 
 from vtkernels.triton.attention_bwd import (attention_bwd_delta_kernel, attention_bwd_dkdv_kernel,
                                             attention_bwd_dq_kernel)
+from vtkernels.backend import triton_interpreter_enabled
 from vtkernels.triton.attention_fwd import attention_fwd_kernel
 from vtkernels.triton.tiling import two_tiles
+from vtkernels.triton.tma import descriptor, tma_usable
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
 LOG2E = 1.4426950408889634
@@ -56,6 +58,8 @@ def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n: Optional[in
     else:  # dq
         block_m, block_n, warps, stages = 64 if wide else 128, 32, 8 if head_dim == 64 else 4, 3
     cfg = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
+    if kernel == "fwd":  # descriptors where the tensors allow (see attention_fwd.py); not interpreted by default
+        cfg["TMA"] = dtype != torch.float32 and head_dim in (32, 64, 128) and not triton_interpreter_enabled()
     if n is not None:  # decode (n_q = 1), short sequences: no empty rows
         tile = PROGRAM_TILE[kernel]
         cfg[tile] = min(cfg[tile], max(16, triton.next_power_of_2(n)))
@@ -126,12 +130,17 @@ def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> 
     if out.numel() == 0:
         return
     mask, stride_mb = _pad_mask_args(key_padding_mask)
+    constexprs = _common_constexprs(q, causal, key_padding_mask)
     for first_row, rows, cfg in program_launches(head_dim, q.dtype, "fwd", n_q):
+        cfg = dict(cfg)
         tail_n = key_tail_block(n_kv, cfg["BLOCK_N"], causal)
+        tma = cfg.pop("TMA") and constexprs["D_REST"] == 0 and tma_usable(q, k, v)
+        descriptors = (descriptor(q, 1, 1, cfg["BLOCK_M"], head_dim), descriptor(k, 1, 1, cfg["BLOCK_N"], head_dim),
+                       descriptor(v, 1, 1, cfg["BLOCK_N"], head_dim)) if tma else (None, None, None)
         attention_fwd_kernel[(triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
-            q, k, v, mask, out, lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(out),
-            stride_mb, heads, n_q, n_kv, first_row, scale * LOG2E, **_common_constexprs(q, causal, key_padding_mask),
-            TAIL_N=tail_n, **cfg,
+            q, k, v, *descriptors, mask, out, lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v),
+            *_bhn_strides(out), stride_mb, heads, n_q, n_kv, first_row, scale * LOG2E, **constexprs,
+            TAIL_N=tail_n, TMA=tma, **cfg,
         )
 
 
@@ -178,8 +187,8 @@ def _signature(names: str, pointers: dict) -> dict:
 
 
 _STRIDES = "stride_qb stride_qh stride_qn stride_kb stride_kh stride_kn stride_vb stride_vh stride_vn"
-_FWD_ARGS = (f"Q K V PadMask Out Lse {_STRIDES} stride_ob stride_oh stride_on stride_mb n_heads n_q n_kv first_row "
-             "qk_scale")
+_FWD_ARGS = (f"Q K V QD KD VD PadMask Out Lse {_STRIDES} stride_ob stride_oh stride_on stride_mb n_heads n_q n_kv "
+             "first_row qk_scale")
 _DKDV_ARGS = (f"Q K V PadMask DOut Lse Delta DK DV {_STRIDES} stride_dob stride_doh stride_don stride_dkb "
               "stride_dkh stride_dkn stride_dvb stride_dvh stride_dvn stride_mb n_heads n_q n_kv first_key scale "
               "qk_scale")
@@ -202,6 +211,19 @@ def _aot_launch_values(head_dim: int) -> dict:
     return values
 
 
+def _fwd_variants(cfg: dict, name: str, head_dim: int, ptrs: dict):
+    """(signature, constexprs) of the forward launches ``cfg`` (a launch_config, TMA popped)
+    compiles to: the pointer kernel (QD / KD / VD None), and the descriptor one where TMA applies."""
+    pointers = {k: v for k, v in _signature(_FWD_ARGS, ptrs).items() if k not in ("QD", "KD", "VD")}
+    tma = cfg.pop("TMA") and head_chunks(head_dim)[1] == 0
+    yield pointers, {**cfg, "QD": None, "KD": None, "VD": None, "TMA": False}
+    if tma:
+        def box(rows):
+            return f"tensordesc<{name}[1, 1, {rows}, {head_dim}]>"
+        yield (_signature(_FWD_ARGS, {**ptrs, "QD": box(cfg["BLOCK_M"]), "KD": box(cfg["BLOCK_N"]),
+                                      "VD": box(cfg["BLOCK_N"])}), {**cfg, "TMA": True})
+
+
 def aot_configs():
     """Every (kernel, signature, constexprs, options, launch values) the benchmark shapes launch
     (sm_90 check)."""
@@ -222,20 +244,23 @@ def aot_configs():
                                          ("dq", attention_bwd_dq_kernel, _DQ_ARGS)):
                     for first, _, cfg in program_launches(head_dim, dtype, kernel, values["n_q"]):
                         cfg = dict(cfg)
-                        if kernel == "fwd":
-                            cfg["TAIL_N"] = key_tail_block(values["n_kv"], cfg["BLOCK_N"], causal)
                         options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
                         first_name = "first_key" if kernel == "dkdv" else "first_row"
-                        yield fn, _signature(args, ptrs), {**base, **cfg}, options, {**values, first_name: first}
+                        launch = {**values, first_name: first}
+                        if kernel != "fwd":
+                            yield fn, _signature(args, ptrs), {**base, **cfg}, options, launch
+                            continue
+                        cfg["TAIL_N"] = key_tail_block(values["n_kv"], cfg["BLOCK_N"], causal)
+                        for sig, constexprs in _fwd_variants(cfg, name, head_dim, ptrs):
+                            yield fn, sig, {**base, **constexprs}, options, launch
             if dtype == torch.bfloat16:  # decoding (causal): one query against a cache of 1025 keys
                 cfg = launch_config(head_dim, dtype, "fwd", n=1)
                 cfg["TAIL_N"] = key_tail_block(1025, cfg["BLOCK_N"], causal=True)
                 options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-                yield (attention_fwd_kernel, _signature(_FWD_ARGS, ptrs), {**base, **cfg}, options,
-                       {**values, "n_q": 1, "n_kv": 1025, "first_row": 0})
+                for sig, constexprs in _fwd_variants(cfg, name, head_dim, ptrs):
+                    yield (attention_fwd_kernel, sig, {**base, **constexprs}, options,
+                           {**values, "n_q": 1, "n_kv": 1025, "first_row": 0})
             cfg = launch_config(head_dim, dtype, "delta")
             options = {"num_warps": cfg.pop("num_warps")}
             yield (attention_bwd_delta_kernel, _signature(_DELTA_ARGS, ptrs),
                    {"D_MAIN": base["D_MAIN"], "D_REST": base["D_REST"], **cfg}, options, values)
-
-

@@ -18,6 +18,11 @@ with ``causal_offset = n_kv - n_q``. A row with no key left has ``l == 0``: it s
 A launch covers the query rows from ``first_row`` on: short sequences run as two launches, full
 BLOCK_M tiles and a small tile for the leftover rows (see ``program_launches`` in attention.py).
 
+With TMA (16-bit on sm_90, power-of-two head_dim), the query tile and the unmasked key / value
+blocks arrive through tensor descriptors of the (B, H, N, d) views (QD, KD, VD: boxes
+[1, 1, rows, d]; rows past N zero-filled); the masked steps keep pointer loads, since their
+TAIL_N-key blocks differ from the descriptors' BLOCK_N.
+
 Head vectors are held as two column chunks, ``[0, D_MAIN)`` and ``[D_MAIN, HEAD_DIM)`` with
 ``D_REST = HEAD_DIM - D_MAIN`` (both powers of two, as tl.arange needs): 80 = 64 + 16,
 96 = 64 + 32, and 32 / 64 / 128 in one chunk (D_REST = 0). Padding 80 or 96 up to 128 instead
@@ -114,15 +119,26 @@ def mask_scores(s, offs_m, offs_n, n_kv, causal_offset, PadMask,
 
 
 @triton.jit
-def _attend_key_blocks(acc, acc_rest, l_i, m_i, q, q_rest, K, V, PadMask, offs_m, lo, hi,
+def load_tile(desc, batch, head, first_row, ROWS: tl.constexpr, D: tl.constexpr):
+    """Rows [first_row, first_row + ROWS) of one (batch, head) from a (B, H, N, d) descriptor."""
+    return desc.load([batch, head, first_row, 0]).reshape(ROWS, D)
+
+
+@triton.jit
+def _attend_key_blocks(acc, acc_rest, l_i, m_i, q, q_rest, K, V, KD, VD, batch, head, PadMask, offs_m, lo, hi,
                        stride_kn, stride_vn, n_kv, causal_offset, qk_scale,
                        CHECK_BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr,
                        D_MAIN: tl.constexpr, D_REST: tl.constexpr, BLOCK_N: tl.constexpr,
-                       PRECISION: tl.constexpr):
+                       PRECISION: tl.constexpr, TMA: tl.constexpr):
+    """Keys [lo, hi) in BLOCK_N steps; K / V blocks from the descriptors KD / VD when TMA (then
+    D_REST is 0 and no bounds check is asked for), else through the pointers."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_ok = offs_n < n_kv
-        k, k_rest = load_head(K, offs_n, key_ok, stride_kn, D_MAIN, D_REST, CHECK_BOUNDS)
+        if TMA:
+            k, k_rest = load_tile(KD, batch, head, start_n, BLOCK_N, D_MAIN), 0.0
+        else:
+            k, k_rest = load_head(K, offs_n, key_ok, stride_kn, D_MAIN, D_REST, CHECK_BOUNDS)
         s = dot_rows(q, q_rest, k, k_rest, D_REST, PRECISION) * qk_scale
         s = mask_scores(s, offs_m, offs_n, n_kv, causal_offset, PadMask, CHECK_BOUNDS, CAUSAL, HAS_PAD_MASK)
 
@@ -135,7 +151,10 @@ def _attend_key_blocks(acc, acc_rest, l_i, m_i, q, q_rest, K, V, PadMask, offs_m
         acc = acc * alpha[:, None]
         if D_REST > 0:
             acc_rest = acc_rest * alpha[:, None]
-        v, v_rest = load_head(V, offs_n, key_ok, stride_vn, D_MAIN, D_REST, CHECK_BOUNDS)
+        if TMA:
+            v, v_rest = load_tile(VD, batch, head, start_n, BLOCK_N, D_MAIN), 0.0
+        else:
+            v, v_rest = load_head(V, offs_n, key_ok, stride_vn, D_MAIN, D_REST, CHECK_BOUNDS)
         acc, acc_rest = dot_accumulate(p, v, v_rest, acc, acc_rest, D_REST, PRECISION)
         m_i = m_new
     return acc, acc_rest, l_i, m_i
@@ -143,16 +162,20 @@ def _attend_key_blocks(acc, acc_rest, l_i, m_i, q, q_rest, K, V, PadMask, offs_m
 
 @triton.jit
 def attention_fwd_kernel(
-    Q, K, V, PadMask, Out, Lse,
+    Q, K, V, QD, KD, VD, PadMask, Out, Lse,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on, stride_mb,
     n_heads, n_q, n_kv, first_row, qk_scale,
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, PRECISION: tl.constexpr,
+    TMA: tl.constexpr,
 ):
+    """Q, K, V: pointers to the (B, H, N, d) views; QD, KD, VD: their descriptors when TMA (see
+    the module docstring), else unused."""
     start_m = first_row + heavy_first_block(CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
-    batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
+    batch32, head32 = bh // n_heads, bh % n_heads  # descriptor coordinates are 32-bit
+    batch, head = batch32.to(tl.int64), head32.to(tl.int64)
     Q += batch * stride_qb + head * stride_qh
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
@@ -163,7 +186,10 @@ def attention_fwd_kernel(
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     query_ok = offs_m < n_q
-    q, q_rest = load_head(Q, offs_m, query_ok, stride_qn, D_MAIN, D_REST, True)
+    if TMA:
+        q, q_rest = load_tile(QD, batch32, head32, start_m, BLOCK_M, D_MAIN), 0.0
+    else:
+        q, q_rest = load_head(Q, offs_m, query_ok, stride_qn, D_MAIN, D_REST, True)
 
     causal_offset = n_kv - n_q
     full_blocks_end = (n_kv // BLOCK_N) * BLOCK_N  # keys [0, full_blocks_end) need no bounds check
@@ -182,11 +208,13 @@ def attention_fwd_kernel(
     if D_REST > 0:
         acc_rest = tl.zeros([BLOCK_M, D_REST], dtype=tl.float32)
     acc, acc_rest, l_i, m_i = _attend_key_blocks(
-        acc, acc_rest, l_i, m_i, q, q_rest, K, V, PadMask, offs_m, 0, full_blocks_end, stride_kn, stride_vn,
-        n_kv, causal_offset, qk_scale, False, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_N, PRECISION)
+        acc, acc_rest, l_i, m_i, q, q_rest, K, V, KD, VD, batch32, head32, PadMask, offs_m, 0, full_blocks_end,
+        stride_kn, stride_vn, n_kv, causal_offset, qk_scale, False, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_N,
+        PRECISION, TMA)
     acc, acc_rest, l_i, m_i = _attend_key_blocks(
-        acc, acc_rest, l_i, m_i, q, q_rest, K, V, PadMask, offs_m, full_blocks_end, keys_end, stride_kn, stride_vn,
-        n_kv, causal_offset, qk_scale, True, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST, TAIL_N, PRECISION)
+        acc, acc_rest, l_i, m_i, q, q_rest, K, V, KD, VD, batch32, head32, PadMask, offs_m, full_blocks_end,
+        keys_end, stride_kn, stride_vn, n_kv, causal_offset, qk_scale, True, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST,
+        TAIL_N, PRECISION, False)
 
     empty_row = l_i == 0.0  # no key to attend: output 0, lse +inf
     l_safe = tl.where(empty_row, 1.0, l_i)

@@ -15,17 +15,17 @@ TMA_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def tma_usable(*tensors: torch.Tensor) -> bool:
-    """Whether TMA can address these 2-D operands: 16-bit, unit column stride, 16-byte-aligned
-    base and row stride, no empty dimension; on CUDA, a GPU with TMA (sm_90+)."""
+    """Whether TMA can address these operands (2-D to 5-D): 16-bit, unit last stride,
+    16-byte-aligned base and other strides, no empty dimension; on CUDA, a GPU with TMA (sm_90+)."""
     for t in tensors:
-        if t.dtype not in TMA_DTYPES or t.dim() != 2 or 0 in t.shape:
+        if t.dtype not in TMA_DTYPES or not 2 <= t.dim() <= 5 or 0 in t.shape or t.stride(-1) != 1:
             return False
-        if t.stride(1) != 1 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16:
+        if t.data_ptr() % 16 or any((stride * t.element_size()) % 16 for stride in t.stride()[:-1]):
             return False
     device = tensors[0].device
     return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def descriptor(t: torch.Tensor, block_rows: int, block_cols: int) -> TensorDescriptor:
-    """The descriptor of 2-D ``t`` loading / storing [block_rows, block_cols] boxes."""
-    return TensorDescriptor.from_tensor(t, [block_rows, block_cols])
+def descriptor(t: torch.Tensor, *block: int) -> TensorDescriptor:
+    """The descriptor of ``t`` loading / storing boxes of shape ``block`` (one size per dimension)."""
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), list(block))
