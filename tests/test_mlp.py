@@ -125,6 +125,14 @@ def test_triton_tma_falls_back_where_tma_cannot_address(kernel_spy):
     assert not tma_usable(torch.zeros(0, 16, dtype=torch.float16))
 
 
+def test_vtkernels_tma_0_turns_tma_off(kernel_spy, monkeypatch):
+    force, ran = kernel_spy
+    force(True)
+    monkeypatch.setenv("VTKERNELS_TMA", "0")
+    check_against_reference((9,), 16, 32, 16, "relu", torch.float16, torch.device("cpu"), "triton")
+    assert ran == ["gemm_act_kernel", "gemm_act_kernel"]
+
+
 def test_inference_saves_no_pre_activation(device):
     x, w1, b1, w2, b2 = (t.detach() for t in make_inputs((9,), 16, 32, 16, torch.float32, device))
     out, h, pre = mlp_fwd(x, w1, b1, w2, b2, "gelu", False, "triton")

@@ -4,9 +4,14 @@ A kernel that takes host-built ``TensorDescriptor`` arguments loads ``[rows, col
 asynchronous bulk copies: no address arithmetic in registers, out-of-bounds elements zero-filled on
 load and clipped on store (so no masks). The descriptor needs a 16-byte-aligned base and row
 stride and a unit column stride; the Triton interpreter emulates descriptors on the CPU.
+
+``VTKERNELS_TMA=0`` in the environment turns TMA off everywhere (every kernel then takes its
+pointer path), to compare the two or to rule TMA out while chasing a problem.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
@@ -16,7 +21,10 @@ TMA_DTYPES = (torch.float16, torch.bfloat16)
 
 def tma_usable(*tensors: torch.Tensor) -> bool:
     """Whether TMA can address these operands (2-D to 5-D): 16-bit, unit last stride,
-    16-byte-aligned base and other strides, no empty dimension; on CUDA, a GPU with TMA (sm_90+)."""
+    16-byte-aligned base and other strides, no empty dimension; on CUDA, a GPU with TMA (sm_90+);
+    not with VTKERNELS_TMA=0."""
+    if os.environ.get("VTKERNELS_TMA", "1") == "0":
+        return False
     for t in tensors:
         if t.dtype not in TMA_DTYPES or not 2 <= t.dim() <= 5 or 0 in t.shape or t.stride(-1) != 1:
             return False
