@@ -58,14 +58,20 @@ def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n: Optional[in
     else:  # dq
         block_m, block_n, warps, stages = 64 if wide else 128, 32, 8 if head_dim == 64 else 4, 3
     cfg = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
-    if kernel == "fwd":  # descriptors where the tensors allow (see attention_fwd.py); not interpreted by default
-        cfg["TMA"] = dtype != torch.float32 and head_dim in (32, 64, 128) and not triton_interpreter_enabled()
+    if kernel == "fwd":  # descriptors where the kernel and the tensors allow (tma_forward); not interpreted by default
+        cfg["TMA"] = dtype != torch.float32 and not triton_interpreter_enabled()
     if n is not None:  # decode (n_q = 1), short sequences: no empty rows
         tile = PROGRAM_TILE[kernel]
         cfg[tile] = min(cfg[tile], max(16, triton.next_power_of_2(n)))
         if cfg[tile] < 64 and not wide and dtype != torch.float32:
             cfg["num_warps"] = 4  # (8 keep d = 128 and fp32 tiles off the stack)
     return cfg
+
+
+def tma_forward(asked: bool, head_dim: int) -> bool:
+    """Whether the forward runs on descriptors: asked for (launch_config's "TMA") and head_dim in one
+    column chunk (80 and 96 are held as two, which the descriptors' boxes do not split)."""
+    return asked and head_chunks(head_dim)[1] == 0
 
 
 def key_tail_block(n_kv: int, block_n: int, causal: bool) -> int:
@@ -134,7 +140,7 @@ def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> 
     for first_row, rows, cfg in program_launches(head_dim, q.dtype, "fwd", n_q):
         cfg = dict(cfg)
         tail_n = key_tail_block(n_kv, cfg["BLOCK_N"], causal)
-        tma = cfg.pop("TMA") and constexprs["D_REST"] == 0 and tma_usable(q, k, v)
+        tma = tma_forward(cfg.pop("TMA"), head_dim) and tma_usable(q, k, v)
         descriptors = (descriptor(q, 1, 1, cfg["BLOCK_M"], head_dim), descriptor(k, 1, 1, cfg["BLOCK_N"], head_dim),
                        descriptor(v, 1, 1, cfg["BLOCK_N"], head_dim)) if tma else (None, None, None)
         attention_fwd_kernel[(triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
@@ -215,7 +221,7 @@ def _fwd_variants(cfg: dict, name: str, head_dim: int, ptrs: dict):
     """(signature, constexprs) of the forward launches ``cfg`` (a launch_config, TMA popped)
     compiles to: the pointer kernel (QD / KD / VD None), and the descriptor one where TMA applies."""
     pointers = {k: v for k, v in _signature(_FWD_ARGS, ptrs).items() if k not in ("QD", "KD", "VD")}
-    tma = cfg.pop("TMA") and head_chunks(head_dim)[1] == 0
+    tma = tma_forward(cfg.pop("TMA"), head_dim)
     yield pointers, {**cfg, "QD": None, "KD": None, "VD": None, "TMA": False}
     if tma:
         def box(rows):

@@ -10,10 +10,9 @@ eager writes it, then reads it and the pre-activation to write d pre.
 Both directions are C = epilogue(A @ B) with A (M, K) and B (K, N): B = W1^T (W1 (N, K) read
 K-major) forward, B = W2 (K, N) as it is backward. Two kernels compute it, sharing the epilogue:
 - ``gemm_act_tma_kernel`` (sm_90+, 16-bit): persistent (one program per SM walks the output
-  tiles, so tile i's epilogue overlaps tile i+1's first loads), operands fetched by TMA through
-  host-built tensor descriptors (asynchronous bulk copies, out-of-bounds rows and columns
-  zero-filled on load and clipped on store: no masks, no modulo index math). It needs
-  16-byte-aligned bases and row strides, which contiguous activations and weights have.
+  tiles, so tile i's epilogue overlaps tile i+1's first loads), operands through TMA tensor
+  descriptors (vtkernels/triton/tma.py: no masks, no modulo index math), which contiguous
+  activations and weights qualify for.
 - ``gemm_act_kernel``: pointer loads through any strides (fp32, older GPUs, unaligned views).
 fc2 and the remaining gradient GEMMs are cuBLAS's (vtkernels/ops/mlp.py).
 """
