@@ -146,16 +146,16 @@ def test_triton_non_contiguous_inputs(device):
 
 
 @pytest.fixture
-def forward_descriptors(monkeypatch):
-    """Forces TMA in the forward's launch_config (interpreted descriptors on the CPU) and records
-    the box of every descriptor the forward builds."""
+def tma_descriptors(monkeypatch):
+    """Forces TMA in every kernel's launch_config (interpreted descriptors on the CPU) and records
+    the box of every descriptor the forward and the backward build."""
     from vtkernels.triton import attention as triton_attention
 
     boxes, original_config, original_descriptor = [], triton_attention.launch_config, triton_attention.descriptor
 
     def config(head_dim, dtype, kernel, n=None):
         cfg = original_config(head_dim, dtype, kernel, n)
-        return {**cfg, "TMA": dtype != torch.float32} if kernel == "fwd" else cfg
+        return {**cfg, "TMA": dtype != torch.float32} if "TMA" in cfg else cfg
 
     def spy(t, *block):
         boxes.append(block)
@@ -167,27 +167,30 @@ def forward_descriptors(monkeypatch):
 
 @pytest.mark.parametrize("case", [(2, 3, 77, 77, 64, False, True, "bhnd"), (2, 2, 49, 130, 32, True, False, "bnhd"),
                                   (1, 2, 1, 65, 64, True, False, "bhnd")], ids=["padded", "causal-cross", "decode"])
-def test_triton_forward_tma_matches_reference(case, forward_descriptors):
-    """The forward's TMA path: query tiles and unmasked key / value blocks through descriptors of
-    the (B, H, N, d) views, the masked tail through pointers; backward unchanged."""
+def test_triton_tma_matches_reference(case, tma_descriptors):
+    """The TMA paths: the forward's query tiles and unmasked key / value blocks (the masked tail
+    through pointers), the dK / dV kernel's query and dO blocks, the dQ kernel's key and value
+    blocks, all through descriptors of the (B, H, N, d) views; 3 + 2 + 2 descriptors per launch."""
     check_against_reference(*case, dtype=torch.float16, device=torch.device("cpu"), backend="triton")
-    assert forward_descriptors and all(box[:2] == (1, 1) and box[3] == case[4] for box in forward_descriptors)
+    assert len(tma_descriptors) >= 7
+    assert all(box[:2] == (1, 1) and box[3] == case[4] for box in tma_descriptors)
 
 
-def test_triton_forward_tma_reads_fused_qkv_in_place(forward_descriptors):
+def test_triton_tma_reads_fused_qkv_in_place(tma_descriptors):
     """q, k, v unbound from a fused (B, N, 3, H, d) projection: 4-D descriptors over the strided
-    views, no copy. head_dim 80 (two column chunks) keeps pointers."""
+    views, no copy, forward (3) and backward (2 + 2). head_dim 80 (two column chunks) keeps pointers."""
     batch, n, heads, head_dim = 2, 40, 2, 32
-    qkv = torch.randn(batch, n, 3, heads, head_dim).half()
-    q, k, v = qkv.unbind(2)
-    out = vtkernels.attention(q, k, v, backend="triton", layout="bnhd")
-    q64, k64, v64 = upcast(q, k, v)
-    assert_close(out, reference(q64, k64, v64, layout="bnhd"), torch.float16)
-    assert len(forward_descriptors) == 3
-    forward_descriptors.clear()
-    check_against_reference(1, 2, 20, 20, 80, False, False, "bhnd", torch.float16, torch.device("cpu"), "triton",
-                            with_grad=False)
-    assert forward_descriptors == []
+    qkv = torch.randn(batch, n, 3, heads, head_dim).half().requires_grad_()
+    out = vtkernels.attention(*qkv.unbind(2), backend="triton", layout="bnhd")
+    qkv64 = upcast(qkv)[0]
+    expected = reference(*qkv64.unbind(2), layout="bnhd")
+    assert_close(out, expected, torch.float16)
+    dout = torch.randn_like(out)
+    assert_close(grads(out, [qkv], dout), grads(expected, [qkv64], dout), torch.float16, names=["dqkv"])
+    assert len(tma_descriptors) == 7
+    tma_descriptors.clear()
+    check_against_reference(1, 2, 20, 20, 80, False, False, "bhnd", torch.float16, torch.device("cpu"), "triton")
+    assert tma_descriptors == []
 
 
 def test_triton_batch_of_one_and_empty_batch(device):
@@ -360,8 +363,8 @@ def test_gpu_small_and_odd_views(backend, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_gpu_forward_pointer_path(dtype, monkeypatch):
-    """The Triton forward with TMA turned off (the path unaligned views take) at power-of-two
+def test_gpu_pointer_path(dtype, monkeypatch):
+    """The Triton kernels with TMA turned off (the path unaligned views take) at power-of-two
     head_dims, where TMA is otherwise the default on sm_90."""
     from vtkernels.triton import attention as triton_attention
 
@@ -369,7 +372,7 @@ def test_gpu_forward_pointer_path(dtype, monkeypatch):
 
     def without_tma(head_dim, dtype, kernel, n=None):
         cfg = original(head_dim, dtype, kernel, n)
-        return {**cfg, "TMA": False} if kernel == "fwd" else cfg
+        return {**cfg, "TMA": False} if "TMA" in cfg else cfg
     monkeypatch.setattr(triton_attention, "launch_config", without_tma)
     for case in [(4, 12, 197, 197, 64, False, True, "bnhd"), (2, 8, 77, 77, 64, True, False, "bhnd"),
                  (2, 4, 100, 850, 32, False, True, "bhnd"), (1, 8, 1, 1025, 128, True, False, "bhnd")]:

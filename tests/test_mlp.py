@@ -110,7 +110,7 @@ def test_triton_tma_kernel_matches_reference(shape, activation, kernel_spy):
 
 def test_triton_tma_falls_back_where_tma_cannot_address(kernel_spy):
     """Row strides that are not a multiple of 16 bytes (x and d out rows of 20 fp16: 40 bytes),
-    fp32, and views whose base is not 16-byte aligned run on the pointer kernel."""
+    fp32, and views whose base is not 16-byte aligned (or broadcast) run on the pointer kernel."""
     from vtkernels.triton.tma import tma_usable
 
     force, ran = kernel_spy
@@ -123,6 +123,7 @@ def test_triton_tma_falls_back_where_tma_cannot_address(kernel_spy):
     base = torch.zeros(4, 17, dtype=torch.float16)
     assert tma_usable(base[:, :16].contiguous()) and not tma_usable(base.view(-1)[1:65].view(4, 16))
     assert not tma_usable(torch.zeros(0, 16, dtype=torch.float16))
+    assert not tma_usable(torch.zeros(1, 16, dtype=torch.float16).expand(4, 16))  # a broadcast row
 
 
 def test_vtkernels_tma_0_turns_tma_off(kernel_spy, monkeypatch):

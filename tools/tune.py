@@ -90,8 +90,10 @@ def _attention_target() -> Target:
         candidates={
             "fwd": {"BLOCK_M": (64, 128), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (3,),
                     "TMA": (True, False)},
-            "dkdv": {"BLOCK_M": (32, 64), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (3,)},
-            "dq": {"BLOCK_M": (64, 128), "BLOCK_N": (32, 64), "num_warps": (4, 8), "num_stages": (3,)},
+            "dkdv": {"BLOCK_M": (32, 64), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (3,),
+                     "TMA": (True, False)},
+            "dq": {"BLOCK_M": (64, 128), "BLOCK_N": (32, 64), "num_warps": (4, 8), "num_stages": (3,),
+                   "TMA": (True, False)},
         },
         kernel_of=lambda args, kwargs: args[2],
         run=_attention_run,

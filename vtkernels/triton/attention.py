@@ -58,7 +58,7 @@ def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n: Optional[in
     else:  # dq
         block_m, block_n, warps, stages = 64 if wide else 128, 32, 8 if head_dim == 64 else 4, 3
     cfg = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
-    if kernel == "fwd":  # descriptors where the kernel and the tensors allow (tma_forward); not interpreted by default
+    if kernel in TMA_OPERANDS:  # descriptors where kernel and tensors allow (tma_applies); not interpreted by default
         cfg["TMA"] = dtype != torch.float32 and not triton_interpreter_enabled()
     if n is not None:  # decode (n_q = 1), short sequences: no empty rows
         tile = PROGRAM_TILE[kernel]
@@ -68,10 +68,30 @@ def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n: Optional[in
     return cfg
 
 
-def tma_forward(asked: bool, head_dim: int) -> bool:
-    """Whether the forward runs on descriptors: asked for (launch_config's "TMA") and head_dim in one
+# The (B, H, N, d) operands each kernel walks block by block through tensor descriptors when TMA
+# applies, in the kernel's argument order: (tensor, its descriptor argument, the launch-config tile
+# that sets the box's rows).
+TMA_OPERANDS = {
+    "fwd": (("q", "QD", "BLOCK_M"), ("k", "KD", "BLOCK_N"), ("v", "VD", "BLOCK_N")),
+    "dkdv": (("q", "QD", "BLOCK_M"), ("dout", "DOD", "BLOCK_M")),
+    "dq": (("k", "KD", "BLOCK_N"), ("v", "VD", "BLOCK_N")),
+}
+
+
+def tma_applies(asked: bool, head_dim: int) -> bool:
+    """Whether a kernel runs on descriptors: asked for (launch_config's "TMA") and head_dim in one
     column chunk (80 and 96 are held as two, which the descriptors' boxes do not split)."""
     return asked and head_chunks(head_dim)[1] == 0
+
+
+def _descriptors(kernel: str, cfg: dict, head_dim: int, **tensors: torch.Tensor) -> tuple[tuple, bool]:
+    """(the kernel's descriptor arguments, TMA on?) for a launch; pops cfg's "TMA". The arguments
+    are None (the pointer path) unless TMA applies and the tensors qualify (tma_usable)."""
+    operands = TMA_OPERANDS[kernel]
+    views = [tensors[name] for name, _, _ in operands]
+    if not (tma_applies(cfg.pop("TMA"), head_dim) and tma_usable(*views)):
+        return (None,) * len(operands), False
+    return tuple(descriptor(t, 1, 1, cfg[tile], head_dim) for t, (_, _, tile) in zip(views, operands)), True
 
 
 def key_tail_block(n_kv: int, block_n: int, causal: bool) -> int:
@@ -140,9 +160,7 @@ def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> 
     for first_row, rows, cfg in program_launches(head_dim, q.dtype, "fwd", n_q):
         cfg = dict(cfg)
         tail_n = key_tail_block(n_kv, cfg["BLOCK_N"], causal)
-        tma = tma_forward(cfg.pop("TMA"), head_dim) and tma_usable(q, k, v)
-        descriptors = (descriptor(q, 1, 1, cfg["BLOCK_M"], head_dim), descriptor(k, 1, 1, cfg["BLOCK_N"], head_dim),
-                       descriptor(v, 1, 1, cfg["BLOCK_N"], head_dim)) if tma else (None, None, None)
+        descriptors, tma = _descriptors("fwd", cfg, head_dim, q=q, k=k, v=v)
         attention_fwd_kernel[(triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
             q, k, v, *descriptors, mask, out, lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v),
             *_bhn_strides(out), stride_mb, heads, n_q, n_kv, first_row, scale * LOG2E, **constexprs,
@@ -168,14 +186,18 @@ def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool
     operands = (*_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout))
 
     for first_key, keys, cfg in program_launches(head_dim, q.dtype, "dkdv", n_kv):
+        cfg = dict(cfg)
+        descriptors, tma = _descriptors("dkdv", cfg, head_dim, q=q, dout=dout)
         attention_bwd_dkdv_kernel[(triton.cdiv(keys, cfg["BLOCK_N"]), batch * heads)](
-            q, k, v, mask, dout, lse, delta, dk, dv, *operands, *_bhn_strides(dk), *_bhn_strides(dv),
-            stride_mb, heads, n_q, n_kv, first_key, scale, scale * LOG2E, **constexprs, **cfg,
+            q, k, v, *descriptors, mask, dout, lse, delta, dk, dv, *operands, *_bhn_strides(dk), *_bhn_strides(dv),
+            stride_mb, heads, n_q, n_kv, first_key, scale, scale * LOG2E, **constexprs, TMA=tma, **cfg,
         )
     for first_row, rows, cfg in program_launches(head_dim, q.dtype, "dq", n_q):
+        cfg = dict(cfg)
+        descriptors, tma = _descriptors("dq", cfg, head_dim, k=k, v=v)
         attention_bwd_dq_kernel[(triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
-            q, k, v, mask, dout, lse, delta, dq, *operands, *_bhn_strides(dq),
-            stride_mb, heads, n_q, n_kv, first_row, scale, scale * LOG2E, **constexprs, **cfg,
+            q, k, v, *descriptors, mask, dout, lse, delta, dq, *operands, *_bhn_strides(dq),
+            stride_mb, heads, n_q, n_kv, first_row, scale, scale * LOG2E, **constexprs, TMA=tma, **cfg,
         )
 
 
@@ -195,10 +217,10 @@ def _signature(names: str, pointers: dict) -> dict:
 _STRIDES = "stride_qb stride_qh stride_qn stride_kb stride_kh stride_kn stride_vb stride_vh stride_vn"
 _FWD_ARGS = (f"Q K V QD KD VD PadMask Out Lse {_STRIDES} stride_ob stride_oh stride_on stride_mb n_heads n_q n_kv "
              "first_row qk_scale")
-_DKDV_ARGS = (f"Q K V PadMask DOut Lse Delta DK DV {_STRIDES} stride_dob stride_doh stride_don stride_dkb "
+_DKDV_ARGS = (f"Q K V QD DOD PadMask DOut Lse Delta DK DV {_STRIDES} stride_dob stride_doh stride_don stride_dkb "
               "stride_dkh stride_dkn stride_dvb stride_dvh stride_dvn stride_mb n_heads n_q n_kv first_key scale "
               "qk_scale")
-_DQ_ARGS = (f"Q K V PadMask DOut Lse Delta DQ {_STRIDES} stride_dob stride_doh stride_don stride_dqb stride_dqh "
+_DQ_ARGS = (f"Q K V KD VD PadMask DOut Lse Delta DQ {_STRIDES} stride_dob stride_doh stride_don stride_dqb stride_dqh "
             "stride_dqn stride_mb n_heads n_q n_kv first_row scale qk_scale")
 _DELTA_ARGS = "Out DOut Delta stride_ob stride_oh stride_on stride_db stride_dh stride_dn n_heads n_q"
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -217,17 +239,17 @@ def _aot_launch_values(head_dim: int) -> dict:
     return values
 
 
-def _fwd_variants(cfg: dict, name: str, head_dim: int, ptrs: dict):
-    """(signature, constexprs) of the forward launches ``cfg`` (a launch_config, TMA popped)
-    compiles to: the pointer kernel (QD / KD / VD None), and the descriptor one where TMA applies."""
-    pointers = {k: v for k, v in _signature(_FWD_ARGS, ptrs).items() if k not in ("QD", "KD", "VD")}
-    tma = tma_forward(cfg.pop("TMA"), head_dim)
-    yield pointers, {**cfg, "QD": None, "KD": None, "VD": None, "TMA": False}
+def _tma_variants(kernel: str, args: str, cfg: dict, name: str, head_dim: int, ptrs: dict):
+    """(signature, constexprs) of the launches ``cfg`` (a launch_config without the launch options)
+    compiles to: the pointer kernel (descriptor arguments None), and the descriptor one where TMA
+    applies."""
+    operands = TMA_OPERANDS[kernel]
+    pointers = {k: v for k, v in _signature(args, ptrs).items() if k not in [arg for _, arg, _ in operands]}
+    tma = tma_applies(cfg.pop("TMA"), head_dim)
+    yield pointers, {**cfg, **{arg: None for _, arg, _ in operands}, "TMA": False}
     if tma:
-        def box(rows):
-            return f"tensordesc<{name}[1, 1, {rows}, {head_dim}]>"
-        yield (_signature(_FWD_ARGS, {**ptrs, "QD": box(cfg["BLOCK_M"]), "KD": box(cfg["BLOCK_N"]),
-                                      "VD": box(cfg["BLOCK_N"])}), {**cfg, "TMA": True})
+        boxes = {arg: f"tensordesc<{name}[1, 1, {cfg[tile]}, {head_dim}]>" for _, arg, tile in operands}
+        yield _signature(args, {**ptrs, **boxes}), {**cfg, "TMA": True}
 
 
 def aot_configs():
@@ -253,17 +275,15 @@ def aot_configs():
                         options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
                         first_name = "first_key" if kernel == "dkdv" else "first_row"
                         launch = {**values, first_name: first}
-                        if kernel != "fwd":
-                            yield fn, _signature(args, ptrs), {**base, **cfg}, options, launch
-                            continue
-                        cfg["TAIL_N"] = key_tail_block(values["n_kv"], cfg["BLOCK_N"], causal)
-                        for sig, constexprs in _fwd_variants(cfg, name, head_dim, ptrs):
+                        if kernel == "fwd":
+                            cfg["TAIL_N"] = key_tail_block(values["n_kv"], cfg["BLOCK_N"], causal)
+                        for sig, constexprs in _tma_variants(kernel, args, cfg, name, head_dim, ptrs):
                             yield fn, sig, {**base, **constexprs}, options, launch
             if dtype == torch.bfloat16:  # decoding (causal): one query against a cache of 1025 keys
                 cfg = launch_config(head_dim, dtype, "fwd", n=1)
                 cfg["TAIL_N"] = key_tail_block(1025, cfg["BLOCK_N"], causal=True)
                 options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-                for sig, constexprs in _fwd_variants(cfg, name, head_dim, ptrs):
+                for sig, constexprs in _tma_variants("fwd", _FWD_ARGS, cfg, name, head_dim, ptrs):
                     yield (attention_fwd_kernel, sig, {**base, **constexprs}, options,
                            {**values, "n_q": 1, "n_kv": 1025, "first_row": 0})
             cfg = launch_config(head_dim, dtype, "delta")

@@ -19,6 +19,11 @@ applies everywhere.
 
 Head vectors are split in two column chunks as in the forward (attention_fwd.py's docstring).
 
+With TMA (16-bit on sm_90, head_dim in one chunk), the blocks a program walks arrive through
+tensor descriptors of the (B, H, N, d) views, as in the forward: query and dO blocks in the dK / dV
+kernel (QD, DOD), key and value blocks in the dQ kernel (KD, VD), rows past N zero-filled (the same
+zeros the pointer loads' masks give). The program's own tile is loaded once, through pointers.
+
 Masked scores are -inf; rows with no key have ``lse = +inf``: both give P = 0, hence zero
 gradients. Query rows past n_q load ``lse = +inf`` for the same reason.
 """
@@ -28,8 +33,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from vtkernels.triton.attention_fwd import (dot_accumulate, dot_rows, heavy_first_block, load_head, mask_scores,
-                                            store_head)
+from vtkernels.triton.attention_fwd import (dot_accumulate, dot_rows, heavy_first_block, load_head, load_tile,
+                                            mask_scores, store_head)
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr global: readable inside @triton.jit
 
@@ -63,15 +68,20 @@ def _probabilities(q, q_rest, k, k_rest, lse_log2, offs_m, offs_n, n_kv, causal_
 
 
 @triton.jit
-def _dkdv_over_queries(dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, Lse, Delta, PadMask, offs_n, lo, hi,
-                       stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale,
+def _dkdv_over_queries(dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch, head, Lse, Delta,
+                       PadMask, offs_n, lo, hi, stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale,
                        CHECK_BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr,
-                       D_MAIN: tl.constexpr, D_REST: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr):
+                       D_MAIN: tl.constexpr, D_REST: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
+                       TMA: tl.constexpr):
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         query_ok = offs_m < n_q
-        q, q_rest = load_head(Q, offs_m, query_ok, stride_qn, D_MAIN, D_REST, True)
-        do, do_rest = load_head(DOut, offs_m, query_ok, stride_don, D_MAIN, D_REST, True)
+        if TMA:
+            q, q_rest = load_tile(QD, batch, head, start_m, BLOCK_M, D_MAIN), 0.0
+            do, do_rest = load_tile(DOD, batch, head, start_m, BLOCK_M, D_MAIN), 0.0
+        else:
+            q, q_rest = load_head(Q, offs_m, query_ok, stride_qn, D_MAIN, D_REST, True)
+            do, do_rest = load_head(DOut, offs_m, query_ok, stride_don, D_MAIN, D_REST, True)
         lse_log2 = tl.load(Lse + offs_m, mask=query_ok, other=float("inf")) * LOG2E
         delta = tl.load(Delta + offs_m, mask=query_ok, other=0.0)
         p = _probabilities(q, q_rest, k, k_rest, lse_log2, offs_m, offs_n, n_kv, causal_offset, PadMask, qk_scale,
@@ -85,16 +95,18 @@ def _dkdv_over_queries(dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, 
 
 @triton.jit
 def attention_bwd_dkdv_kernel(
-    Q, K, V, PadMask, DOut, Lse, Delta, DK, DV,
+    Q, K, V, QD, DOD, PadMask, DOut, Lse, Delta, DK, DV,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     stride_mb, n_heads, n_q, n_kv, first_key, scale, qk_scale,
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
+    """QD, DOD: descriptors of Q and DOut when TMA (module docstring), else unused."""
     start_n = first_key + tl.program_id(0) * BLOCK_N  # (causal: the first key blocks are the heavy ones)
     bh = tl.program_id(1)
-    batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
+    batch32, head32 = bh // n_heads, bh % n_heads  # descriptor coordinates are 32-bit
+    batch, head = batch32.to(tl.int64), head32.to(tl.int64)
     Q += batch * stride_qb + head * stride_qh
     DOut += batch * stride_dob + head * stride_doh
     Lse += bh.to(tl.int64) * n_q
@@ -128,13 +140,13 @@ def attention_bwd_dkdv_kernel(
     # scores only reach their own rows of dK and dV, which are never stored.
     masked_end = tl.minimum(masked_end, n_q)
     dk, dk_rest, dv, dv_rest = _dkdv_over_queries(
-        dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, Lse, Delta, PadMask, offs_n, start_q, masked_end,
-        stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale, True, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST,
-        BLOCK_M, PRECISION)
+        dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch32, head32, Lse, Delta, PadMask,
+        offs_n, start_q, masked_end, stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale, True, CAUSAL,
+        HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_M, PRECISION, TMA)
     dk, dk_rest, dv, dv_rest = _dkdv_over_queries(
-        dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, Lse, Delta, PadMask, offs_n, masked_end, n_q,
-        stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale, False, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST,
-        BLOCK_M, PRECISION)
+        dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch32, head32, Lse, Delta, PadMask,
+        offs_n, masked_end, n_q, stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale, False, CAUSAL,
+        HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_M, PRECISION, TMA)
 
     if D_REST > 0:
         dk_rest = dk_rest * scale
@@ -144,15 +156,20 @@ def attention_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_over_keys(dq, dq_rest, q, q_rest, do, do_rest, lse_log2, delta, K, V, PadMask, offs_m, lo, hi,
-                  stride_kn, stride_vn, n_kv, causal_offset, qk_scale,
+def _dq_over_keys(dq, dq_rest, q, q_rest, do, do_rest, lse_log2, delta, K, V, KD, VD, batch, head, PadMask, offs_m,
+                  lo, hi, stride_kn, stride_vn, n_kv, causal_offset, qk_scale,
                   CHECK_BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr,
-                  D_MAIN: tl.constexpr, D_REST: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                  D_MAIN: tl.constexpr, D_REST: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+                  TMA: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_ok = offs_n < n_kv
-        k, k_rest = load_head(K, offs_n, key_ok, stride_kn, D_MAIN, D_REST, CHECK_BOUNDS)
-        v, v_rest = load_head(V, offs_n, key_ok, stride_vn, D_MAIN, D_REST, CHECK_BOUNDS)
+        if TMA:
+            k, k_rest = load_tile(KD, batch, head, start_n, BLOCK_N, D_MAIN), 0.0
+            v, v_rest = load_tile(VD, batch, head, start_n, BLOCK_N, D_MAIN), 0.0
+        else:
+            k, k_rest = load_head(K, offs_n, key_ok, stride_kn, D_MAIN, D_REST, CHECK_BOUNDS)
+            v, v_rest = load_head(V, offs_n, key_ok, stride_vn, D_MAIN, D_REST, CHECK_BOUNDS)
         p = _probabilities(q, q_rest, k, k_rest, lse_log2, offs_m, offs_n, n_kv, causal_offset, PadMask, qk_scale,
                            CHECK_BOUNDS, CAUSAL, HAS_PAD_MASK, D_REST, PRECISION)
         dp = dot_rows(do, do_rest, v, v_rest, D_REST, PRECISION)
@@ -163,16 +180,18 @@ def _dq_over_keys(dq, dq_rest, q, q_rest, do, do_rest, lse_log2, delta, K, V, Pa
 
 @triton.jit
 def attention_bwd_dq_kernel(
-    Q, K, V, PadMask, DOut, Lse, Delta, DQ,
+    Q, K, V, KD, VD, PadMask, DOut, Lse, Delta, DQ,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
     stride_mb, n_heads, n_q, n_kv, first_row, scale, qk_scale,
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
+    """KD, VD: descriptors of K and V when TMA (module docstring), else unused."""
     start_m = first_row + heavy_first_block(CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
-    batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
+    batch32, head32 = bh // n_heads, bh % n_heads  # descriptor coordinates are 32-bit
+    batch, head = batch32.to(tl.int64), head32.to(tl.int64)
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
     if HAS_PAD_MASK:
@@ -199,12 +218,13 @@ def attention_bwd_dq_kernel(
         full_blocks_end = tl.minimum(full_blocks_end, (first_row_limit // BLOCK_N) * BLOCK_N)
         keys_end = tl.maximum(tl.minimum(n_kv, start_m + BLOCK_M + causal_offset), 0)
     dq, dq_rest = _dq_over_keys(
-        dq, dq_rest, q, q_rest, do, do_rest, lse_log2, delta, K, V, PadMask, offs_m, 0, full_blocks_end, stride_kn,
-        stride_vn, n_kv, causal_offset, qk_scale, False, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_N, PRECISION)
+        dq, dq_rest, q, q_rest, do, do_rest, lse_log2, delta, K, V, KD, VD, batch32, head32, PadMask, offs_m, 0,
+        full_blocks_end, stride_kn, stride_vn, n_kv, causal_offset, qk_scale, False, CAUSAL, HAS_PAD_MASK, D_MAIN,
+        D_REST, BLOCK_N, PRECISION, TMA)
     dq, dq_rest = _dq_over_keys(
-        dq, dq_rest, q, q_rest, do, do_rest, lse_log2, delta, K, V, PadMask, offs_m, full_blocks_end, keys_end,
-        stride_kn, stride_vn, n_kv, causal_offset, qk_scale, True, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_N,
-        PRECISION)
+        dq, dq_rest, q, q_rest, do, do_rest, lse_log2, delta, K, V, KD, VD, batch32, head32, PadMask, offs_m,
+        full_blocks_end, keys_end, stride_kn, stride_vn, n_kv, causal_offset, qk_scale, True, CAUSAL, HAS_PAD_MASK,
+        D_MAIN, D_REST, BLOCK_N, PRECISION, TMA)
 
     if D_REST > 0:
         dq_rest = dq_rest * scale

@@ -21,14 +21,15 @@ TMA_DTYPES = (torch.float16, torch.bfloat16)
 
 def tma_usable(*tensors: torch.Tensor) -> bool:
     """Whether TMA can address these operands (2-D to 5-D): 16-bit, unit last stride,
-    16-byte-aligned base and other strides, no empty dimension; on CUDA, a GPU with TMA (sm_90+);
-    not with VTKERNELS_TMA=0."""
+    16-byte-aligned base and other strides, no empty dimension, no broadcast (zero-stride)
+    dimension; on CUDA, a GPU with TMA (sm_90+); not with VTKERNELS_TMA=0."""
     if os.environ.get("VTKERNELS_TMA", "1") == "0":
         return False
     for t in tensors:
         if t.dtype not in TMA_DTYPES or not 2 <= t.dim() <= 5 or 0 in t.shape or t.stride(-1) != 1:
             return False
-        if t.data_ptr() % 16 or any((stride * t.element_size()) % 16 for stride in t.stride()[:-1]):
+        strides = t.stride()[:-1]
+        if t.data_ptr() % 16 or any(stride == 0 or (stride * t.element_size()) % 16 for stride in strides):
             return False
     device = tensors[0].device
     return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
