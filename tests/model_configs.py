@@ -75,6 +75,52 @@ def hf_clip(**kwargs) -> nn.Module:
     return perturb_(CLIPModel(hf_clip_config(**kwargs))).eval()
 
 
+IGPT_POSITIONS = 16
+
+
+def hf_igpt(n_layer: int = 2, seed: int = 0, **overrides) -> nn.Module:
+    """HF ImageGPTForCausalImageModeling: 33 tokens (32 colours + SOS), 16 positions, head_dim 64."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.ImageGPTConfig(vocab_size=33, n_positions=IGPT_POSITIONS, n_embd=128, n_layer=n_layer,
+                                         n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **overrides)
+    lm = transformers.ImageGPTForCausalImageModeling(config).eval()
+    with torch.no_grad():  # HF initializes the norms to 1: make them matter
+        for name, p in lm.named_parameters():
+            if "ln" in name:
+                p.uniform_(0.5, 1.5)
+    return lm
+
+
+def hf_detr(head: bool = True, auxiliary_loss: bool = False, seed: int = 0) -> nn.Module:
+    """HF DETR (use_timm_backbone=False: a tiny HF ResNet), d_model 64 in 2 heads (head_dim 32), 10 queries."""
+    import transformers
+
+    torch.manual_seed(seed)
+    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],
+                                         layer_type="basic", out_features=["stage4"])
+    config = transformers.DetrConfig(use_timm_backbone=False, backbone_config=backbone, d_model=64, encoder_layers=2,
+                                     decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                                     encoder_ffn_dim=96, decoder_ffn_dim=80, num_queries=10, num_labels=5,
+                                     dropout=0.0, auxiliary_loss=auxiliary_loss)
+    model = (transformers.DetrForObjectDetection if head else transformers.DetrModel)(config).eval()
+    with torch.no_grad():  # HF initializes norms to (1, 0) and the heads near zero: make them matter
+        for name, p in model.named_parameters():
+            if "layer_norm" in name or "layernorm" in name:
+                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.5, 0.5)
+    return model
+
+
+def detr_images(batch: int = 2, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels, pixel mask) at 128 x 160; the last image is padded right and bottom."""
+    pixels = torch.randn(batch, 3, 128, 160, dtype=dtype)
+    mask = torch.ones(batch, 128, 160, dtype=torch.long)
+    mask[-1, :, 100:] = 0
+    mask[-1, 90:] = 0
+    return pixels, mask
+
+
 def pooled(output) -> torch.Tensor:
     """HF get_image/text_features: a tensor in transformers 4.x, an output object in 5.x."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output

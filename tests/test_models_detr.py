@@ -11,37 +11,15 @@ from vtkernels.models.detr import DETR, DetrConfig
 from vtkernels.models.detr_loss import DetrSetLoss, hungarian_match
 from vtkernels.testing import assert_close
 
+from model_configs import detr_images, hf_detr
+
 transformers = pytest.importorskip("transformers")
-
-
-def hf_detr(head=True, auxiliary_loss=False, seed=0):
-    torch.manual_seed(seed)
-    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],
-                                         layer_type="basic", out_features=["stage4"])
-    config = transformers.DetrConfig(use_timm_backbone=False, backbone_config=backbone, d_model=64, encoder_layers=2,
-                                     decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-                                     encoder_ffn_dim=96, decoder_ffn_dim=80, num_queries=10, num_labels=5,
-                                     dropout=0.0, auxiliary_loss=auxiliary_loss)
-    model = (transformers.DetrForObjectDetection if head else transformers.DetrModel)(config).eval()
-    with torch.no_grad():  # HF initializes norms to (1, 0) and the heads near zero: make them matter
-        for name, p in model.named_parameters():
-            if "layer_norm" in name or "layernorm" in name:
-                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.5, 0.5)
-    return model
-
-
-def images(batch=2, dtype=torch.float32):
-    pixels = torch.randn(batch, 3, 128, 160, dtype=dtype)
-    mask = torch.ones(batch, 128, 160, dtype=torch.long)
-    mask[-1, :, 100:] = 0  # the last image is padded right and bottom
-    mask[-1, 90:] = 0
-    return pixels, mask
 
 
 def test_matches_hf_object_detection_float64():
     hf = hf_detr().double()
     ours = DETR.from_hf(hf)
-    pixels, mask = images(dtype=torch.float64)
+    pixels, mask = detr_images(dtype=torch.float64)
     with torch.no_grad(), vtkernels.use_backend("reference"):
         expected, out = hf(pixels, pixel_mask=mask), ours(pixels, mask)
     assert_close([out.logits, out.pred_boxes, out.last_hidden_state, out.encoder_last_hidden_state],
@@ -53,7 +31,7 @@ def test_matches_hf_object_detection_float64():
 def test_backbone_fusion_keeps_outputs():
     hf = hf_detr().double()
     ours = DETR.from_hf(hf)
-    pixels, mask = images(dtype=torch.float64)
+    pixels, mask = detr_images(dtype=torch.float64)
     with torch.no_grad(), vtkernels.use_backend("reference"):
         expected = ours(pixels, mask)
         ours.fuse_backbone_for_inference(channels_last=True)
@@ -66,7 +44,7 @@ def test_matches_hf_bare_model_without_mask():
     hf = hf_detr(head=False).double()
     ours = DETR.from_hf(hf)
     assert ours.class_labels_classifier is None
-    pixels, _ = images(1, torch.float64)
+    pixels, _ = detr_images(1, torch.float64)
     with torch.no_grad(), vtkernels.use_backend("reference"):
         expected, out = hf(pixels), ours(pixels)
     assert_close(out.last_hidden_state, expected.last_hidden_state, torch.float64, tol=1e-9)
@@ -74,7 +52,7 @@ def test_matches_hf_bare_model_without_mask():
 
 def test_fused_matches_reference_fp32_with_grads():
     ours = DETR.from_hf(hf_detr()).train()
-    pixels, mask = images()
+    pixels, mask = detr_images()
     targets = [{"class_labels": torch.tensor([1, 4]),
                 "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.6, 0.5, 0.3, 0.4]])},
                {"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
@@ -100,7 +78,7 @@ def test_set_loss_matches_hf_with_auxiliary_losses():
 
     hf = hf_detr(auxiliary_loss=True)  # HF's loss runs in float32 only (float32 class weights)
     ours = DETR.from_hf(hf)
-    pixels, mask = images()
+    pixels, mask = detr_images()
     labels = [{"class_labels": torch.tensor([1, 4, 2]), "boxes": torch.rand(3, 4) * 0.3 + 0.2},
               {"class_labels": torch.tensor([3]), "boxes": torch.rand(1, 4) * 0.3 + 0.2}]
     with vtkernels.use_backend("reference"):
@@ -198,7 +176,7 @@ def test_errors():
 def test_gpu_bf16_matches_fp32_reference():
     hf = hf_detr().cuda()
     ours = DETR.from_hf(hf)
-    pixels, mask = images(4)
+    pixels, mask = detr_images(4)
     pixels, mask = pixels.cuda(), mask.cuda()
     with torch.no_grad():
         with vtkernels.use_backend("reference"):

@@ -11,26 +11,14 @@ from vtkernels.models.igpt import ImageGPT, ImageGPTConfig, SIZES
 from vtkernels.models.igpt_sampling import sample, sample_without_cache, top_k_gumbel
 from vtkernels.testing import assert_close
 
+from model_configs import IGPT_POSITIONS as N_POS
+from model_configs import hf_igpt
+
 transformers = pytest.importorskip("transformers")
-
-N_POS = 16
-
-
-def hf_models(n_layer=2, seed=0, **overrides):
-    torch.manual_seed(seed)
-    config = transformers.ImageGPTConfig(vocab_size=33, n_positions=N_POS, n_embd=128, n_layer=n_layer, n_head=2,
-                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **overrides)
-    lm = transformers.ImageGPTForCausalImageModeling(config).eval()
-    with torch.no_grad():  # HF initializes the norms to 1: make them matter
-        for name, p in lm.named_parameters():
-            if "ln" in name:
-                p.uniform_(0.5, 1.5)
-    return lm
-
 
 @pytest.fixture(scope="module")
 def hf_lm():
-    return hf_models()
+    return hf_igpt()
 
 
 # HF divides the scores by torch_float(sqrt(head_dim)), a float32 scalar: ~1e-8 relative in float64.
@@ -50,7 +38,7 @@ def test_matches_hf_causal_lm_float64(hf_lm):
 
 
 def test_matches_hf_bare_model_and_options():
-    hf = hf_models(n_layer=3, scale_attn_by_inverse_layer_idx=True).transformer.double()
+    hf = hf_igpt(n_layer=3, scale_attn_by_inverse_layer_idx=True).transformer.double()
     ours = ImageGPT.from_hf(hf)
     assert ours.lm_head is None
     ids = torch.randint(0, 33, (2, 11))

@@ -15,23 +15,6 @@ from model_configs import exact_fp32  # noqa: F401 - autouse fixture
 from model_configs import DEPTH, IMAGE, PATCH, hf_clip, hf_vit, needs_transformers_5, perturb_, token_ids
 
 
-@pytest.fixture
-def fused_calls(monkeypatch):
-    """Counts the calls that reach vtkernels' attention / patch_embed / window_attention /
-    patch_merging_norm / quick_gelu / mlp."""
-    counts = {"attention": 0, "patch_embed": 0, "window_attention": 0, "patch_merging_norm": 0, "quick_gelu": 0,
-              "mlp": 0}
-    for name in counts:
-        original = getattr(vtkernels, name)
-
-        def counting(*args, _name=name, _original=original, **kwargs):
-            counts[_name] += 1
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(vtkernels, name, counting)
-    return counts
-
-
 def _optimized(model, **kwargs):
     return vtkernels.optimize(copy.deepcopy(model), backend="triton", return_report=True, **kwargs)
 

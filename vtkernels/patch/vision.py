@@ -1,38 +1,9 @@
-"""``optimize(model)``: swap vtkernels' fused ops into an existing HF transformers or timm model.
-
-Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on an instance:
-
-* every last-dimension ``LayerNorm`` (torch's, timm's) becomes :class:`vtkernels.nn.LayerNorm`
-  with the same weights (ViT, CLIP, Swin, ...; timm's channels-first ``LayerNorm2d`` is left alone);
-* the self-attention of HF ``ViTAttention`` / ``CLIPAttention`` and of timm's ``Attention`` gets a
-  forward that projects q, k, v straight into the (B, N, H, d) layout and calls
-  :func:`vtkernels.attention` (causal where HF asks for it, as in the CLIP text tower);
-* HF ``SwinLayer`` and timm's ``SwinTransformerBlock`` run their shifted-window attention as one
-  :func:`vtkernels.window_attention` call on the (B, H, W, 3C) map (roll, padding, partition,
-  bias, mask and reverse inside the op), and add their residual inside the fused second norm;
-* Swin patch merging (timm ``PatchMerging``, HF ``SwinPatchMerging``): the 2x2 gather and the
-  LayerNorm(4C) become one :func:`vtkernels.patch_merging_norm` call before the reduction Linear;
-* the MLP of timm (``Mlp``: ViT, Swin, CLIP towers) and HF (``CLIPMLP``, ``ViTMLP``, ``SwinMLP``) runs as one
-  :func:`vtkernels.mlp` call, the activation (GELU, QuickGELU, ReLU) fused into fc1's GEMM;
-* QuickGELU (HF ``QuickGELUActivation``, timm's ``QuickGELU``: CLIP, iGPT) elsewhere runs as one
-  :func:`vtkernels.quick_gelu` pass instead of eager PyTorch's three;
-* the patch embedding of HF ViT / CLIP (convolution + class token + position embedding) becomes
-  one :func:`vtkernels.patch_embed` call; timm's ``PatchEmbed`` (flattened or Swin's NHWC output)
-  and HF's ``SwinPatchEmbeddings`` keep their own position handling and get the fused projection.
-
-A patched forward falls back to the original one for the calls it cannot take exactly (attention
-masks that are not causal + key padding, dropout in training, interpolated position encodings,
-masked-image tokens), so outputs stay within the kernels' tolerance of the original model.
-Patched modules keep their own parameters (q/k/v are concatenated per call, not copied), so the
-state_dict, training and saving work exactly as before.
-"""
+"""optimize()'s patches for vision models: HF transformers ViT, CLIP and Swin, and timm's ViT,
+CLIP and Swin modules (attention, window attention, MLP, QuickGELU, patch merging, patch
+embedding). The list is in the package docstring (vtkernels/patch/__init__.py)."""
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import logging
-import types
 from typing import Optional
 
 import torch
@@ -43,112 +14,40 @@ import vtkernels
 from vtkernels.nn import LayerNorm
 from vtkernels.nn.mlp import activation_name, fused_mlp
 from vtkernels.nn.norm import _cast
-from vtkernels.reference.attention import allowed_keys
+from vtkernels.patch.common import (add_and_norm, forward_takes, from_package, is_plain_layer_norm,
+                                    projected_attention, square_patch)
 from vtkernels.reference.window_attention import effective_window
-
-logger = logging.getLogger(__name__)
 
 HF_ATTENTION_CLASSES = ("ViTAttention", "CLIPAttention")
 HF_EMBEDDING_CLASSES = ("ViTEmbeddings", "CLIPVisionEmbeddings")
-HF_MLP_CLASSES = ("CLIPMLP", "ViTMLP", "SwinMLP")
-
-
-@dataclasses.dataclass
-class OptimizeReport:
-    """What :func:`optimize` replaced: counts per module type (``report["LayerNorm"]``)."""
-
-    replaced: dict = dataclasses.field(default_factory=dict)
-
-    def add(self, kind: str) -> None:
-        self.replaced[kind] = self.replaced.get(kind, 0) + 1
-
-    def __getitem__(self, kind: str) -> int:
-        return self.replaced.get(kind, 0)
-
-    @property
-    def total(self) -> int:
-        return sum(self.replaced.values())
-
-    def __str__(self) -> str:
-        counts = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.replaced.items())) or "nothing"
-        return f"vtkernels.optimize replaced {counts}"
-
-
-def optimize(model: nn.Module, *, norms: bool = True, attention: bool = True, patch_embed: bool = True,
-             mlp: bool = True, activations: bool = True, backend: Optional[str] = None, return_report: bool = False):
-    """Swap fused modules into ``model`` in place; returns ``model`` (and the report if asked).
-
-    The report is also kept as ``model.vtkernels_report``. Calling it twice replaces nothing more.
-    """
-    if backend is not None:
-        vtkernels.backend._validate_name(backend)
-    report = OptimizeReport()
-    for _, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            if norms and _is_plain_layer_norm(child):
-                setattr(parent, name, _fused_layer_norm(child, backend))
-                report.add("LayerNorm")
-    enabled = {"norms": norms, "attention": attention, "patch_embed": patch_embed, "mlp": mlp,
-               "activations": activations}
-    for module in model.modules():
-        if getattr(module, "_vtkernels_patched", False):
-            continue
-        kind, forward = next(((kind, forward) for flag, detect, kind, forward in _PATCHES
-                              if enabled[flag] and detect(module)), (None, None))
-        if kind is not None:
-            module._vtkernels_original_forward = module.forward
-            module._vtkernels_backend = backend
-            module._vtkernels_patched = True
-            module.forward = types.MethodType(forward, module)
-            report.add(kind)
-    model.vtkernels_report = report
-    logger.info("%s", report)
-    return (model, report) if return_report else model
+HF_MLP_CLASSES = ("CLIPMLP", "ViTMLP", "SwinMLP", "DetrMLP")
 
 
 # --- detection --------------------------------------------------------------------------------
 
-def _from(module: nn.Module, package: str) -> bool:
-    return type(module).__module__.split(".")[0] == package
-
-
-def _is_plain_layer_norm(module: nn.Module) -> bool:
-    if isinstance(module, LayerNorm) or len(getattr(module, "normalized_shape", ())) != 1:
-        return False
-    # timm's LayerNorm normalizes the last dim like torch's; LayerNorm2d (channels-first) does not.
-    return type(module) is nn.LayerNorm or (type(module).__name__ == "LayerNorm" and _from(module, "timm"))
-
-
-def _forward_takes(module: nn.Module, *names: str) -> bool:
-    """The module's forward has exactly these named parameters (+ **kwargs): the transformers 5.x
-    call convention our patched forwards implement (4.x passes other arguments positionally)."""
-    params = list(inspect.signature(type(module).forward).parameters.values())[1:]
-    return [p.name for p in params if p.kind != p.VAR_KEYWORD] == list(names)
-
-
 def _is_hf_attention(module: nn.Module) -> bool:
-    return (type(module).__name__ in HF_ATTENTION_CLASSES and _from(module, "transformers")
+    return (type(module).__name__ in HF_ATTENTION_CLASSES and from_package(module, "transformers")
             and all(hasattr(module, n) for n in ("q_proj", "k_proj", "v_proj", "head_dim"))
-            and _forward_takes(module, "hidden_states", "attention_mask"))
+            and forward_takes(module, "hidden_states", "attention_mask"))
 
 
 def _is_hf_embeddings(module: nn.Module) -> bool:
-    return type(module).__name__ in HF_EMBEDDING_CLASSES and _from(module, "transformers")
+    return type(module).__name__ in HF_EMBEDDING_CLASSES and from_package(module, "transformers")
 
 
 def _is_hf_swin_layer(module: nn.Module) -> bool:
-    return (type(module).__name__ == "SwinLayer" and _from(module, "transformers")
-            and _forward_takes(module, "hidden_states", "input_dimensions", "always_partition"))
+    return (type(module).__name__ == "SwinLayer" and from_package(module, "transformers")
+            and forward_takes(module, "hidden_states", "input_dimensions", "always_partition"))
 
 
 def _is_timm_attention(module: nn.Module) -> bool:
-    return (type(module).__name__ == "Attention" and _from(module, "timm")
+    return (type(module).__name__ == "Attention" and from_package(module, "timm")
             and all(hasattr(module, n) for n in ("qkv", "proj", "num_heads")))
 
 
 def _is_timm_swin_block(module: nn.Module) -> bool:
     attn = getattr(module, "attn", None)
-    return (type(module).__name__ == "SwinTransformerBlock" and _from(module, "timm")
+    return (type(module).__name__ == "SwinTransformerBlock" and from_package(module, "timm")
             and all(hasattr(module, n) for n in ("_attn", "norm1", "norm2", "mlp", "drop_path1", "drop_path2",
                                                  "window_size", "shift_size", "input_resolution"))
             and all(hasattr(attn, n) for n in ("qkv", "proj", "relative_position_bias_table", "num_heads", "scale")))
@@ -156,39 +55,39 @@ def _is_timm_swin_block(module: nn.Module) -> bool:
 
 def _is_timm_mlp(module: nn.Module) -> bool:
     """timm's Mlp with Linear layers, no hidden norm and an activation vtkernels.mlp has."""
-    return (type(module).__name__ == "Mlp" and _from(module, "timm")
+    return (type(module).__name__ == "Mlp" and from_package(module, "timm")
             and type(getattr(module, "fc1", None)) is nn.Linear and type(getattr(module, "fc2", None)) is nn.Linear
             and isinstance(getattr(module, "norm", nn.Identity()), nn.Identity)
             and activation_name(getattr(module, "act", None)) is not None)
 
 
 def _is_hf_mlp(module: nn.Module) -> bool:
-    """HF's fc1 -> activation_fn -> fc2 MLPs (no dropout inside) of CLIP, ViT and Swin (transformers 5.x)."""
-    return (type(module).__name__ in HF_MLP_CLASSES and _from(module, "transformers")
-            and _forward_takes(module, "hidden_states")
+    """HF's fc1 -> activation_fn -> fc2 MLPs of CLIP, ViT, Swin and DETR (transformers 5.x)."""
+    return (type(module).__name__ in HF_MLP_CLASSES and from_package(module, "transformers")
+            and forward_takes(module, "hidden_states")
             and type(getattr(module, "fc1", None)) is nn.Linear and type(getattr(module, "fc2", None)) is nn.Linear
             and activation_name(getattr(module, "activation_fn", None)) is not None)
 
 
 def _is_quick_gelu(module: nn.Module) -> bool:
-    return ((type(module).__name__ == "QuickGELUActivation" and _from(module, "transformers"))
-            or (type(module).__name__ == "QuickGELU" and _from(module, "timm")))
+    return ((type(module).__name__ == "QuickGELUActivation" and from_package(module, "transformers"))
+            or (type(module).__name__ == "QuickGELU" and from_package(module, "timm")))
 
 
 def _is_timm_patch_merging(module: nn.Module) -> bool:
-    return (type(module).__name__ == "PatchMerging" and _from(module, "timm")
+    return (type(module).__name__ == "PatchMerging" and from_package(module, "timm")
             and isinstance(getattr(module, "reduction", None), nn.Linear) and hasattr(module, "norm"))
 
 
 def _is_hf_patch_merging(module: nn.Module) -> bool:
-    return (type(module).__name__ == "SwinPatchMerging" and _from(module, "transformers")
+    return (type(module).__name__ == "SwinPatchMerging" and from_package(module, "transformers")
             and isinstance(getattr(module, "reduction", None), nn.Linear) and hasattr(module, "norm")
-            and _forward_takes(module, "input_feature", "input_dimensions"))
+            and forward_takes(module, "input_feature", "input_dimensions"))
 
 
 def _is_hf_swin_patch_embeddings(module: nn.Module) -> bool:
-    return (type(module).__name__ == "SwinPatchEmbeddings" and _from(module, "transformers")
-            and isinstance(getattr(module, "projection", None), nn.Conv2d) and _forward_takes(module, "pixel_values"))
+    return (type(module).__name__ == "SwinPatchEmbeddings" and from_package(module, "transformers")
+            and isinstance(getattr(module, "projection", None), nn.Conv2d) and forward_takes(module, "pixel_values"))
 
 
 def _timm_output_format(module: nn.Module) -> Optional[str]:
@@ -200,81 +99,20 @@ def _timm_output_format(module: nn.Module) -> Optional[str]:
 
 
 def _is_timm_patch_embed(module: nn.Module) -> bool:
-    return (type(module).__name__ == "PatchEmbed" and _from(module, "timm")
+    return (type(module).__name__ == "PatchEmbed" and from_package(module, "timm")
             and _timm_output_format(module) in ("NLC", "NHWC")
             and isinstance(getattr(module, "proj", None), nn.Conv2d) and not getattr(module, "dynamic_img_pad", False))
 
 
-def _fused_layer_norm(norm: nn.LayerNorm, backend: Optional[str]) -> LayerNorm:
-    weight = norm.weight
-    like = weight if weight is not None else torch.empty(0)
-    fused = LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=weight is not None,
-                      bias=norm.bias is not None, device=like.device, dtype=like.dtype, backend=backend)
-    fused.load_state_dict(norm.state_dict())
-    fused.train(norm.training)
-    for mine, theirs in zip(fused.parameters(), norm.parameters()):
-        mine.requires_grad_(theirs.requires_grad)
-    return fused
-
-
-def _square_patch(patch_size) -> Optional[int]:
-    if isinstance(patch_size, int):
-        return patch_size
-    patch_size = tuple(patch_size)
-    return patch_size[0] if len(patch_size) == 2 and patch_size[0] == patch_size[1] else None
-
-
 # --- attention ----------------------------------------------------------------------------------
-
-_NO_PADDING = object()  # a mask that is exactly the causal (or empty) rule
-
-
-def _key_padding_from_mask(mask: torch.Tensor, causal: bool, n_q: int, n_kv: int) -> Optional[torch.Tensor]:
-    """The key-padding mask equivalent to HF's 4-D mask (B, 1|H, Nq, Nkv); ``_NO_PADDING`` when it
-    pads nothing, None when the mask is something else (the caller then falls back).
-
-    HF masks are bool (True = attend) or additive float (0 = attend). The padded keys are read off
-    the last query row (it sees every key, even under the causal rule); the mask is then rebuilt
-    and compared, so a mask of any other shape is refused rather than misread.
-    """
-    if mask.dim() != 4 or mask.shape[-2:] != (n_q, n_kv):
-        return None
-    allowed = mask if mask.dtype == torch.bool else mask == 0
-    key_padding_mask = ~allowed[:, 0, -1, :]
-    expected = allowed_keys(n_q, n_kv, causal, key_padding_mask, mask.device)
-    if not torch.equal(allowed, expected.expand_as(allowed)):
-        return None
-    return key_padding_mask if key_padding_mask.any() else _NO_PADDING
-
-
-def _other_tensors(kwargs: dict) -> bool:
-    """A tensor argument we do not interpret (e.g. transformers 4.x's ``causal_attention_mask``)."""
-    return any(isinstance(value, torch.Tensor) for value in kwargs.values())
-
 
 def _hf_attention_forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs):
     """HF ViT / CLIP self-attention on vtkernels.attention; returns (output, None) like HF."""
-    if _other_tensors(kwargs):
-        return self._vtkernels_original_forward(hidden_states, attention_mask, **kwargs)
     causal = bool(kwargs.get("is_causal", getattr(self, "is_causal", False)))
-    dropout = getattr(self, "dropout", getattr(self, "attention_dropout", 0.0))
-    batch, tokens = hidden_states.shape[:2]
-    key_padding_mask = None
-    if attention_mask is not None:
-        key_padding_mask = _key_padding_from_mask(attention_mask, causal, tokens, tokens)
-        if key_padding_mask is None:
-            return self._vtkernels_original_forward(hidden_states, attention_mask, **kwargs)
-        if key_padding_mask is _NO_PADDING:
-            key_padding_mask = None
-    if (self.training and dropout > 0) or kwargs.get("output_attentions"):
+    out = projected_attention(self, hidden_states, hidden_states, hidden_states, attention_mask, causal, kwargs)
+    if out is None:
         return self._vtkernels_original_forward(hidden_states, attention_mask, **kwargs)
-    shape = (batch, tokens, -1, self.head_dim)  # (B, N, H, d): no transpose needed
-    q, k, v = (proj(hidden_states).view(shape) for proj in (self.q_proj, self.k_proj, self.v_proj))
-    scale = getattr(self, "scaling", getattr(self, "scale", None))
-    out = vtkernels.attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
-                              layout="bnhd", backend=self._vtkernels_backend)
-    out_proj = self.o_proj if hasattr(self, "o_proj") else self.out_proj
-    return out_proj(out.reshape(batch, tokens, -1)), None
+    return out, None
 
 
 def _timm_attention_forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, **kwargs):
@@ -304,7 +142,7 @@ def _hf_swin_layer_forward(self, hidden_states: torch.Tensor, input_dimensions, 
                            **kwargs):
     """HF SwinLayer with the (shifted-)window attention fused into one op; returns (output, None)."""
     attention = self.attention
-    table_window = _square_patch(attention.relative_position_bias.window_size)
+    table_window = square_patch(attention.relative_position_bias.window_size)
     if not always_partition:
         self.set_shift_and_window_size(input_dimensions)  # HF's own rule, so its state stays as HF's
     height, width = input_dimensions
@@ -326,27 +164,19 @@ def _hf_swin_layer_forward(self, hidden_states: torch.Tensor, input_dimensions, 
                                      pad_qkv=None if bias is None else bias.to(qkv.dtype), pad_first=True)
     # (under autocast the branch is bf16 while the residual stream keeps its dtype, as in HF)
     attn_out = attention.o_proj(out).view(batch, height * width, channels).to(hidden_states.dtype)
-    normed, hidden_states = _add_and_norm(self.layernorm_after, attn_out, hidden_states)
+    normed, hidden_states = add_and_norm(self.layernorm_after, attn_out, hidden_states)
     return self.mlp(normed) + hidden_states, None
-
-
-def _add_and_norm(norm: nn.Module, branch: torch.Tensor, residual: torch.Tensor):
-    """(norm(residual + branch), residual + branch): one pass when ``norm`` is the fused LayerNorm."""
-    if isinstance(norm, LayerNorm):
-        return norm(branch, residual=residual)
-    hidden = residual + branch
-    return norm(hidden), hidden
 
 
 def _timm_swin_block_forward(self, x: torch.Tensor):
     """timm SwinTransformerBlock (B, H, W, C) with the (shifted-)window attention fused into one op."""
     attn = self.attn
-    window, shift = _square_patch(self.window_size), _square_patch(self.shift_size)
+    window, shift = square_patch(self.window_size), square_patch(self.shift_size)
     height, width = x.shape[1], x.shape[2]
     # Fused only where the op computes what this block's own window, shift and mask compute: a
     # square window and shift (newer timm shrinks them per axis on small non-square maps), the
     # table built for that window, the op's shrink rule a no-op, and a mask for this map size.
-    exact = (window is not None and shift is not None and _square_patch(attn.window_size) == window
+    exact = (window is not None and shift is not None and square_patch(attn.window_size) == window
              and effective_window(height, width, window, shift) == (window, shift)
              and (shift == 0 or getattr(self, "dynamic_mask", False)
                   or (height, width) == tuple(self.input_resolution)))
@@ -360,7 +190,7 @@ def _timm_swin_block_forward(self, x: torch.Tensor):
                                      attn.scale, -100.0, self._vtkernels_backend,
                                      pad_qkv=None if bias is None else bias.to(qkv.dtype))
     attn_out = self.drop_path1(attn.proj_drop(attn.proj(out))).to(x.dtype)
-    normed, x = _add_and_norm(self.norm2, attn_out.reshape(batch, -1, channels), x.reshape(batch, -1, channels))
+    normed, x = add_and_norm(self.norm2, attn_out.reshape(batch, -1, channels), x.reshape(batch, -1, channels))
     return (x + self.drop_path2(self.mlp(normed))).reshape(batch, height, width, channels)
 
 
@@ -369,6 +199,9 @@ def _timm_mlp_forward(self, x: torch.Tensor):
 
 
 def _hf_mlp_forward(self, hidden_states: torch.Tensor):
+    # (DETR's MLP applies two functional dropouts: activation_dropout after the activation, dropout after fc2)
+    if self.training and (getattr(self, "activation_dropout", 0.0) > 0 or getattr(self, "dropout", 0.0) > 0):
+        return self._vtkernels_original_forward(hidden_states)
     return fused_mlp(self, hidden_states, self.activation_fn, None, self._vtkernels_backend)
 
 
@@ -382,7 +215,7 @@ def _fused_patch_merge(self, x: torch.Tensor) -> Optional[torch.Tensor]:
     """reduction(norm(2x2 merge of x (B, H, W, C))) with the merge and norm fused; None when the
     norm is not a LayerNorm over the merged 4C channels."""
     norm = self.norm
-    layer_norm = isinstance(norm, LayerNorm) or _is_plain_layer_norm(norm)
+    layer_norm = isinstance(norm, LayerNorm) or is_plain_layer_norm(norm)
     if not layer_norm or tuple(norm.normalized_shape) != (4 * x.shape[-1],):
         return None
     merged = vtkernels.patch_merging_norm(x, _cast(norm.weight, x), _cast(norm.bias, x), norm.eps,
@@ -418,7 +251,7 @@ def _hf_embeddings_forward(self, pixel_values: torch.Tensor, *args, **kwargs):
         image_size = (self.image_size, self.image_size)
     special = any(a is not None and a is not False for a in args) or any(
         v is not None and v is not False for v in kwargs.values())  # bool_masked_pos, interpolate_pos_encoding
-    patch = _square_patch(conv.kernel_size)
+    patch = square_patch(conv.kernel_size)
     if special or dropout > 0 or patch is None or tuple(pixel_values.shape[-2:]) != image_size:
         return self._vtkernels_original_forward(pixel_values, *args, **kwargs)
     return vtkernels.patch_embed(pixel_values.to(conv.weight.dtype), conv.weight, conv.bias, patch,
@@ -428,7 +261,7 @@ def _hf_embeddings_forward(self, pixel_values: torch.Tensor, *args, **kwargs):
 def _fused_projection(conv: nn.Conv2d, images: torch.Tensor, backend: Optional[str]) -> Optional[torch.Tensor]:
     """Conv2d(stride = kernel = patch) of ``images`` as (B, N, D) tokens in row-major patch order,
     fused; None when the patch is not square or the image not a multiple of it."""
-    patch = _square_patch(conv.kernel_size)
+    patch = square_patch(conv.kernel_size)
     if (patch is None or tuple(conv.stride) != (patch, patch) or tuple(conv.padding) != (0, 0)
             or images.shape[-2] % patch or images.shape[-1] % patch):
         return None
@@ -457,9 +290,9 @@ def _hf_swin_patch_embeddings_forward(self, pixel_values: torch.Tensor):
     return tokens, (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
 
 
-# (the optimize() flag that enables it, detector, report kind, patched forward); first match wins.
+# (the optimize() flag that enables it, detector, report kind, patched forward).
 # Patch merging counts as a norm (its fused op is the 2x2 gather + LayerNorm).
-_PATCHES = (
+PATCHES = (
     ("attention", _is_hf_attention, "Attention", _hf_attention_forward),
     ("attention", _is_timm_attention, "Attention", _timm_attention_forward),
     ("attention", _is_hf_swin_layer, "WindowAttention", _hf_swin_layer_forward),

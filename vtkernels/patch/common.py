@@ -1,0 +1,132 @@
+"""Helpers shared by the patches of :mod:`vtkernels.patch`: detection, norm swaps, HF attention
+masks read as key padding, the projected attention of HF's q/k/v/o modules."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import torch
+from torch import nn
+
+import vtkernels
+from vtkernels.nn import LayerNorm
+from vtkernels.reference.attention import allowed_keys
+
+
+def from_package(module: nn.Module, package: str) -> bool:
+    return type(module).__module__.split(".")[0] == package
+
+
+def forward_takes(module: nn.Module, *names: str) -> bool:
+    """The module's forward has exactly these named parameters (+ **kwargs): the transformers 5.x
+    call convention our patched forwards implement (4.x passes other arguments positionally)."""
+    params = list(inspect.signature(type(module).forward).parameters.values())[1:]
+    return [p.name for p in params if p.kind != p.VAR_KEYWORD] == list(names)
+
+
+def square_patch(patch_size) -> Optional[int]:
+    if isinstance(patch_size, int):
+        return patch_size
+    patch_size = tuple(patch_size)
+    return patch_size[0] if len(patch_size) == 2 and patch_size[0] == patch_size[1] else None
+
+
+# --- norms ---------------------------------------------------------------------------------------
+
+def is_plain_layer_norm(module: nn.Module) -> bool:
+    if isinstance(module, LayerNorm) or len(getattr(module, "normalized_shape", ())) != 1:
+        return False
+    # timm's LayerNorm normalizes the last dim like torch's; LayerNorm2d (channels-first) does not.
+    return type(module) is nn.LayerNorm or (type(module).__name__ == "LayerNorm" and from_package(module, "timm"))
+
+
+def take_over(fused: nn.Module, original: nn.Module) -> nn.Module:
+    """``fused`` with ``original``'s parameters (values and requires_grad) and training mode."""
+    fused.load_state_dict(original.state_dict())
+    fused.train(original.training)
+    for mine, theirs in zip(fused.parameters(), original.parameters()):
+        mine.requires_grad_(theirs.requires_grad)
+    return fused
+
+
+def fused_layer_norm(norm: nn.LayerNorm, backend: Optional[str]) -> LayerNorm:
+    weight = norm.weight
+    like = weight if weight is not None else torch.empty(0)
+    fused = LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=weight is not None,
+                      bias=norm.bias is not None, device=like.device, dtype=like.dtype, backend=backend)
+    return take_over(fused, norm)
+
+
+def add_and_norm(norm: nn.Module, branch: torch.Tensor, residual: torch.Tensor):
+    """(norm(residual + branch), residual + branch): one pass when ``norm`` is the fused LayerNorm."""
+    if isinstance(norm, LayerNorm):
+        return norm(branch, residual=residual)
+    hidden = residual + branch
+    return norm(hidden), hidden
+
+
+# --- attention -----------------------------------------------------------------------------------
+
+UNSUPPORTED = object()  # a mask the op cannot express: the caller falls back
+
+
+def key_padding_mask_for(mask: Optional[torch.Tensor], n_q: int, n_kv: int, mask_causal: bool, causal: bool):
+    """The ``key_padding_mask`` (a tensor or None) with which :func:`vtkernels.attention`
+    (``causal``) computes what HF's attention computes with ``mask``, or UNSUPPORTED.
+
+    HF masks are None or 4-D (B, 1|H, Nq, Nkv) (query axis 1 when the mask is padding only), bool
+    (True = attend) or additive float (0 = attend); ``mask_causal`` says whether HF built the causal
+    rule into the mask (CLIP's text tower) rather than applying it apart (iGPT). The padded keys are
+    read off the last query row (it sees every key, even under the causal rule); the mask is then
+    rebuilt and compared, so a mask of any other form is refused rather than misread. Refused too:
+    padding that leaves a query row without a key (HF's softmax over large negative scores then
+    averages the padded keys, where the op returns zeros).
+    """
+    if mask is None:
+        return None
+    rows = mask.shape[-2] if mask.dim() == 4 else -1
+    if mask.dim() != 4 or mask.shape[-1] != n_kv or rows not in ((n_q,) if mask_causal else (1, n_q)):
+        return UNSUPPORTED
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    key_padding_mask = ~allowed[:, 0, -1, :]
+    expected = allowed_keys(rows, n_kv, mask_causal, key_padding_mask, mask.device)
+    if not torch.equal(allowed, expected.expand_as(allowed)):
+        return UNSUPPORTED
+    if not key_padding_mask.any():
+        return None
+    # The first query row sees the fewest keys: [0, n_kv - n_q] under the (bottom-right) causal rule.
+    first_row_keys = key_padding_mask[:, :max(n_kv - n_q + 1, 0)] if causal else key_padding_mask
+    return UNSUPPORTED if first_row_keys.all(dim=-1).any() else key_padding_mask
+
+
+def other_tensors(kwargs: dict) -> bool:
+    """A tensor argument we do not interpret (e.g. transformers 4.x's ``causal_attention_mask``)."""
+    return any(isinstance(value, torch.Tensor) for value in kwargs.values())
+
+
+def projected_attention(module: nn.Module, query_input: torch.Tensor, key_input: torch.Tensor,
+                        value_input: torch.Tensor, attention_mask: Optional[torch.Tensor], causal: bool,
+                        kwargs: dict) -> Optional[torch.Tensor]:
+    """``o_proj(attention(q_proj(query_input), k_proj(key_input), v_proj(value_input)))`` of an HF
+    attention module with q / k / v / o projections (ViT, CLIP, DETR), the heads read in place from
+    the projections' (B, N, H, d) outputs; None for a call the op cannot take exactly (the caller
+    then runs the original forward): tensor arguments it does not know, attention weights asked
+    for, attention dropout in training, a mask key_padding_mask_for refuses."""
+    dropout = getattr(module, "dropout", getattr(module, "attention_dropout", 0.0))
+    if other_tensors(kwargs) or kwargs.get("output_attentions") or (module.training and dropout > 0):
+        return None
+    batch, n_q = query_input.shape[:2]
+    n_kv = key_input.shape[1]
+    key_padding_mask = key_padding_mask_for(attention_mask, n_q, n_kv, causal, causal)
+    if key_padding_mask is UNSUPPORTED:
+        return None
+    head_dim = module.head_dim
+    q = module.q_proj(query_input).view(batch, n_q, -1, head_dim)  # (B, N, H, d): no transpose needed
+    k = module.k_proj(key_input).view(batch, n_kv, -1, head_dim)
+    v = module.v_proj(value_input).view(batch, n_kv, -1, head_dim)
+    scale = getattr(module, "scaling", getattr(module, "scale", None))
+    out = vtkernels.attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
+                              layout="bnhd", backend=module._vtkernels_backend)
+    out_proj = module.o_proj if hasattr(module, "o_proj") else module.out_proj
+    return out_proj(out.reshape(batch, n_q, -1))
