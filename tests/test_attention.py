@@ -193,6 +193,44 @@ def test_triton_tma_reads_fused_qkv_in_place(tma_descriptors):
     assert tma_descriptors == []
 
 
+@pytest.fixture
+def forced_key_splits(monkeypatch):
+    """Every Triton forward launch splits its keys as far as key_splits allows (the interpreter
+    otherwise never splits); records each launch's split count."""
+    from vtkernels.triton import attention as triton_attention
+
+    splits, original = [], triton_attention.key_splits
+
+    def split_all(programs, n_kv, block_n, slots):
+        result = original(programs, n_kv, block_n, slots=1 << 20)
+        splits.append(result[0])
+        return result
+    monkeypatch.setattr(triton_attention, "key_splits", split_all)
+    return splits
+
+
+@pytest.mark.parametrize("case", [(1, 2, 1, 300, 64, True, True, "bhnd"), (2, 2, 49, 300, 32, False, True, "bnhd"),
+                                  (1, 2, 260, 260, 80, True, False, "bhnd")],
+                         ids=["decode", "cross-padded", "causal-empty-splits"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_triton_split_keys_match_reference(case, dtype, forced_key_splits):
+    """Key ranges in separate programs, fp32 partials merged by attention_combine_kernel: a whole
+    padded batch (every split empty: zeros), causal rows that see none of a later split, and the
+    merged logsumexp driving the backward."""
+    check_against_reference(*case, dtype=dtype, device=torch.device("cpu"), backend="triton")
+    assert max(forced_key_splits) > 1
+
+
+def test_key_splits_fill_the_gpu_only_when_a_launch_does_not():
+    from vtkernels.triton.attention import key_splits
+
+    assert key_splits(64, 1025, 64, slots=264) == (5, 256)  # iGPT-S decoding on 132 SMs
+    assert key_splits(64, 850, 64, slots=264) == (5, 192)  # DETR cross-attention: 14 key blocks
+    assert key_splits(300, 1025, 64, slots=264) == (1, 1088)  # the launch fills the GPU itself
+    assert key_splits(8, 150, 64, slots=264) == (1, 192)  # 3 key blocks: too few to split
+    assert key_splits(8, 0, 64, slots=264) == (1, 64)
+
+
 def test_triton_batch_of_one_and_empty_batch(device):
     check_against_reference(1, 1, 17, 17, 32, False, False, "bhnd", torch.float32, device, "triton")
     q, k, v = make_qkv(0, 2, 5, 5, 32, torch.float32, device)

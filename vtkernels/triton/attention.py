@@ -16,8 +16,8 @@ import triton
 from vtkernels.triton.attention_bwd import (attention_bwd_delta_kernel, attention_bwd_dkdv_kernel,
                                             attention_bwd_dq_kernel)
 from vtkernels.backend import triton_interpreter_enabled
-from vtkernels.triton.attention_fwd import attention_fwd_kernel
-from vtkernels.triton.tiling import two_tiles
+from vtkernels.triton.attention_fwd import attention_combine_kernel, attention_fwd_kernel
+from vtkernels.triton.tiling import sm_count, two_tiles
 from vtkernels.triton.tma import descriptor, tma_usable
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
@@ -43,12 +43,12 @@ PROGRAM_TILE = {"fwd": "BLOCK_M", "dq": "BLOCK_M", "dkdv": "BLOCK_N"}
 
 
 def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n: Optional[int] = None) -> dict:
-    """Tile sizes, warps and pipeline stages for ``kernel`` in ("fwd", "dkdv", "dq", "delta");
+    """Tile sizes, warps and pipeline stages for ``kernel`` in ("fwd", "dkdv", "dq", "delta", "combine");
     with ``n``, the program tile (PROGRAM_TILE: queries for fwd / dq, keys for dkdv) shrinks to
     the smallest that holds n rows."""
     wide = head_dim > 64
-    if kernel == "delta":
-        return {"BLOCK_M": 64, "num_warps": 4}
+    if kernel in ("delta", "combine"):  # row-wise passes
+        return {"BLOCK_M": 64 if kernel == "delta" else 16, "num_warps": 4}
     if dtype == torch.float32:  # ieee dots run on FMA units: small tiles, correctness first
         block_m, block_n, warps, stages = 32, 32, 8, 2
     elif kernel == "fwd":
@@ -132,6 +132,28 @@ def program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int) -> 
     return best
 
 
+MIN_SPLIT_BLOCKS = 2  # key blocks per split at least: fewer, and the merge costs more than the split gains
+
+
+def split_slots(device: torch.device) -> int:
+    """Programs a forward launch should reach before its keys are split: two per SM (none on the
+    interpreter, which runs programs one by one; the tests force splits through this function)."""
+    return 2 * sm_count(device) if device.type == "cuda" else 0
+
+
+def key_splits(programs: int, n_kv: int, block_n: int, slots: int) -> tuple[int, int]:
+    """(splits, keys per split) for a forward launch of ``programs`` (query tiles x batch x heads):
+    unsplit (1, all keys rounded up to BLOCK_N) when the launch fills ``slots`` or the keys are
+    few; else enough splits of at least MIN_SPLIT_BLOCKS key blocks to reach ``slots`` programs.
+    iGPT-S decoding (64 programs, 1025 keys, 64-key blocks) on 132 SMs: 5 splits of 256 keys."""
+    blocks = triton.cdiv(n_kv, block_n)
+    if programs >= slots or blocks < 2 * MIN_SPLIT_BLOCKS:
+        return 1, max(blocks, 1) * block_n
+    splits = min(triton.cdiv(slots, programs), blocks // MIN_SPLIT_BLOCKS)
+    per_split = triton.cdiv(blocks, splits)
+    return triton.cdiv(blocks, per_split), per_split * block_n
+
+
 def _bhn_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
@@ -161,11 +183,32 @@ def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> 
         cfg = dict(cfg)
         tail_n = key_tail_block(n_kv, cfg["BLOCK_N"], causal)
         descriptors, tma = _descriptors("fwd", cfg, head_dim, q=q, k=k, v=v)
-        attention_fwd_kernel[(triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
-            q, k, v, *descriptors, mask, out, lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v),
-            *_bhn_strides(out), stride_mb, heads, n_q, n_kv, first_row, scale * LOG2E, **constexprs,
-            TAIL_N=tail_n, TMA=tma, **cfg,
+        grid = (triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)
+        splits, split_keys = key_splits(grid[0] * grid[1], n_kv, cfg["BLOCK_N"], split_slots(q.device))
+        # Split, the programs write fp32 partials (attention_fwd.py's docstring) merged below.
+        part, part_lse = out, lse
+        if splits > 1:
+            part = torch.empty((splits, *out.shape), device=q.device, dtype=torch.float32)
+            part_lse = torch.empty((splits, *lse.shape), device=q.device, dtype=torch.float32)
+        attention_fwd_kernel[(*grid, splits)](
+            q, k, v, *descriptors, mask, part, part_lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v),
+            *_bhn_strides(part[0] if splits > 1 else out), stride_mb, heads, n_q, n_kv, first_row, scale * LOG2E,
+            split_keys, part.stride(0) if splits > 1 else 0, part_lse.stride(0) if splits > 1 else 0,
+            **constexprs, TAIL_N=tail_n, TMA=tma, **cfg,
         )
+        if splits > 1:
+            _combine(part, part_lse, out, lse, first_row, rows)
+
+
+def _combine(part, part_lse, out, lse, first_row: int, rows: int) -> None:
+    """out / lse rows [first_row, first_row + rows) from the split partials."""
+    batch, heads, n_q, head_dim = out.shape
+    cfg = launch_config(head_dim, out.dtype, "combine")
+    attention_combine_kernel[(triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
+        part, part_lse, out, lse, part.stride(0), *_bhn_strides(part[0]), *_bhn_strides(out), part_lse.stride(0),
+        heads, n_q, first_row, first_row + rows, part.shape[0], HEAD_DIM=head_dim,
+        D_POW2=triton.next_power_of_2(head_dim), **cfg,
+    )
 
 
 def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool, scale: float) -> None:
@@ -216,13 +259,15 @@ def _signature(names: str, pointers: dict) -> dict:
 
 _STRIDES = "stride_qb stride_qh stride_qn stride_kb stride_kh stride_kn stride_vb stride_vh stride_vn"
 _FWD_ARGS = (f"Q K V QD KD VD PadMask Out Lse {_STRIDES} stride_ob stride_oh stride_on stride_mb n_heads n_q n_kv "
-             "first_row qk_scale")
+             "first_row qk_scale split_keys stride_out_split stride_lse_split")
 _DKDV_ARGS = (f"Q K V QD DOD PadMask DOut Lse Delta DK DV {_STRIDES} stride_dob stride_doh stride_don stride_dkb "
               "stride_dkh stride_dkn stride_dvb stride_dvh stride_dvn stride_mb n_heads n_q n_kv first_key scale "
               "qk_scale")
 _DQ_ARGS = (f"Q K V KD VD PadMask DOut Lse Delta DQ {_STRIDES} stride_dob stride_doh stride_don stride_dqb stride_dqh "
             "stride_dqn stride_mb n_heads n_q n_kv first_row scale qk_scale")
 _DELTA_ARGS = "Out DOut Delta stride_ob stride_oh stride_on stride_db stride_dh stride_dn n_heads n_q"
+_COMBINE_ARGS = ("Part PartLse Out Lse stride_ps stride_pb stride_ph stride_pn stride_ob stride_oh stride_on "
+                 "stride_lse_split n_heads n_q first_row row_end n_splits")
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -233,7 +278,8 @@ _AOT_SHAPES = {32: (8, 8, 850), 64: (256, 12, 197), 80: (64, 16, 257), 96: (4, 1
 
 def _aot_launch_values(head_dim: int) -> dict:
     batch, heads, n = _AOT_SHAPES[head_dim]
-    values = {"n_heads": heads, "n_q": n, "n_kv": n, "stride_mb": n}
+    values = {"n_heads": heads, "n_q": n, "n_kv": n, "stride_mb": n, "split_keys": n, "stride_out_split": 0,
+              "stride_lse_split": 0}
     for t in ("q", "k", "v", "o", "do", "dk", "dv", "dq", "d"):
         values.update({f"stride_{t}b": heads * n * head_dim, f"stride_{t}h": n * head_dim, f"stride_{t}n": head_dim})
     return values
@@ -279,14 +325,31 @@ def aot_configs():
                             cfg["TAIL_N"] = key_tail_block(values["n_kv"], cfg["BLOCK_N"], causal)
                         for sig, constexprs in _tma_variants(kernel, args, cfg, name, head_dim, ptrs):
                             yield fn, sig, {**base, **constexprs}, options, launch
-            if dtype == torch.bfloat16:  # decoding (causal): one query against a cache of 1025 keys
-                cfg = launch_config(head_dim, dtype, "fwd", n=1)
-                cfg["TAIL_N"] = key_tail_block(1025, cfg["BLOCK_N"], causal=True)
-                options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-                for sig, constexprs in _tma_variants("fwd", _FWD_ARGS, cfg, name, head_dim, ptrs):
-                    yield (attention_fwd_kernel, sig, {**base, **constexprs}, options,
-                           {**values, "n_q": 1, "n_kv": 1025, "first_row": 0})
+            if dtype == torch.bfloat16:
+                yield from _aot_decode(head_dim, name, base, ptrs, values)
             cfg = launch_config(head_dim, dtype, "delta")
             options = {"num_warps": cfg.pop("num_warps")}
             yield (attention_bwd_delta_kernel, _signature(_DELTA_ARGS, ptrs),
                    {"D_MAIN": base["D_MAIN"], "D_REST": base["D_REST"], **cfg}, options, values)
+
+
+def _aot_decode(head_dim: int, name: str, base: dict, ptrs: dict, values: dict):
+    """Decoding (causal): one query of 64 (batch, head) pairs against a cache of 1025 keys, split
+    in key ranges (fp32 partial outputs) and merged, as on an H100 (132 SMs)."""
+    cfg = launch_config(head_dim, torch.bfloat16, "fwd", n=1)
+    cfg["TAIL_N"] = key_tail_block(1025, cfg["BLOCK_N"], causal=True)
+    options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+    pairs, heads = 64, values["n_heads"]
+    splits, split_keys = key_splits(pairs, 1025, cfg["BLOCK_N"], 2 * 132)
+    rows = {"stride_ob": heads * head_dim, "stride_oh": head_dim, "stride_on": head_dim}  # (B, H, 1, d)
+    decode = {**values, **rows, "n_q": 1, "n_kv": 1025, "first_row": 0, "split_keys": split_keys,
+              "stride_out_split": pairs * head_dim, "stride_lse_split": pairs}
+    for sig, constexprs in _tma_variants("fwd", _FWD_ARGS, cfg, name, head_dim, {**ptrs, "Out": "*fp32"}):
+        yield attention_fwd_kernel, sig, {**base, **constexprs}, options, decode
+    cfg = launch_config(head_dim, torch.bfloat16, "combine")
+    sig = _signature(_COMBINE_ARGS, {"Part": "*fp32", "PartLse": "*fp32", "Out": f"*{name}", "Lse": "*fp32"})
+    partials = {"stride_ps": pairs * head_dim, "stride_pb": heads * head_dim, "stride_ph": head_dim,
+                "stride_pn": head_dim, "row_end": 1, "n_splits": splits}
+    yield (attention_combine_kernel, sig, {"HEAD_DIM": head_dim, "D_POW2": triton.next_power_of_2(head_dim),
+                                           "BLOCK_M": cfg["BLOCK_M"]},
+           {"num_warps": cfg["num_warps"]}, {**decode, **partials})

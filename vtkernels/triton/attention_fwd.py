@@ -18,6 +18,14 @@ with ``causal_offset = n_kv - n_q``. A row with no key left has ``l == 0``: it s
 A launch covers the query rows from ``first_row`` on: short sequences run as two launches, full
 BLOCK_M tiles and a small tile for the leftover rows (see ``program_launches`` in attention.py).
 
+Split keys (flash-decoding): when a launch has too few programs to fill the GPU (decoding one
+query against a cache, DETR's 100 queries against 850 keys), grid axis 2 splits the keys into
+ranges of ``split_keys`` (a multiple of BLOCK_N); each program attends its range only and writes
+its normalized output and logsumexp to fp32 partial buffers (``stride_out_split`` /
+``stride_lse_split`` apart), which ``attention_combine_kernel`` merges:
+``lse = log sum_s exp(lse_s)``, ``out = sum_s exp(lse_s - lse) out_s``. A split that holds no
+visible key stores lse = +inf, which the merge reads as weight 0. Unsplit, the range is all keys.
+
 With TMA (16-bit on sm_90, power-of-two head_dim), the query tile and the unmasked key / value
 blocks arrive through tensor descriptors of the (B, H, N, d) views (QD, KD, VD: boxes
 [1, 1, rows, d]; rows past N zero-filled); the masked steps keep pointer loads, since their
@@ -165,7 +173,7 @@ def attention_fwd_kernel(
     Q, K, V, QD, KD, VD, PadMask, Out, Lse,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on, stride_mb,
-    n_heads, n_q, n_kv, first_row, qk_scale,
+    n_heads, n_q, n_kv, first_row, qk_scale, split_keys, stride_out_split, stride_lse_split,
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, PRECISION: tl.constexpr,
     TMA: tl.constexpr,
@@ -179,8 +187,9 @@ def attention_fwd_kernel(
     Q += batch * stride_qb + head * stride_qh
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
-    Out += batch * stride_ob + head * stride_oh
-    Lse += bh.to(tl.int64) * n_q
+    split = tl.program_id(2).to(tl.int64)  # key range (module docstring); 0 unsplit
+    Out += batch * stride_ob + head * stride_oh + split * stride_out_split
+    Lse += bh.to(tl.int64) * n_q + split * stride_lse_split
     if HAS_PAD_MASK:
         PadMask += batch * stride_mb
 
@@ -201,6 +210,11 @@ def attention_fwd_kernel(
         # No row of the tile sees keys j >= start_m + BLOCK_M + causal_offset.
         keys_end = tl.maximum(tl.minimum(n_kv, start_m + BLOCK_M + causal_offset), 0)
 
+    # This program's keys: [key_lo, key_hi), cut from both loops' ranges.
+    key_lo = tl.program_id(2) * split_keys
+    key_hi = key_lo + split_keys
+    masked_start = tl.maximum(full_blocks_end, key_lo)
+
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_MAIN], dtype=tl.float32)
@@ -208,12 +222,12 @@ def attention_fwd_kernel(
     if D_REST > 0:
         acc_rest = tl.zeros([BLOCK_M, D_REST], dtype=tl.float32)
     acc, acc_rest, l_i, m_i = _attend_key_blocks(
-        acc, acc_rest, l_i, m_i, q, q_rest, K, V, KD, VD, batch32, head32, PadMask, offs_m, 0, full_blocks_end,
-        stride_kn, stride_vn, n_kv, causal_offset, qk_scale, False, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_N,
+        acc, acc_rest, l_i, m_i, q, q_rest, K, V, KD, VD, batch32, head32, PadMask, offs_m, key_lo,
+        tl.minimum(full_blocks_end, key_hi), stride_kn, stride_vn, n_kv, causal_offset, qk_scale, False, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_N,
         PRECISION, TMA)
     acc, acc_rest, l_i, m_i = _attend_key_blocks(
-        acc, acc_rest, l_i, m_i, q, q_rest, K, V, KD, VD, batch32, head32, PadMask, offs_m, full_blocks_end,
-        keys_end, stride_kn, stride_vn, n_kv, causal_offset, qk_scale, True, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST,
+        acc, acc_rest, l_i, m_i, q, q_rest, K, V, KD, VD, batch32, head32, PadMask, offs_m, masked_start,
+        tl.minimum(keys_end, key_hi), stride_kn, stride_vn, n_kv, causal_offset, qk_scale, True, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST,
         TAIL_N, PRECISION, False)
 
     empty_row = l_i == 0.0  # no key to attend: output 0, lse +inf
@@ -223,3 +237,42 @@ def attention_fwd_kernel(
     store_head(Out, acc / l_safe[:, None], acc_rest, offs_m, query_ok, stride_on, D_MAIN, D_REST)
     lse = tl.where(empty_row, float("inf"), (m_i + tl.math.log2(l_safe)) * LN2)
     tl.store(Lse + offs_m, lse, mask=query_ok)
+
+
+@triton.jit
+def attention_combine_kernel(
+    Part, PartLse, Out, Lse, stride_ps, stride_pb, stride_ph, stride_pn, stride_ob, stride_oh, stride_on,
+    stride_lse_split, n_heads, n_q, first_row, row_end, n_splits,
+    HEAD_DIM: tl.constexpr, D_POW2: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """Merges the split-key partials (module docstring) of rows [first_row, row_end): Part
+    (splits, B, H, Nq, d) and PartLse (splits, B, H, Nq) fp32 -> Out (B, H, Nq, d view) and Lse
+    (B, H, Nq); +inf lse (and zeros) where no split saw a key."""
+    bh = tl.program_id(1)
+    batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
+    offs_m = first_row + tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < row_end
+    cols = tl.arange(0, D_POW2)
+    tile_ok = row_ok[:, None] & (cols < HEAD_DIM)[None, :]
+    PartLse += bh.to(tl.int64) * n_q + offs_m
+    Part += batch * stride_pb + head * stride_ph + offs_m.to(tl.int64)[:, None] * stride_pn + cols[None, :]
+
+    lse_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for s in range(n_splits):
+        lse_s = tl.load(PartLse + s * stride_lse_split, mask=row_ok, other=float("inf"))
+        lse_max = tl.maximum(lse_max, tl.where(lse_s == float("inf"), float("-inf"), lse_s))
+    shift = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+    total = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_POW2], dtype=tl.float32)
+    for s in range(n_splits):
+        lse_s = tl.load(PartLse + s * stride_lse_split, mask=row_ok, other=float("inf"))
+        weight = tl.where(lse_s == float("inf"), 0.0, tl.exp(lse_s - shift))
+        acc += weight[:, None] * tl.load(Part + s * stride_ps, mask=tile_ok, other=0.0)
+        total += weight
+
+    empty_row = total == 0.0
+    total_safe = tl.where(empty_row, 1.0, total)
+    out_ptrs = Out + batch * stride_ob + head * stride_oh + offs_m.to(tl.int64)[:, None] * stride_on + cols[None, :]
+    tl.store(out_ptrs, (acc / total_safe[:, None]).to(Out.dtype.element_ty), mask=tile_ok)
+    tl.store(Lse + bh.to(tl.int64) * n_q + offs_m, tl.where(empty_row, float("inf"), shift + tl.log(total_safe)),
+             mask=row_ok)

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from vtkernels.backend import triton_interpreter_enabled
 from vtkernels.triton.activation import ACTIVATION_CODE, activate, activation_grad
-from vtkernels.triton.tiling import grouped_tile
+from vtkernels.triton.tiling import grouped_tile, sm_count
 from vtkernels.triton.tma import descriptor, tma_usable
 
 
@@ -142,7 +142,7 @@ def launch_config(dtype: torch.dtype = torch.bfloat16, backward: bool = False,
 
 def _program_count(device: torch.device, tiles: int) -> int:
     """Persistent programs: one per SM (a few on the interpreter, so each walks several tiles)."""
-    slots = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 3
+    slots = sm_count(device) if device.type == "cuda" else 3
     return min(slots, tiles)
 
 

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vtkernels.triton.tiling import sm_count
+
 MAX_COLS = 8192
 
 
@@ -159,7 +161,7 @@ def launch_config(n_cols: int, backward: bool = False) -> dict:
 
 def _persistent_programs(device: torch.device, tiles: int) -> int:
     if device.type == "cuda":
-        slots = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        slots = 4 * sm_count(device)
     else:
         slots = 4  # the interpreter runs programs one after another
     return max(1, min(tiles, slots))

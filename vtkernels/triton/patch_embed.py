@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from vtkernels.backend import triton_interpreter_enabled
+from vtkernels.triton.tiling import sm_count
 
 
 @triton.jit
@@ -352,7 +353,7 @@ def backward_images(grad_out: torch.Tensor, images: torch.Tensor, weight: torch.
 def _splits(device: torch.device, output_tiles: int, row_tiles: int) -> tuple[int, int]:
     """(splits of M, row tiles per split): about two programs per SM (four in the interpreter,
     so the tests exercise the partial sums)."""
-    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    target = 2 * sm_count(device) if device.type == "cuda" else 4
     splits = max(1, min(row_tiles, triton.cdiv(target, output_tiles)))
     per_split = triton.cdiv(row_tiles, splits)
     return triton.cdiv(row_tiles, per_split), per_split

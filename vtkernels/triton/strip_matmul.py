@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from vtkernels.backend import triton_interpreter_enabled
-from vtkernels.triton.tiling import grouped_tile
+from vtkernels.triton.tiling import grouped_tile, sm_count
 from vtkernels.triton.tma import descriptor, tma_usable
 
 
@@ -88,7 +88,7 @@ def _split_k(programs: int, k: int, block_k: int, device: torch.device) -> int:
     (each split keeps >= 4 K blocks); on the interpreter 2, to exercise the path."""
     if device.type != "cuda" or triton_interpreter_enabled():
         return 2
-    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    target = 2 * sm_count(device)
     return max(1, min(triton.cdiv(target, programs), k // (4 * block_k)))
 
 

@@ -6,12 +6,23 @@ the length up: 80 -> 64 + 16, 96 -> 64 + 32, 144 -> 128 + 16 (Swin's 12x12 windo
 would be 256).
 
 Order: :func:`grouped_tile` maps a GEMM program to its output tile.
+
+Grids: :func:`sm_count`, the SMs a launch can fill (cached: the launch heuristics ask per call).
 """
 
 from __future__ import annotations
 
+import functools
+
+import torch
 import triton
 import triton.language as tl
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @triton.jit

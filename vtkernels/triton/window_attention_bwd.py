@@ -29,6 +29,7 @@ from vtkernels.triton.window_attention import (
     Geometry, attention_probs, common_args, common_constexprs, key_chunk, launch_config, load_tokens,
     same_window, token_offsets, window_tokens,
 )
+from vtkernels.triton.tiling import sm_count
 
 
 @triton.jit
@@ -225,7 +226,7 @@ def backward_schedule(n_groups: int, batch_heads: int, tokens: int, device: torc
     above 64 tokens."""
     fold = {"FOLD": True, "NP": FOLD_MAX_TOKENS} if tokens <= FOLD_MAX_TOKENS else {"FOLD": False, "NP": 16}
     if device.type == "cuda":
-        wanted = max(1, 8 * torch.cuda.get_device_properties(device).multi_processor_count // max(batch_heads, 1))
+        wanted = max(1, 8 * sm_count(device) // max(batch_heads, 1))
         groups = max(1, min(8, n_groups // wanted))
     else:
         groups = min(3, n_groups)  # the interpreter: exercise the loop and a ragged last program
