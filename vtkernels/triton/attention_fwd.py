@@ -223,12 +223,12 @@ def attention_fwd_kernel(
         acc_rest = tl.zeros([BLOCK_M, D_REST], dtype=tl.float32)
     acc, acc_rest, l_i, m_i = _attend_key_blocks(
         acc, acc_rest, l_i, m_i, q, q_rest, K, V, KD, VD, batch32, head32, PadMask, offs_m, key_lo,
-        tl.minimum(full_blocks_end, key_hi), stride_kn, stride_vn, n_kv, causal_offset, qk_scale, False, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_N,
-        PRECISION, TMA)
+        tl.minimum(full_blocks_end, key_hi), stride_kn, stride_vn, n_kv, causal_offset, qk_scale, False, CAUSAL,
+        HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_N, PRECISION, TMA)
     acc, acc_rest, l_i, m_i = _attend_key_blocks(
         acc, acc_rest, l_i, m_i, q, q_rest, K, V, KD, VD, batch32, head32, PadMask, offs_m, masked_start,
-        tl.minimum(keys_end, key_hi), stride_kn, stride_vn, n_kv, causal_offset, qk_scale, True, CAUSAL, HAS_PAD_MASK, D_MAIN, D_REST,
-        TAIL_N, PRECISION, False)
+        tl.minimum(keys_end, key_hi), stride_kn, stride_vn, n_kv, causal_offset, qk_scale, True, CAUSAL,
+        HAS_PAD_MASK, D_MAIN, D_REST, TAIL_N, PRECISION, False)
 
     empty_row = l_i == 0.0  # no key to attend: output 0, lse +inf
     l_safe = tl.where(empty_row, 1.0, l_i)

@@ -202,7 +202,8 @@ def backward(dy: torch.Tensor, dh: Optional[torch.Tensor], h: torch.Tensor, weig
     if n_rows > 0:
         norm_bwd_kernel[(programs,)](
             dy, dh, h, weight, mean, rstd, dx, dw_partial, db_partial,
-            n_rows, n_cols, programs, triton.cdiv(tiles, programs), dy.stride(0), dh.stride(0) if dh is not None else 0, h.stride(0), dx.stride(0),
+            n_rows, n_cols, programs, triton.cdiv(tiles, programs), dy.stride(0),
+            dh.stride(0) if dh is not None else 0, h.stride(0), dx.stride(0),
             IS_RMS=rms, HAS_DH=dh is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, **cfg,
         )
     dw = dw_partial.sum(0).to(weight.dtype) if weight is not None else h.new_empty(0)
