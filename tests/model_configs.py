@@ -61,11 +61,11 @@ def hf_clip_config(eos_token_id: int = 2, attn_implementation: str = "sdpa"):
     return config
 
 
-def hf_vit(classifier: bool = True, **overrides) -> nn.Module:
+def hf_vit(classifier: bool = True, pooler: bool = False, **overrides) -> nn.Module:
     from transformers import ViTForImageClassification, ViTModel
 
     config = hf_vit_config(**overrides)
-    model = ViTForImageClassification(config) if classifier else ViTModel(config, add_pooling_layer=False)
+    model = ViTForImageClassification(config) if classifier else ViTModel(config, add_pooling_layer=pooler)
     return perturb_(model).eval()
 
 

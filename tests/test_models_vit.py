@@ -48,6 +48,20 @@ def test_reference_matches_hf_model_without_head_and_qkv_bias():
         assert_close(ours(images), tokens[:, 0], torch.float64, tol=1e-12, names=["pooled CLS"])
 
 
+def test_reference_matches_hf_model_pooler():
+    """ViTModel's tanh pooler (here wider than the model) is kept: forward returns pooler_output."""
+    hf = hf_vit(classifier=False, pooler=True, pooler_output_size=WIDTH + 8).double()
+    ours = ViT.from_hf(hf, backend="reference")
+    assert ours.config.pooler_dim == WIDTH + 8
+    images = torch.randn(2, 3, IMAGE, IMAGE, dtype=torch.float64)
+    with torch.no_grad():
+        expected = hf(images)
+        assert_close(ours(images), expected.pooler_output, torch.float64, tol=1e-12, names=["pooler_output"])
+        assert_close(ours.forward_features(images), expected.last_hidden_state, torch.float64, tol=1e-12)
+    with pytest.raises(ValueError, match="pooler_dim"):
+        ViTConfig(pooler_dim=8, global_pool="avg")
+
+
 def test_reference_matches_hf_interpolated_position_encoding():
     hf = hf_vit().double()
     ours = ViT.from_hf(hf, backend="reference")

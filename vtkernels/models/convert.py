@@ -37,7 +37,7 @@ HF_VIT_RULES: Rules = (
     (_LAYER + r"\.(?:mlp\.fc2|output\.dense)\.(\w+)$", r"blocks.\1.mlp.fc2.\2"),
     (r"^layernorm\.(\w+)$", r"norm.\1"),
     (r"^classifier\.(\w+)$", r"head.\1"),
-    (r"^pooler\.", None),  # ViTModel's tanh pooler is not part of ViT (timm has none either)
+    (r"^pooler\.dense\.(\w+)$", r"pooler.\1"),  # ViTModel's tanh pooler (ViTConfig.pooler_dim)
 )
 
 _CLIP_TOWER_RULES: Rules = (

@@ -47,6 +47,7 @@ class ViTConfig:
     global_pool: str = "token"         # "token" (CLS) or "avg" (mean of patch tokens)
     fc_norm: bool = False              # timm: norm after pooling (then the token norm is skipped)
     pre_norm: bool = False             # timm's norm_pre (CLIP's ln_pre)
+    pooler_dim: int = 0                # > 0: HF ViTModel's pooler, tanh(Linear(CLS token)) of this width
     mean: tuple = IMAGENET_INCEPTION_MEAN  # normalization for uint8 (B, H, W, C) images
     std: tuple = IMAGENET_INCEPTION_STD
 
@@ -59,6 +60,8 @@ class ViTConfig:
             raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
         if self.global_pool == "token" and not self.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
+        if self.pooler_dim and (self.global_pool != "token" or self.fc_norm):
+            raise ValueError("pooler_dim (HF's pooler of the CLS token) needs global_pool='token' and fc_norm=False")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
@@ -110,7 +113,8 @@ class ViT(nn.Module):
                                   eps=c.eps)
         self.norm = None if c.fc_norm else LayerNorm(c.embed_dim, eps=c.eps)
         self.fc_norm = LayerNorm(c.embed_dim, eps=c.eps) if c.fc_norm else None
-        self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.pooler = nn.Linear(c.embed_dim, c.pooler_dim) if c.pooler_dim else None
+        self.head = nn.Linear(c.pooler_dim or c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.reset_parameters()
         self.backend = backend
         set_backend(self, backend)
@@ -155,13 +159,16 @@ class ViT(nn.Module):
         return final_norm(branch, stream, self.norm)
 
     def forward_pooled(self, images: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """Pooled features before the head (B, D). With CLS pooling only the CLS row is normalized."""
+        """Pooled features before the head (B, D). With CLS pooling only the CLS row is normalized;
+        with ``config.pooler_dim``, HF's ``pooler_output`` (B, pooler_dim)."""
         branch, stream = run_blocks(self.blocks, self.embed(images, interpolate_pos_encoding))
         if self.config.global_pool == "token":
             pooled = final_norm(None if branch is None else branch[:, 0], stream[:, 0], self.norm)
         else:
             tokens = final_norm(branch, stream, self.norm)
             pooled = tokens[:, self.config.num_prefix_tokens:].mean(dim=1)
+        if self.pooler is not None:
+            return torch.tanh(self.pooler(pooled))
         return self.fc_norm(pooled) if self.fc_norm is not None else pooled
 
     def forward(self, images: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
@@ -175,15 +182,20 @@ class ViT(nn.Module):
 
     @classmethod
     def from_hf(cls, model: nn.Module, backend: Optional[str] = None) -> "ViT":
-        """From HF ``ViTModel`` (no head; its tanh pooler is dropped) or ``ViTForImageClassification``."""
+        """From HF ``ViTModel`` (no head: forward returns its ``pooler_output`` when it has a pooler,
+        else the normalized CLS token) or ``ViTForImageClassification``."""
         hf = model.config
         image_size, patch_size = _square(hf.image_size, "image_size"), _square(hf.patch_size, "patch_size")
         has_head = hasattr(model, "classifier") and isinstance(model.classifier, nn.Linear)
+        pooler = getattr(model, "pooler", None)
+        if pooler is not None and getattr(hf, "pooler_act", "tanh") != "tanh":
+            raise ValueError(f"ViT.from_hf: the pooler's activation must be tanh, got {hf.pooler_act!r}")
         config = ViTConfig(img_size=image_size, patch_size=patch_size, in_chans=hf.num_channels,
                            num_classes=hf.num_labels if has_head else 0, embed_dim=hf.hidden_size,
                            depth=hf.num_hidden_layers, num_heads=hf.num_attention_heads,
                            mlp_dim=hf.intermediate_size, qkv_bias=getattr(hf, "qkv_bias", True),
                            eps=hf.layer_norm_eps, act=convert.hf_activation(hf.hidden_act),
+                           pooler_dim=0 if pooler is None else pooler.dense.out_features,
                            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
         state = model.state_dict()
         if any(key.startswith("vit.") for key in state):
