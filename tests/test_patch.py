@@ -23,8 +23,9 @@ def _optimized(model, **kwargs):
 def test_hf_vit_forward_and_backward(fused_calls, device):
     hf = hf_vit().to(device)
     fused, report = _optimized(hf)
-    assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1, "Mlp": DEPTH}
-    assert fused.vtkernels_report is report and report.total == 4 * DEPTH + 2
+    assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1, "Mlp": DEPTH,
+                               "AddNorm": DEPTH}
+    assert fused.vtkernels_report is report and report.total == 5 * DEPTH + 2
     assert isinstance(fused.vit.layers[0].layernorm_before, vtkernels.nn.LayerNorm)
     images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
     out = fused(images).logits
@@ -50,7 +51,7 @@ def test_hf_clip(fused_calls, attn_implementation, padding, device):
     fused, report = _optimized(hf)
     # vision: 2 per layer + pre + post; text: 2 per layer + final; an MLP and its QuickGELU per layer
     assert report.replaced == {"LayerNorm": 4 * DEPTH + 3, "Attention": 2 * DEPTH, "PatchEmbed": 1,
-                               "Mlp": 2 * DEPTH, "QuickGELU": 2 * DEPTH}
+                               "Mlp": 2 * DEPTH, "QuickGELU": 2 * DEPTH, "AddNorm": 2 * DEPTH}
     images = torch.randn(3, 3, IMAGE, IMAGE, device=device)
     ids, mask = (t.to(device) for t in token_ids(3))
     mask = mask if padding else None

@@ -4,7 +4,8 @@ Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on a
 
 * every last-dimension ``LayerNorm`` (torch's, timm's) becomes :class:`vtkernels.nn.LayerNorm`
   with the same weights (ViT, CLIP, Swin, DETR, ...; timm's channels-first ``LayerNorm2d`` is left
-  alone), HF iGPT's ``ImageGPTLayerNorm`` becomes :class:`vtkernels.nn.RMSNorm`;
+  alone), HF iGPT's ``ImageGPTLayerNorm`` becomes :class:`vtkernels.nn.RMSNorm`; HF ``ViTLayer`` /
+  ``CLIPEncoderLayer`` add their attention residual inside the second norm (one pass);
 * the self-attention of HF ``ViTAttention`` / ``CLIPAttention`` and of timm's ``Attention`` gets a
   forward that projects q, k, v straight into the (B, N, H, d) layout and calls
   :func:`vtkernels.attention` (causal where HF asks for it, as in the CLIP text tower); so do HF

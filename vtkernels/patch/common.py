@@ -59,7 +59,11 @@ def fused_layer_norm(norm: nn.LayerNorm, backend: Optional[str]) -> LayerNorm:
 
 
 def add_and_norm(norm: nn.Module, branch: torch.Tensor, residual: torch.Tensor):
-    """(norm(residual + branch), residual + branch): one pass when ``norm`` is the fused LayerNorm."""
+    """(norm(residual + branch), residual + branch): one pass when ``norm`` is the fused LayerNorm.
+    The sum takes the promoted dtype, as ``+`` would (under autocast a bf16 branch meets an fp32
+    residual stream)."""
+    dtype = torch.promote_types(branch.dtype, residual.dtype)
+    branch, residual = branch.to(dtype), residual.to(dtype)
     if isinstance(norm, LayerNorm):
         return norm(branch, residual=residual)
     hidden = residual + branch

@@ -40,6 +40,18 @@ def _is_hf_swin_layer(module: nn.Module) -> bool:
             and forward_takes(module, "hidden_states", "input_dimensions", "always_partition"))
 
 
+# HF pre-norm encoder layers: class -> (first norm, attention, second norm) attribute names (and an mlp).
+HF_ENCODER_LAYERS = {"ViTLayer": ("layernorm_before", "attention", "layernorm_after"),
+                     "CLIPEncoderLayer": ("layer_norm1", "self_attn", "layer_norm2")}
+
+
+def _is_hf_encoder_layer(module: nn.Module) -> bool:
+    names = HF_ENCODER_LAYERS.get(type(module).__name__)
+    return (names is not None and from_package(module, "transformers")
+            and all(hasattr(module, n) for n in (*names, "mlp"))
+            and forward_takes(module, "hidden_states", "attention_mask"))
+
+
 def _is_timm_attention(module: nn.Module) -> bool:
     return (type(module).__name__ == "Attention" and from_package(module, "timm")
             and all(hasattr(module, n) for n in ("qkv", "proj", "num_heads")))
@@ -113,6 +125,19 @@ def _hf_attention_forward(self, hidden_states: torch.Tensor, attention_mask: Opt
     if out is None:
         return self._vtkernels_original_forward(hidden_states, attention_mask, **kwargs)
     return out, None
+
+
+def _hf_encoder_layer_forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                              **kwargs):
+    """HF ViT / CLIP encoder layer with the attention residual added inside the second norm (one
+    pass: vtkernels.nn.LayerNorm with ``residual``); dropout in training takes HF's path."""
+    dropout = getattr(self, "dropout", None)  # ViT's hidden dropout (CLIP has none)
+    if self.training and dropout is not None and dropout.p > 0:
+        return self._vtkernels_original_forward(hidden_states, attention_mask, **kwargs)
+    first_norm, attention, second_norm = (getattr(self, n) for n in HF_ENCODER_LAYERS[type(self).__name__])
+    branch, _ = attention(first_norm(hidden_states), attention_mask, **kwargs)
+    normed, hidden_states = add_and_norm(second_norm, branch, hidden_states)
+    return hidden_states + self.mlp(normed)
 
 
 def _timm_attention_forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, **kwargs):
@@ -291,12 +316,14 @@ def _hf_swin_patch_embeddings_forward(self, pixel_values: torch.Tensor):
 
 
 # (the optimize() flag that enables it, detector, report kind, patched forward).
-# Patch merging counts as a norm (its fused op is the 2x2 gather + LayerNorm).
+# Patch merging counts as a norm (its fused op is the 2x2 gather + LayerNorm), and so does the
+# residual add fused into an HF encoder layer's second norm ("AddNorm").
 PATCHES = (
     ("attention", _is_hf_attention, "Attention", _hf_attention_forward),
     ("attention", _is_timm_attention, "Attention", _timm_attention_forward),
     ("attention", _is_hf_swin_layer, "WindowAttention", _hf_swin_layer_forward),
     ("attention", _is_timm_swin_block, "WindowAttention", _timm_swin_block_forward),
+    ("norms", _is_hf_encoder_layer, "AddNorm", _hf_encoder_layer_forward),
     ("norms", _is_timm_patch_merging, "PatchMerging", _timm_patch_merging_forward),
     ("norms", _is_hf_patch_merging, "PatchMerging", _hf_patch_merging_forward),
     ("patch_embed", _is_hf_embeddings, "PatchEmbed", _hf_embeddings_forward),
