@@ -94,3 +94,23 @@ def test_measured_order_can_keep_the_reference_on_the_gpu():
     assert order == {"mlp": ["reference", "triton", "cuda"]}
     dispatcher = OpDispatcher("mlp-measured", gpu_preference=order["mlp"])
     assert dispatcher.choose(torch.device("cuda")) == "reference"
+
+
+def test_kernel_profile_tables_and_kinds():
+    """benchmarks/kernel_profile.py on the CPU (CPU op events stand in for kernels): per-call
+    times and counts, shares summing to 1, largest first; kernel names mapped to who wrote them."""
+    from benchmarks import kernel_profile
+
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    rows = kernel_profile.profile(lambda: (a @ b).relu().sum(), calls=3, device="cpu")
+    names = [row["kernel"] for row in rows]
+    assert "aten::mm" in names and all(row["us_per_call"] > 0 for row in rows)
+    assert next(row for row in rows if row["kernel"] == "aten::mm")["launches_per_call"] == 1
+    assert sum(row["share"] for row in rows) == pytest.approx(1.0)
+    assert [row["us_per_call"] for row in rows] == sorted((row["us_per_call"] for row in rows), reverse=True)
+    assert kernel_profile.kernel_kind("attention_fwd_kernel") == "vtkernels-triton"
+    assert kernel_profile.kernel_kind("void vtk::attention::fwd_kernel<__nv_bfloat16, 64>(...)") == "vtkernels-cuda"
+    assert kernel_profile.kernel_kind("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "library"
+    assert kernel_profile.kernel_kind("void at::native::vectorized_elementwise_kernel<4, ...>") == "pytorch"
+    text = kernel_profile.markdown([{"case": "op S fwd p", "kernels": rows}, {"case": "x", "error": "E: no"}], top=2)
+    assert "## op S fwd p" in text and text.count("| `") == 2 and "failed: E: no" in text

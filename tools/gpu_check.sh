@@ -10,8 +10,10 @@
 # 4. compute-sanitizer memcheck + racecheck over the CUDA kernel tests -> sanitizer_*.log
 # 5. the benchmark suite                                 -> bench/ (results.json, .md, PNGs)
 # 6. (only when named in STEPS) tools/tune.py, TUNE_ARGS passed on -> tuning.json, tune.log
+# 7. (only when named in STEPS) benchmarks/kernel_profile.py, PROFILE_ARGS passed on (default: our
+#    models, one shape each, eager) -> bench/profile.md: the kernels each case spends its time in
 # and prints a summary table last. Pure-Python peers (Liger-Kernel, Inf-CL) are installed from
-# .whl/ when carried there. Steps: STEPS="build,info,tests,sanitizer,bench" (the default; "tune" is extra);
+# .whl/ when carried there. Steps: STEPS="build,info,tests,sanitizer,bench" (the default; "tune" and "profile" are extra);
 # BENCH_ARGS is passed to benchmarks/run.py (e.g. "--ops norm --quick --budget-s 400": with a
 # budget the suite stops starting cases in time and still writes its results). The tests run in
 # TEST_WORKERS processes (default 8) when pytest-xdist is installed: most of their time is Triton
@@ -79,11 +81,13 @@ step bench bench.log python3 benchmarks/run.py --update-preferences --out "$OUT_
 cp vtkernels/preferences.json "$OUT_DIR/bench/" 2>/dev/null  # commit it back: the measured backend order
 # The sweep writes tuning.json as it goes: killed at the deadline, it still returns what it measured.
 step tune tune.log python3 tools/tune.py --out "$OUT_DIR/tuning.json" ${TUNE_ARGS:-}
+step profile profile.log python3 benchmarks/kernel_profile.py --out "$OUT_DIR/bench" \
+  ${PROFILE_ARGS:---ops vit_clip,swin_igpt_detr --quick --match vtkernels$}
 
 summary() {
   echo "| step | status | seconds |"
   echo "|---|---|---|"
-  for name in build info tests sanitizer bench tune; do
+  for name in build info tests sanitizer bench tune profile; do
     echo "| $name | ${STATUS[$name]} | ${SECONDS_TAKEN[$name]:-} |"
   done
   grep -E "passed|failed" "$OUT_DIR/tests.log" 2>/dev/null | tail -n 1
@@ -93,7 +97,8 @@ summary() {
 summary >"$OUT_DIR/summary.md"
 tar czf "$FINAL_DIR/gpu_check.tgz" -C "$OUT_DIR" .
 cp "$OUT_DIR/summary.md" "$FINAL_DIR/"
-cp "$OUT_DIR"/bench/results.md "$OUT_DIR"/bench/results.json "$OUT_DIR"/tuning.json "$FINAL_DIR/" 2>/dev/null
+cp "$OUT_DIR"/bench/results.md "$OUT_DIR"/bench/results.json "$OUT_DIR"/bench/profile.md "$OUT_DIR"/tuning.json \
+  "$FINAL_DIR/" 2>/dev/null
 echo
 cat "$OUT_DIR/summary.md"
 [[ -f "$OUT_DIR/bench/results.md" ]] && head -n 80 "$OUT_DIR/bench/results.md"
