@@ -2,6 +2,8 @@
 dq, dk, dv), masks and empty rows, layouts and strides, custom-op registration, torch.compile,
 the timm-compatible module, dispatch and bad input."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -196,17 +198,24 @@ def test_triton_tma_reads_fused_qkv_in_place(tma_descriptors):
 @pytest.fixture
 def forced_key_splits(monkeypatch):
     """Every Triton forward launch splits its keys as far as key_splits allows (the interpreter
-    otherwise never splits); records each launch's split count."""
+    otherwise never splits); records each launch's split count and, per merge, the partials'
+    rows beside the launch's (first row, rows)."""
     from vtkernels.triton import attention as triton_attention
 
-    splits, original = [], triton_attention.key_splits
+    record = SimpleNamespace(splits=[], merges=[])
+    split_rule, combine = triton_attention.key_splits, triton_attention._combine
 
     def split_all(programs, n_kv, block_n, slots):
-        result = original(programs, n_kv, block_n, slots=1 << 20)
-        splits.append(result[0])
+        result = split_rule(programs, n_kv, block_n, slots=1 << 20)
+        record.splits.append(result[0])
         return result
+
+    def recording_combine(part, part_lse, out, lse, first_row, rows):
+        record.merges.append((part.shape[3], part_lse.shape[3], first_row, rows))
+        combine(part, part_lse, out, lse, first_row, rows)
     monkeypatch.setattr(triton_attention, "key_splits", split_all)
-    return splits
+    monkeypatch.setattr(triton_attention, "_combine", recording_combine)
+    return record
 
 
 @pytest.mark.parametrize("case", [(1, 2, 1, 300, 64, True, True, "bhnd"), (2, 2, 49, 300, 32, False, True, "bnhd"),
@@ -216,9 +225,14 @@ def forced_key_splits(monkeypatch):
 def test_triton_split_keys_match_reference(case, dtype, forced_key_splits):
     """Key ranges in separate programs, fp32 partials merged by attention_combine_kernel: a whole
     padded batch (every split empty: zeros), causal rows that see none of a later split, and the
-    merged logsumexp driving the backward."""
+    merged logsumexp driving the backward. 260 queries run as two launches (256 + 4 rows): the
+    second one's partials hold its 4 rows, not all 260."""
     check_against_reference(*case, dtype=dtype, device=torch.device("cpu"), backend="triton")
-    assert max(forced_key_splits) > 1
+    assert max(forced_key_splits.splits) > 1
+    for part_rows, lse_rows, first_row, rows in forced_key_splits.merges:
+        assert part_rows == lse_rows == rows
+    if case[2] == 260:
+        assert (4, 4, 256, 4) in forced_key_splits.merges
 
 
 def test_key_splits_fill_the_gpu_only_when_a_launch_does_not():

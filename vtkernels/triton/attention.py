@@ -185,19 +185,20 @@ def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> 
         descriptors, tma = _descriptors("fwd", cfg, head_dim, q=q, k=k, v=v)
         grid = (triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)
         splits, split_keys = key_splits(grid[0] * grid[1], n_kv, cfg["BLOCK_N"], split_slots(q.device))
-        # Split, the programs write fp32 partials (attention_fwd.py's docstring) merged below.
-        part, part_lse = out, lse
-        if splits > 1:
-            part = torch.empty((splits, *out.shape), device=q.device, dtype=torch.float32)
-            part_lse = torch.empty((splits, *lse.shape), device=q.device, dtype=torch.float32)
+        if splits == 1:
+            target, target_lse, out_first_row, out_rows = out[None], lse[None], 0, n_q
+        else:  # fp32 partials of this launch's rows (attention_fwd.py's docstring), merged below
+            target = torch.empty((splits, batch, heads, rows, head_dim), device=q.device, dtype=torch.float32)
+            target_lse = torch.empty((splits, batch, heads, rows), device=q.device, dtype=torch.float32)
+            out_first_row, out_rows = first_row, rows
         attention_fwd_kernel[(*grid, splits)](
-            q, k, v, *descriptors, mask, part, part_lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v),
-            *_bhn_strides(part[0] if splits > 1 else out), stride_mb, heads, n_q, n_kv, first_row, scale * LOG2E,
-            split_keys, part.stride(0) if splits > 1 else 0, part_lse.stride(0) if splits > 1 else 0,
+            q, k, v, *descriptors, mask, target, target_lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v),
+            *_bhn_strides(target[0]), stride_mb, heads, n_q, n_kv, first_row, scale * LOG2E,
+            split_keys, target.stride(0), target_lse.stride(0), out_first_row, out_rows,
             **constexprs, TAIL_N=tail_n, TMA=tma, **cfg,
         )
         if splits > 1:
-            _combine(part, part_lse, out, lse, first_row, rows)
+            _combine(target, target_lse, out, lse, first_row, rows)
 
 
 def _combine(part, part_lse, out, lse, first_row: int, rows: int) -> None:
@@ -259,7 +260,7 @@ def _signature(names: str, pointers: dict) -> dict:
 
 _STRIDES = "stride_qb stride_qh stride_qn stride_kb stride_kh stride_kn stride_vb stride_vh stride_vn"
 _FWD_ARGS = (f"Q K V QD KD VD PadMask Out Lse {_STRIDES} stride_ob stride_oh stride_on stride_mb n_heads n_q n_kv "
-             "first_row qk_scale split_keys stride_out_split stride_lse_split")
+             "first_row qk_scale split_keys stride_out_split stride_lse_split out_first_row out_rows")
 _DKDV_ARGS = (f"Q K V QD DOD PadMask DOut Lse Delta DK DV {_STRIDES} stride_dob stride_doh stride_don stride_dkb "
               "stride_dkh stride_dkn stride_dvb stride_dvh stride_dvn stride_mb n_heads n_q n_kv first_key scale "
               "qk_scale")
@@ -278,8 +279,8 @@ _AOT_SHAPES = {32: (8, 8, 850), 64: (256, 12, 197), 80: (64, 16, 257), 96: (4, 1
 
 def _aot_launch_values(head_dim: int) -> dict:
     batch, heads, n = _AOT_SHAPES[head_dim]
-    values = {"n_heads": heads, "n_q": n, "n_kv": n, "stride_mb": n, "split_keys": n, "stride_out_split": 0,
-              "stride_lse_split": 0}
+    values = {"n_heads": heads, "n_q": n, "n_kv": n, "stride_mb": n, "stride_out_split": heads * n * head_dim,
+              "stride_lse_split": heads * n, "out_first_row": 0, "out_rows": n}
     for t in ("q", "k", "v", "o", "do", "dk", "dv", "dq", "d"):
         values.update({f"stride_{t}b": heads * n * head_dim, f"stride_{t}h": n * head_dim, f"stride_{t}n": head_dim})
     return values
@@ -323,6 +324,7 @@ def aot_configs():
                         launch = {**values, first_name: first}
                         if kernel == "fwd":
                             cfg["TAIL_N"] = key_tail_block(values["n_kv"], cfg["BLOCK_N"], causal)
+                            launch["split_keys"] = key_splits(1, values["n_kv"], cfg["BLOCK_N"], 0)[1]
                         for sig, constexprs in _tma_variants(kernel, args, cfg, name, head_dim, ptrs):
                             yield fn, sig, {**base, **constexprs}, options, launch
             if dtype == torch.bfloat16:
@@ -343,7 +345,7 @@ def _aot_decode(head_dim: int, name: str, base: dict, ptrs: dict, values: dict):
     splits, split_keys = key_splits(pairs, 1025, cfg["BLOCK_N"], 2 * 132)
     rows = {"stride_ob": heads * head_dim, "stride_oh": head_dim, "stride_on": head_dim}  # (B, H, 1, d)
     decode = {**values, **rows, "n_q": 1, "n_kv": 1025, "first_row": 0, "split_keys": split_keys,
-              "stride_out_split": pairs * head_dim, "stride_lse_split": pairs}
+              "stride_out_split": pairs * head_dim, "stride_lse_split": pairs, "out_rows": 1}
     for sig, constexprs in _tma_variants("fwd", _FWD_ARGS, cfg, name, head_dim, {**ptrs, "Out": "*fp32"}):
         yield attention_fwd_kernel, sig, {**base, **constexprs}, options, decode
     cfg = launch_config(head_dim, torch.bfloat16, "combine")

@@ -173,13 +173,15 @@ def attention_fwd_kernel(
     Q, K, V, QD, KD, VD, PadMask, Out, Lse,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on, stride_mb,
-    n_heads, n_q, n_kv, first_row, qk_scale, split_keys, stride_out_split, stride_lse_split,
-    CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
+    n_heads, n_q, n_kv, first_row, qk_scale, split_keys, stride_out_split, stride_lse_split, out_first_row,
+    out_rows, CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, PRECISION: tl.constexpr,
     TMA: tl.constexpr,
 ):
     """Q, K, V: pointers to the (B, H, N, d) views; QD, KD, VD: their descriptors when TMA (see
-    the module docstring), else unused."""
+    the module docstring), else unused. Query row i is stored at row ``i - out_first_row`` of Out
+    and of Lse, whose (batch, head) slices hold ``out_rows`` rows: (0, n_q) unsplit, and
+    (first_row, this launch's rows) into the split partials, which hold this launch's rows only."""
     start_m = first_row + heavy_first_block(CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
     batch32, head32 = bh // n_heads, bh % n_heads  # descriptor coordinates are 32-bit
@@ -189,7 +191,7 @@ def attention_fwd_kernel(
     V += batch * stride_vb + head * stride_vh
     split = tl.program_id(2).to(tl.int64)  # key range (module docstring); 0 unsplit
     Out += batch * stride_ob + head * stride_oh + split * stride_out_split
-    Lse += bh.to(tl.int64) * n_q + split * stride_lse_split
+    Lse += bh.to(tl.int64) * out_rows + split * stride_lse_split
     if HAS_PAD_MASK:
         PadMask += batch * stride_mb
 
@@ -234,9 +236,10 @@ def attention_fwd_kernel(
     l_safe = tl.where(empty_row, 1.0, l_i)
     if D_REST > 0:
         acc_rest = acc_rest / l_safe[:, None]
-    store_head(Out, acc / l_safe[:, None], acc_rest, offs_m, query_ok, stride_on, D_MAIN, D_REST)
+    out_offs = offs_m - out_first_row
+    store_head(Out, acc / l_safe[:, None], acc_rest, out_offs, query_ok, stride_on, D_MAIN, D_REST)
     lse = tl.where(empty_row, float("inf"), (m_i + tl.math.log2(l_safe)) * LN2)
-    tl.store(Lse + offs_m, lse, mask=query_ok)
+    tl.store(Lse + out_offs, lse, mask=query_ok)
 
 
 @triton.jit
@@ -246,16 +249,18 @@ def attention_combine_kernel(
     HEAD_DIM: tl.constexpr, D_POW2: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """Merges the split-key partials (module docstring) of rows [first_row, row_end): Part
-    (splits, B, H, Nq, d) and PartLse (splits, B, H, Nq) fp32 -> Out (B, H, Nq, d view) and Lse
-    (B, H, Nq); +inf lse (and zeros) where no split saw a key."""
+    (splits, B, H, rows, d) and PartLse (splits, B, H, rows) fp32, which hold these rows only
+    (rows = row_end - first_row) -> Out (B, H, Nq, d view) and Lse (B, H, Nq); +inf lse (and
+    zeros) where no split saw a key."""
     bh = tl.program_id(1)
     batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
-    offs_m = first_row + tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    local = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row in the partials
+    offs_m = first_row + local
     row_ok = offs_m < row_end
     cols = tl.arange(0, D_POW2)
     tile_ok = row_ok[:, None] & (cols < HEAD_DIM)[None, :]
-    PartLse += bh.to(tl.int64) * n_q + offs_m
-    Part += batch * stride_pb + head * stride_ph + offs_m.to(tl.int64)[:, None] * stride_pn + cols[None, :]
+    PartLse += bh.to(tl.int64) * (row_end - first_row) + local
+    Part += batch * stride_pb + head * stride_ph + local.to(tl.int64)[:, None] * stride_pn + cols[None, :]
 
     lse_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for s in range(n_splits):
@@ -264,11 +269,13 @@ def attention_combine_kernel(
     shift = tl.where(lse_max == float("-inf"), 0.0, lse_max)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_POW2], dtype=tl.float32)
-    for s in range(n_splits):
-        lse_s = tl.load(PartLse + s * stride_lse_split, mask=row_ok, other=float("inf"))
+    for _ in range(n_splits):  # pointers advance split by split: 64-bit, where s * stride_ps could overflow
+        lse_s = tl.load(PartLse, mask=row_ok, other=float("inf"))
         weight = tl.where(lse_s == float("inf"), 0.0, tl.exp(lse_s - shift))
-        acc += weight[:, None] * tl.load(Part + s * stride_ps, mask=tile_ok, other=0.0)
+        acc += weight[:, None] * tl.load(Part, mask=tile_ok, other=0.0)
         total += weight
+        PartLse += stride_lse_split
+        Part += stride_ps
 
     empty_row = total == 0.0
     total_safe = tl.where(empty_row, 1.0, total)
