@@ -71,6 +71,33 @@ def test_hf_detr_attention_dropout_in_training_falls_back(fused_calls):
     assert out.shape == x.shape
 
 
+@needs_transformers_5
+@pytest.mark.parametrize("model", ["detr", "igpt"])
+def test_hf_mlp_dropout_after_the_mlp_stays_fused_in_training(fused_calls, model):
+    """The dropout after fc2 (DETR's ``dropout``, iGPT's ``resid_pdrop``) runs after the fused call,
+    drawing the same mask as HF's under the same seed; DETR's dropout between the layers
+    (``activation_dropout``) falls back."""
+    hf = perturb_(hf_detr() if model == "detr" else hf_igpt())
+    fused, _ = _optimized(hf)
+    path = "model.encoder.layers.0.mlp" if model == "detr" else "transformer.h.0.mlp"
+    mlp, original = fused.get_submodule(path), hf.get_submodule(path)
+    if model == "detr":
+        mlp.dropout = original.dropout = 0.5
+    else:
+        mlp.dropout.p = original.dropout.p = 0.5
+    mlp.train(), original.train()
+    x = torch.randn(2, 6, 64 if model == "detr" else 128)
+    torch.manual_seed(0)
+    out = mlp(x)
+    torch.manual_seed(0)
+    assert_close(out, original(x), torch.float32, names=["out"])
+    assert fused_calls["mlp"] == 1 and (out == 0).any()
+    if model == "detr":
+        mlp.activation_dropout = 0.1
+        mlp(x)
+        assert fused_calls["mlp"] == 1
+
+
 def _igpt_with_padding(n_layer=LAYERS, **config):
     hf = hf_igpt(n_layer=n_layer, **config)
     ids = torch.randint(0, 32, (3, IGPT_POSITIONS))
@@ -86,11 +113,11 @@ def test_hf_igpt(fused_calls, options, device):
     hf, ids, mask = _igpt_with_padding(**options)
     hf = hf.to(device)
     fused, report = _optimized(hf)
-    # ln_1, ln_2 per block + ln_f; the MLP's QuickGELU per block
-    assert report.replaced == {"RMSNorm": 2 * LAYERS + 1, "Attention": LAYERS, "QuickGELU": LAYERS}
+    # ln_1, ln_2 per block + ln_f; the MLP (Conv1D weights) with its QuickGELU fused into the first GEMM
+    assert report.replaced == {"RMSNorm": 2 * LAYERS + 1, "Attention": LAYERS, "Mlp": LAYERS, "QuickGELU": LAYERS}
     ids, mask = ids.to(device), mask.to(device)
     out = fused(ids, attention_mask=mask).logits
-    assert fused_calls["attention"] == LAYERS and fused_calls["quick_gelu"] == LAYERS
+    assert fused_calls["attention"] == LAYERS and fused_calls["mlp"] == LAYERS and fused_calls["quick_gelu"] == 0
     expected = hf(ids, attention_mask=mask).logits
     assert_close(out, expected, torch.float32, names=["logits"])
     _compare_grads(out, expected, fused, hf)

@@ -91,21 +91,31 @@ class Mlp(nn.Module):
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(fused_mlp(self, x, self.act, self.drop1, self.backend))
+        return self.drop2(fused_mlp(self.fc1, self.act, self.fc2, x, self.drop1, self.backend))
 
 
-def fused_mlp(module: nn.Module, x: torch.Tensor, act: nn.Module, drop: Optional[nn.Module],
+def linear_weight(layer: nn.Module) -> Optional[torch.Tensor]:
+    """The weight of a linear layer whose forward is exactly ``x @ W^T + b``, in ``nn.Linear``
+    layout (out, in): a plain ``nn.Linear``'s own, or the transpose (a view) of HF's ``Conv1D``
+    (iGPT, GPT-2), which holds it as (in, out). None for any other layer."""
+    if type(layer) is nn.Linear:
+        return layer.weight
+    if type(layer).__name__ == "Conv1D" and type(layer).__module__.startswith("transformers."):
+        return layer.weight.t()
+    return None
+
+
+def fused_mlp(fc1: nn.Module, act: nn.Module, fc2: nn.Module, x: torch.Tensor, drop: Optional[nn.Module],
               backend: Optional[str]) -> torch.Tensor:
-    """``module.fc2(drop(act(module.fc1(x))))``, as one :func:`vtkernels.mlp` call where it can be
-    (plain ``nn.Linear`` layers, an activation the op has, the dropout inactive, no hooks on the
-    modules whose forward the fused call skips); the modules one by one otherwise. Shared by
-    :class:`Mlp` and the MLPs :func:`vtkernels.optimize` patches."""
+    """``fc2(drop(act(fc1(x))))``, as one :func:`vtkernels.mlp` call where it can be (linear
+    layers :func:`linear_weight` reads, an activation the op has, the dropout inactive, no hooks
+    on the modules whose forward the fused call skips); the modules one by one otherwise. Shared
+    by :class:`Mlp` and the MLPs :func:`vtkernels.optimize` patches."""
     name = activation_name(act)
     dropping = drop is not None and drop.training and drop.p > 0
-    skipped = (module.fc1, act, module.fc2)
-    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in skipped)
-    plain = type(module.fc1) is nn.Linear and type(module.fc2) is nn.Linear
-    if name is None or dropping or hooked or not plain:
-        h = act(module.fc1(x))
-        return module.fc2(drop(h) if drop is not None else h)
-    return vtkernels.mlp(x, module.fc1.weight, module.fc1.bias, module.fc2.weight, module.fc2.bias, name, backend)
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (fc1, act, fc2))
+    w1, w2 = linear_weight(fc1), linear_weight(fc2)
+    if name is None or dropping or hooked or w1 is None or w2 is None:
+        h = act(fc1(x))
+        return fc2(drop(h) if drop is not None else h)
+    return vtkernels.mlp(x, w1, fc1.bias, w2, fc2.bias, name, backend)

@@ -17,8 +17,8 @@ Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on a
 * Swin patch merging (timm ``PatchMerging``, HF ``SwinPatchMerging``): the 2x2 gather and the
   LayerNorm(4C) become one :func:`vtkernels.patch_merging_norm` call before the reduction Linear;
 * the MLP of timm (``Mlp``: ViT, Swin, CLIP towers) and HF (``CLIPMLP``, ``ViTMLP``, ``SwinMLP``,
-  ``DetrMLP``) runs as one :func:`vtkernels.mlp` call, the activation (GELU, QuickGELU, ReLU)
-  fused into fc1's GEMM;
+  ``DetrMLP``, iGPT's ``ImageGPTMLP`` of ``Conv1D`` layers) runs as one :func:`vtkernels.mlp`
+  call, the activation (GELU, QuickGELU, ReLU) fused into fc1's GEMM;
 * QuickGELU (HF ``QuickGELUActivation``, timm's ``QuickGELU``: CLIP, iGPT) elsewhere runs as one
   :func:`vtkernels.quick_gelu` pass instead of eager PyTorch's three;
 * the patch embedding of HF ViT / CLIP (convolution + class token + position embedding) becomes

@@ -7,8 +7,10 @@
   :class:`vtkernels.nn.RMSNorm`;
 * iGPT's ``ImageGPTAttention`` (self-attention): HF's own ``c_attn`` projection and KV cache, then
   :func:`vtkernels.attention`, causal (bottom-right, as HF's causal buffer when a cache holds the
-  earlier keys), HF's scale options, padding as ``key_padding_mask``. Its MLP's QuickGELU is
-  patched with the other activations.
+  earlier keys), HF's scale options, padding as ``key_padding_mask``;
+* iGPT's ``ImageGPTMLP`` (two HF ``Conv1D`` layers, which hold their weights transposed, around
+  QuickGELU): one :func:`vtkernels.mlp` call on the transposed weights (a copy of each per call),
+  the activation fused into the first GEMM, HF's dropout after it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 import vtkernels
 from vtkernels.nn import RMSNorm
+from vtkernels.nn.mlp import activation_name, fused_mlp, linear_weight
 from vtkernels.patch.common import (UNSUPPORTED, forward_takes, from_package, key_padding_mask_for, other_tensors,
                                     projected_attention, take_over)
 
@@ -128,6 +131,17 @@ def _hf_igpt_attention_forward(self, hidden_states: torch.Tensor, layer_past=Non
     return self.resid_dropout(self.c_proj(out)), None
 
 
+def _is_hf_igpt_mlp(module: nn.Module) -> bool:
+    return (type(module).__name__ == "ImageGPTMLP" and from_package(module, "transformers")
+            and forward_takes(module, "hidden_states")
+            and all(linear_weight(getattr(module, n, None)) is not None for n in ("c_fc", "c_proj"))
+            and activation_name(getattr(module, "act", None)) is not None and hasattr(module, "dropout"))
+
+
+def _hf_igpt_mlp_forward(self, hidden_states: torch.Tensor):
+    return self.dropout(fused_mlp(self.c_fc, self.act, self.c_proj, hidden_states, None, self._vtkernels_backend))
+
+
 def _self_attention_cache(cache):
     """HF's cache object for self-attention (an EncoderDecoderCache holds two)."""
     return getattr(cache, "self_attention_cache", cache)
@@ -138,4 +152,5 @@ PATCHES = (
     ("attention", _is_hf_detr_self_attention, "Attention", _hf_detr_self_attention_forward),
     ("attention", _is_hf_detr_cross_attention, "Attention", _hf_detr_cross_attention_forward),
     ("attention", _is_hf_igpt_attention, "Attention", _hf_igpt_attention_forward),
+    ("mlp", _is_hf_igpt_mlp, "Mlp", _hf_igpt_mlp_forward),
 )

@@ -220,14 +220,16 @@ def _timm_swin_block_forward(self, x: torch.Tensor):
 
 
 def _timm_mlp_forward(self, x: torch.Tensor):
-    return self.drop2(fused_mlp(self, x, self.act, self.drop1, self._vtkernels_backend))
+    return self.drop2(fused_mlp(self.fc1, self.act, self.fc2, x, self.drop1, self._vtkernels_backend))
 
 
 def _hf_mlp_forward(self, hidden_states: torch.Tensor):
-    # (DETR's MLP applies two functional dropouts: activation_dropout after the activation, dropout after fc2)
-    if self.training and (getattr(self, "activation_dropout", 0.0) > 0 or getattr(self, "dropout", 0.0) > 0):
+    # DETR's MLP applies two functional dropouts: activation_dropout after the activation (which the
+    # fused call cannot take), dropout after fc2 (applied here, after it)
+    if self.training and getattr(self, "activation_dropout", 0.0) > 0:
         return self._vtkernels_original_forward(hidden_states)
-    return fused_mlp(self, hidden_states, self.activation_fn, None, self._vtkernels_backend)
+    out = fused_mlp(self.fc1, self.activation_fn, self.fc2, hidden_states, None, self._vtkernels_backend)
+    return F.dropout(out, p=getattr(self, "dropout", 0.0), training=self.training)
 
 
 def _quick_gelu_forward(self, x: torch.Tensor):
