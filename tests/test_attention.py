@@ -197,8 +197,8 @@ def test_triton_tma_reads_fused_qkv_in_place(tma_descriptors):
 
 @pytest.fixture
 def forced_key_splits(monkeypatch):
-    """Every Triton forward launch splits its keys as far as key_splits allows (the interpreter
-    otherwise never splits); records each launch's split count and, per merge, the partials'
+    """Every Triton forward launch splits its keys, down to one key block per split (the
+    interpreter otherwise never splits); records each launch's split count and, per merge, the partials'
     rows beside the launch's (first row, rows)."""
     from vtkernels.triton import attention as triton_attention
 
@@ -213,6 +213,7 @@ def forced_key_splits(monkeypatch):
     def recording_combine(part, part_lse, out, lse, first_row, rows):
         record.merges.append((part.shape[3], part_lse.shape[3], first_row, rows))
         combine(part, part_lse, out, lse, first_row, rows)
+    monkeypatch.setattr(triton_attention, "MIN_SPLIT_BLOCKS", 1)  # the tests' short key ranges split too
     monkeypatch.setattr(triton_attention, "key_splits", split_all)
     monkeypatch.setattr(triton_attention, "_combine", recording_combine)
     return record
@@ -238,8 +239,9 @@ def test_triton_split_keys_match_reference(case, dtype, forced_key_splits):
 def test_key_splits_fill_the_gpu_only_when_a_launch_does_not():
     from vtkernels.triton.attention import key_splits
 
-    assert key_splits(64, 1025, 64, slots=264) == (5, 256)  # iGPT-S decoding on 132 SMs
-    assert key_splits(64, 850, 64, slots=264) == (5, 192)  # DETR cross-attention: 14 key blocks
+    assert key_splits(64, 1025, 64, slots=264) == (4, 320)  # iGPT-S decoding on 132 SMs: 17 key blocks
+    assert key_splits(64, 850, 64, slots=264) == (3, 320)  # DETR cross-attention: 14 key blocks
+    assert key_splits(36, 197, 64, slots=264) == (1, 256)  # ViT-B at batch 1: 4 key blocks, too few to split
     assert key_splits(300, 1025, 64, slots=264) == (1, 1088)  # the launch fills the GPU itself
     assert key_splits(8, 150, 64, slots=264) == (1, 192)  # 3 key blocks: too few to split
     assert key_splits(8, 0, 64, slots=264) == (1, 64)

@@ -132,7 +132,9 @@ def program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int) -> 
     return best
 
 
-MIN_SPLIT_BLOCKS = 2  # key blocks per split at least: fewer, and the merge costs more than the split gains
+# Key blocks per split at least. A program over 4 blocks takes a microsecond or two: splitting
+# fewer saves less than the merge's extra launch costs (ViT-B at batch 1, 197 keys, stays whole).
+MIN_SPLIT_BLOCKS = 4
 
 
 def split_slots(device: torch.device) -> int:
@@ -145,7 +147,7 @@ def key_splits(programs: int, n_kv: int, block_n: int, slots: int) -> tuple[int,
     """(splits, keys per split) for a forward launch of ``programs`` (query tiles x batch x heads):
     unsplit (1, all keys rounded up to BLOCK_N) when the launch fills ``slots`` or the keys are
     few; else enough splits of at least MIN_SPLIT_BLOCKS key blocks to reach ``slots`` programs.
-    iGPT-S decoding (64 programs, 1025 keys, 64-key blocks) on 132 SMs: 5 splits of 256 keys."""
+    iGPT-S decoding (64 programs, 1025 keys, 64-key blocks) on 132 SMs: 4 splits of 320 keys."""
     blocks = triton.cdiv(n_kv, block_n)
     if programs >= slots or blocks < 2 * MIN_SPLIT_BLOCKS:
         return 1, max(blocks, 1) * block_n
