@@ -16,8 +16,9 @@
 # .whl/ when carried there. Steps: STEPS="build,info,tests,sanitizer,bench" (the default; "tune" and "profile" are extra);
 # BENCH_ARGS is passed to benchmarks/run.py (e.g. "--ops norm --quick --budget-s 400": with a
 # budget the suite stops starting cases in time and still writes its results). The tests run in
-# TEST_WORKERS processes (default 8) when pytest-xdist is installed: most of their time is Triton
-# compiling kernels, which parallelizes across cores.
+# TEST_WORKERS processes (default: one per core) when pytest-xdist is installed: most of their
+# time is Triton compiling kernels, which parallelizes across cores; TEST_ARGS is passed to pytest
+# (e.g. TEST_ARGS="-k 'not cuda'" when the extension is not built: STEPS without "build").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 FINAL_DIR=${1:-${OUT:-gpu_out}}
@@ -60,8 +61,10 @@ step build build.log env FORCE_CUDA=1 python3 setup.py build_ext --inplace
 [[ ${STATUS[build]} == ok ]] && cp vtkernels/_C*.so "$FINAL_DIR/"
 step info info.log python3 -m vtkernels info
 TEST_PARALLEL=()
-python3 -c "import xdist" 2>/dev/null && TEST_PARALLEL=(-n "${TEST_WORKERS:-8}")
-step tests tests.log python3 -m pytest tests -q -rfE --maxfail="${MAX_FAIL:-30}" --durations=15 "${TEST_PARALLEL[@]}" --junitxml="$OUT_DIR/tests.xml" -p no:cacheprovider
+python3 -c "import xdist" 2>/dev/null && TEST_PARALLEL=(-n "${TEST_WORKERS:-$(nproc)}")
+eval "TEST_EXTRA=(${TEST_ARGS:-})"  # (eval: keeps a quoted -k expression one argument)
+step tests tests.log python3 -m pytest tests -q -rfE --maxfail="${MAX_FAIL:-30}" --durations=15 "${TEST_PARALLEL[@]}" \
+  --junitxml="$OUT_DIR/tests.xml" -p no:cacheprovider "${TEST_EXTRA[@]}"
 sanitize() {  # both tools, whatever the first finds; fails if either does
   local tool rc=0
   for tool in memcheck racecheck; do
