@@ -19,6 +19,12 @@
 # TEST_WORKERS processes (default: one per core) when pytest-xdist is installed: most of their
 # time is Triton compiling kernels, which parallelizes across cores; TEST_ARGS is passed to pytest
 # (e.g. TEST_ARGS="-k 'not cuda'" when the extension is not built: STEPS without "build").
+#
+# A session's device time (15 minutes, the machine's start included) holds one full call. The
+# first one on a new machine should favour the Triton kernels, which the automatic choice and
+# the targets count, over the CUDA build:
+#   STEPS=info,tests,bench TEST_ARGS="-k 'not cuda'" BENCH_ARGS="--ops norm,attention,mlp" \
+#     bash tools/gpu_check.sh $OUT
 set -uo pipefail
 cd "$(dirname "$0")/.."
 FINAL_DIR=${1:-${OUT:-gpu_out}}
