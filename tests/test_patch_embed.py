@@ -182,6 +182,27 @@ def test_triton_matches_reference(variant, dtype, device):
     check_against_reference(variant, dtype, device, "triton")
 
 
+@pytest.mark.parametrize("variant", ["vit", "swin_pos", "uint8", "patch14_ragged"])
+def test_triton_weight_tiles_through_tma(variant, monkeypatch):
+    """The forward's weight tiles through a tensor descriptor (emulated on the CPU), as on sm_90 in
+    16 bits: columns past K (patch 14: 588, stored padded to 592) and rows past D zero-filled."""
+    from vtkernels.triton import patch_embed as triton_patch_embed
+
+    config, describe, boxes = triton_patch_embed.launch_config, triton_patch_embed.descriptor, []
+
+    def tma_config(kind, *args):
+        return {**config(kind, *args), **({"TMA": True} if kind == "fwd" else {})}
+
+    def recording_descriptor(t, *box):
+        boxes.append((tuple(t.shape), box))
+        return describe(t, *box)
+    monkeypatch.setattr(triton_patch_embed, "launch_config", tma_config)
+    monkeypatch.setattr(triton_patch_embed, "descriptor", recording_descriptor)
+    check_against_reference(variant, torch.float16, torch.device("cpu"), "triton")
+    patch, dim = VARIANTS[variant][:2]
+    assert boxes == [((dim, 3 * patch * patch), (32, 16))]
+
+
 def test_triton_non_contiguous_inputs(device):
     inputs = make_inputs("vit", torch.float32, device, requires_grad=False)
     wide = torch.randn(2, 3, 32, 50, device=device)

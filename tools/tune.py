@@ -238,7 +238,7 @@ def _patch_embed_target() -> Target:
         shapes=SHAPES,
         candidates={
             "fwd": {"BLOCK_M": (128,), "BLOCK_N": (128, 256), "BLOCK_K": (32, 64), "num_warps": (4, 8),
-                    "num_stages": (3, 4)},
+                    "num_stages": (3, 4), "TMA": (True, False)},  # TMA: the weight tiles by descriptor
             "bwd_weight": backward,
             "bwd_images": backward,
         },

@@ -17,7 +17,10 @@ for (c, ky, kx), a small permuted copy for (ky, kx, c)), so the sum is unchanged
 (``x * scale[c] + shift[c]``, fp32) and the cast to the weight dtype happen right after the load.
 
 Forward epilogue: + bias[d] + pos[pos_start + n, d], stored to out[b, P + n, d]; a few extra
-programs of the same launch write the cls rows out[b, 0, :] = cls (+ pos[0]).
+programs of the same launch write the cls rows out[b, 0, :] = cls (+ pos[0]). With TMA (16-bit on
+sm_90) the forward's weight tiles arrive through a tensor descriptor of the (D, K) matrix
+(columns past K and rows past D zero-filled); the gathered A operand has no such box (that would
+take im2col mode, which Triton does not expose) and keeps pointer loads.
 Backward: d images = dY @ W scattered back with the same index math (patches do not overlap: no
 atomics; pixels past the last full patch get zeros); d weight = dY^T @ A with A re-gathered, split
 over M into fp32 partials summed afterwards (deterministic). d bias / d cls / d pos are batch
@@ -36,6 +39,7 @@ import triton.language as tl
 
 from vtkernels.backend import triton_interpreter_enabled
 from vtkernels.triton.tiling import sm_count
+from vtkernels.triton.tma import descriptor, tma_usable
 
 
 @triton.jit
@@ -104,16 +108,17 @@ def _cls_rows(CLS, POS, OUT, batch, D, row_stride, program, CLS_HAS_POS: tl.cons
 
 @triton.jit
 def patch_embed_fwd_kernel(
-    IMG, W, BIAS, CLS, POS, SCALE, SHIFT, OUT,
+    IMG, W, WD, BIAS, CLS, POS, SCALE, SHIFT, OUT,
     M, D, K, w_cols, num_patches, grid_w, prefix, pos_start, gemm_programs,
     stride_ib, stride_ic, stride_ih, stride_iw, stride_wd, stride_wk,
     PATCH: tl.constexpr, CHANNELS: tl.constexpr, CHANNELS_INNER: tl.constexpr, NORMALIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_CLS: tl.constexpr, HAS_POS: tl.constexpr, CLS_HAS_POS: tl.constexpr,
     VEC: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TMA: tl.constexpr,
 ):
     """W is the (D, K) weight matrix in this call's k order, zero-padded to ``w_cols`` columns (a
-    multiple of 16). Programs past ``gemm_programs`` write the cls rows (BLOCK_M images each)."""
+    multiple of 16); WD its descriptor (boxes [BLOCK_N, BLOCK_K]) when TMA, else unused. Programs
+    past ``gemm_programs`` write the cls rows (BLOCK_M images each)."""
     pid = tl.program_id(0)
     if pid >= gemm_programs:
         if HAS_CLS:
@@ -138,9 +143,12 @@ def patch_embed_fwd_kernel(
             k = k0 + tl.arange(0, BLOCK_K)
             a = _gather_a(IMG, SCALE, SHIFT, row_off, m_ok, k, stride_ic, stride_ih, stride_iw,
                           W.dtype.element_ty, PATCH, CHANNELS, CHANNELS_INNER, NORMALIZE, VEC)
-            w = tl.load(w_block, boundary_check=(0, 1), padding_option="zero")  # [d, k]
+            if TMA:
+                w = WD.load([pid_n * BLOCK_N, k0])  # [d, k]
+            else:
+                w = tl.load(w_block, boundary_check=(0, 1), padding_option="zero")
+                w_block = tl.advance(w_block, (0, BLOCK_K))
             acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
-            w_block = tl.advance(w_block, (0, BLOCK_K))
 
         if HAS_BIAS:
             acc += tl.load(BIAS + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
@@ -275,14 +283,15 @@ def launch_config(kind: str, dtype: torch.dtype, dim: int, k_size: int) -> dict:
     """Tiles and warps for ``kind`` in ("fwd", "bwd_images", "bwd_weight"); small tiles in the
     interpreter (more programs, so small test shapes still cross tile edges)."""
     if triton_interpreter_enabled():
-        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1}
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1,
+                **({"TMA": False} if kind == "fwd" else {})}
     # Chosen from sm_90 compiles with the launch-time specializations (16-divisible sizes and
     # strides, aligned pointers): these tiles are software-pipelined (cp.async, 3 stages), use
     # wgmma and do not spill. fp32 halves the k depth (twice the bytes per element).
     wide = dtype != torch.float32
     if kind == "fwd":
         block_k = min(64 if wide else 32, max(16, triton.next_power_of_2(k_size)))
-        return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": block_k, "num_warps": 8, "num_stages": 3}
+        return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": block_k, "num_warps": 8, "num_stages": 3, "TMA": wide}
     # bwd_images: output tile (BLOCK_M patches, BLOCK_K columns), loop over D in BLOCK_N steps;
     # bwd_weight: output tile (BLOCK_N of D, BLOCK_K columns), loop over patches in BLOCK_M steps.
     return {"BLOCK_M": 64 if wide else 32, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3}
@@ -315,14 +324,15 @@ def forward(images, weight, bias: Optional[torch.Tensor], cls_token: Optional[to
     cls_programs = triton.cdiv(batch, tiles["BLOCK_M"]) if cls_token is not None else 0
     inner = channels_inner(images)
     w = weight_matrix(weight, inner)
+    tma = tiles.pop("TMA") and tma_usable(w)
     patch_embed_fwd_kernel[(gemm_programs + cls_programs,)](
-        images, w, bias, cls_token, pos_embed, scale, shift, out,
+        images, w, descriptor(w, tiles["BLOCK_N"], tiles["BLOCK_K"]) if tma else None, bias, cls_token, pos_embed, scale, shift, out,
         rows, dim, k_size, triton.cdiv(k_size, 16) * 16, num_patches, grid_w, prefix, pos_start, gemm_programs,
         *images.stride(), *w.stride(),
         PATCH=patch, CHANNELS=channels, CHANNELS_INNER=inner, NORMALIZE=scale is not None,
         HAS_BIAS=bias is not None, HAS_CLS=cls_token is not None, HAS_POS=pos_embed is not None,
         CLS_HAS_POS=bool(pos_start) and cls_token is not None, VEC=gather_vec(images, patch),
-        DOT_PRECISION=dot_precision(weight.dtype), **tiles, **launch,
+        DOT_PRECISION=dot_precision(weight.dtype), TMA=tma, **tiles, **launch,
     )
     return out
 
@@ -420,7 +430,13 @@ def aot_configs():
                    "gemm_programs": "i32",
                    **strides, **w_strides}
             flags = {"HAS_BIAS": True, "HAS_CLS": cls, "HAS_POS": cls, "CLS_HAS_POS": cls}
-            yield patch_embed_fwd_kernel, sig, {**common, **flags, "VEC": vec, **tiles}, launch, values
+            tma = tiles.pop("TMA")
+            yield patch_embed_fwd_kernel, sig, {**common, **flags, "VEC": vec, **tiles, "WD": None, "TMA": False}, \
+                launch, values
+            if tma:  # the weight tiles through a descriptor instead
+                box = f"tensordesc<{dtype}[{tiles['BLOCK_N']}, {tiles['BLOCK_K']}]>"
+                yield patch_embed_fwd_kernel, {**sig, "WD": box}, {**common, **flags, "VEC": vec, **tiles, "TMA": True}, \
+                    launch, values
             tiles, launch = _launch_args(launch_config("bwd_weight", torch_dtype, dim, 3 * patch * patch))
             sig = {"DY": f"*{dtype}", "IMG": f"*{img}", "SCALE": "*fp32", "SHIFT": "*fp32", "PARTIAL": "*fp32",
                    **sizes, "tiles_per_split": "i32", **strides}
