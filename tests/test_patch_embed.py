@@ -257,6 +257,14 @@ def test_gpu_kernels_match_reference(backend, dtype, variant):
     check_against_reference(variant, dtype, torch.device("cuda"), backend)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["vit", "patch14_ragged"])
+def test_gpu_triton_pointer_weight_path(variant, monkeypatch):
+    """16-bit weights through pointers (VTKERNELS_TMA=0), the path pre-Hopper GPUs take."""
+    monkeypatch.setenv("VTKERNELS_TMA", "0")
+    check_against_reference(variant, torch.bfloat16, torch.device("cuda"), "triton")
+
+
 GPU_MODEL_SHAPES = {  # name: (variant, image size, dim)
     "vit_b16": ("vit", (224, 224), 768),
     "vit_l14_336": ("patch14_ragged", (336, 336), 1024),
