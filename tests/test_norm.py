@@ -260,6 +260,51 @@ def test_forcing_an_unavailable_backend_lists_the_reasons():
         vtkernels.layer_norm(torch.randn(2, 8), backend="tpu")
 
 
+def test_kernels_run_on_their_tensors_gpu_when_there_are_several(monkeypatch):
+    """Both backends launch on the current device: with several GPUs, the kernel functions make
+    the first tensor argument's GPU current for the call; with one they are handed out unwrapped."""
+    from vtkernels import _extension
+
+    entered = []
+
+    class RecordingDevice:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    def kernel(x, y):
+        return entered[-1] if entered else None
+
+    class OnSecondGpu(torch.Tensor):  # a CPU tensor that reports cuda:1
+        device = property(lambda self: torch.device("cuda", 1))
+
+    on_cuda1 = torch.zeros(1).as_subclass(OnSecondGpu)
+    monkeypatch.setattr(_extension, "_several_gpus", lambda: False)
+    assert _extension.device_guarded(kernel) is kernel
+    monkeypatch.setattr(_extension, "_several_gpus", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", RecordingDevice)
+    assert _extension.device_guarded(kernel)(3, on_cuda1) == torch.device("cuda", 1)
+    entered.clear()
+    assert _extension.device_guarded(kernel)(torch.zeros(1), on_cuda1) is None  # the first tensor is on the CPU
+
+
+@pytest.mark.gpu
+def test_gpu_norm_on_a_second_gpu():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    x, w = torch.randn(4, 96, device="cuda:1"), torch.randn(96, device="cuda:1")
+    for backend in ("triton", "cuda"):
+        if vtkernels.ops.norm.dispatcher.refusals(backend, x.device, x=x):
+            continue
+        assert_close(vtkernels.rms_norm(x, w, backend=backend), vtkernels.rms_norm(x, w, backend="reference"),
+                     torch.float32, names=[backend])
+
+
 def test_triton_refuses_bf16_in_the_interpreter():
     if HAS_CUDA:
         pytest.skip("the interpreter is only used without a GPU")

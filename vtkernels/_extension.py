@@ -1,12 +1,46 @@
 """Lazy access to the kernels, so that ``import vtkernels`` never fails without the compiled
-extension or Triton: an op's kernel functions are looked up when a call first needs them."""
+extension or Triton: an op's kernel functions are looked up when a call first needs them.
+
+Both backends launch on the current CUDA device (Triton's launcher and the extension's
+``<<<>>>`` on its current stream): with several GPUs, the kernel functions handed out make the
+first tensor argument's GPU current for the call, so tensors on ``cuda:1`` work without
+``torch.cuda.set_device(1)``. One GPU: the functions as they are, no per-call cost."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 from typing import Callable, Sequence
 
+import torch
+
 from vtkernels.backend import BackendError, extension_failure
+
+
+@functools.cache
+def _several_gpus() -> bool:
+    return torch.cuda.device_count() > 1
+
+
+def on_device_of(t: torch.Tensor):
+    """A context in which ``t``'s GPU is the current device (a no-op for one GPU or a CPU tensor)."""
+    if t.device.type == "cuda" and _several_gpus():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+def device_guarded(fn: Callable) -> Callable:
+    """``fn`` run on the GPU of its first tensor argument (see the module docstring)."""
+    if not _several_gpus():
+        return fn
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        with contextlib.nullcontext() if first is None else on_device_of(first):
+            return fn(*args, **kwargs)
+    return guarded
 
 
 def load_extension():
@@ -23,8 +57,8 @@ def kernel_functions(backend: str, *, triton_module: str, triton: Sequence[str],
     the extension ``vtkernels._C``."""
     if backend == "triton":
         module = importlib.import_module(triton_module)
-        return tuple(getattr(module, name) for name in triton)
+        return tuple(device_guarded(getattr(module, name)) for name in triton)
     if backend == "cuda":
         ext = load_extension()
-        return tuple(getattr(ext, name) for name in cuda)
+        return tuple(device_guarded(getattr(ext, name)) for name in cuda)
     raise ValueError(f"no kernels on backend {backend!r} (kernel backends: triton, cuda)")

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vtkernels._extension import kernel_functions, load_extension
+from vtkernels._extension import device_guarded, kernel_functions, load_extension
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.reference import palette as reference_palette
@@ -47,13 +47,13 @@ def _(pixels, clusters, backend):
 def palette_dequantize_op(tokens: Tensor, clusters: Tensor, channels_first: bool, backend: str) -> Tensor:
     """tokens (B, N) contiguous; returns uint8 (B, 3, N) if channels_first else (B, N, 3)."""
     if backend == "cuda":
-        return load_extension().palette_dequantize(tokens, clusters, channels_first)
+        return device_guarded(load_extension().palette_dequantize)(tokens, clusters, channels_first)
     from vtkernels.triton import palette as triton_palette
 
     batch, n = tokens.shape
     shape = (batch, 3, n) if channels_first else (batch, n, 3)
     out = torch.empty(shape, dtype=torch.uint8, device=tokens.device)
-    triton_palette.dequantize(tokens, clusters, out.transpose(1, 2) if channels_first else out)
+    device_guarded(triton_palette.dequantize)(tokens, clusters, out.transpose(1, 2) if channels_first else out)
     return out
 
 

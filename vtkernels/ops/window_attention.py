@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vtkernels._extension import device_guarded, load_extension
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.reference import window_attention as reference
@@ -59,8 +60,7 @@ def _kernels(backend: str):
     if backend == "triton":
         from vtkernels.triton import window_attention as fwd, window_attention_bwd as bwd
 
-        return fwd.forward, bwd.backward
-    from vtkernels._extension import load_extension
+        return device_guarded(fwd.forward), device_guarded(bwd.backward)
 
     ext = load_extension()
 
@@ -72,7 +72,7 @@ def _kernels(backend: str):
         return ext.window_attention_bwd(dout, qkv, table, pad_qkv, geo.heads, geo.window, geo.table_window,
                                         geo.shift, scale, mask_value, pad_first)
 
-    return forward, backward
+    return device_guarded(forward), device_guarded(backward)
 
 
 @torch.library.custom_op("vtkernels::window_attention_fwd", mutates_args=())

@@ -262,14 +262,17 @@ def attention_combine_kernel(
     PartLse += bh.to(tl.int64) * (row_end - first_row) + local
     Part += batch * stride_pb + head * stride_ph + local.to(tl.int64)[:, None] * stride_pn + cols[None, :]
 
+    # Both loops walk the splits by advancing pointers (64-bit adds, no split * stride product).
     lse_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for s in range(n_splits):
-        lse_s = tl.load(PartLse + s * stride_lse_split, mask=row_ok, other=float("inf"))
+    lse_ptrs = PartLse
+    for _ in range(n_splits):
+        lse_s = tl.load(lse_ptrs, mask=row_ok, other=float("inf"))
         lse_max = tl.maximum(lse_max, tl.where(lse_s == float("inf"), float("-inf"), lse_s))
+        lse_ptrs += stride_lse_split
     shift = tl.where(lse_max == float("-inf"), 0.0, lse_max)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_POW2], dtype=tl.float32)
-    for _ in range(n_splits):  # pointers advance split by split: 64-bit, where s * stride_ps could overflow
+    for _ in range(n_splits):
         lse_s = tl.load(PartLse, mask=row_ok, other=float("inf"))
         weight = tl.where(lse_s == float("inf"), 0.0, tl.exp(lse_s - shift))
         acc += weight[:, None] * tl.load(Part, mask=tile_ok, other=0.0)
