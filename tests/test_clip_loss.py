@@ -144,6 +144,20 @@ def test_triton_tma_operands(monkeypatch):
     assert boxes == []
 
 
+def test_forward_partials_stay_linear_in_n():
+    """The forward's column partials have one row per row group (at most 32), not per 128-row
+    block: at n = 262144 they take 32 x n x 4 bytes = 32 MiB instead of 2 GiB; the programs stay
+    near 1024 at every size."""
+    from vtkernels.triton.clip_loss import MAX_ROW_GROUPS, program_groups
+
+    assert program_groups(2048, 4096) == (32, 64, 32, 128)  # n = 262144: 128-row, 64-column blocks
+    assert program_groups(8, 16) == (8, 1, 16, 1)  # n = 1024: one block per group, 128 programs
+    for row_blocks, col_blocks in ((512, 1024), (513, 1025), (3, 7)):
+        row_groups, rows_per, groups, cols_per = program_groups(row_blocks, col_blocks)
+        assert row_groups <= MAX_ROW_GROUPS and row_groups * rows_per >= row_blocks > (row_groups - 1) * rows_per
+        assert groups * cols_per >= col_blocks > (groups - 1) * cols_per
+
+
 def test_triton_non_contiguous_inputs(device):
     wide = torch.randn(50, 96, device=device)
     image = wide[:, :40].requires_grad_(False)  # row stride 96

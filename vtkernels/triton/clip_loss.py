@@ -4,12 +4,16 @@ Notation: I (rows, d) and T (cols, d) the (normalized) image and text features, 
 S = s * I @ T^T the logits. Text ``j`` is the positive of image ``i`` when
 ``j == i + diag_offset`` (0 on one process; the rank's first global row under data parallelism).
 
-Forward, :func:`logit_stats` (1 GEMM-equivalent): programs own a BLOCK_M row block and a group
-of column blocks; each S tile (K loop over d, masked) gives
-  - the column partial logsumexp over the tile's rows -> ``col_part[row_block, col]``,
-  - an online (max, sumexp) per row over the group  -> ``row_part[group, row]``,
+Forward, :func:`logit_stats` (1 GEMM-equivalent): programs own a group of BLOCK_M row blocks
+and a group of column blocks, and walk each row block across the column group; each S tile (K
+loop over d, masked) gives
+  - the column logsumexp over the tile's rows, merged into the program's own partial over its
+    row group (read-modify-write, no other program touches it) -> ``col_part[row_group, col]``,
+  - an online (max, sumexp) per row over the column group -> ``row_part[col_group, row]``,
   - the diagonal S_{i, i + diag_offset} where the tile holds it.
-A merge kernel folds the partials into ``row_lse`` and ``col_lse`` (and maxima for accuracy).
+Both partials hold at most MAX_ROW_GROUPS (resp. the column groups) rows of length n: O(n), not
+O(n^2 / BLOCK_M). A merge kernel folds them into ``row_lse`` and ``col_lse`` (and maxima for
+accuracy).
 
 Backward, :func:`grad_features` (3 GEMM-equivalents): columns are walked in strips of W; per
 strip one kernel recomputes S and writes dS = (softmax_row + softmax_col) / 2 - delta for all
@@ -40,7 +44,8 @@ NORM_EPS = 1e-12  # torch.nn.functional.normalize's default
 STRIP_BYTES = 128 * 2**20  # cap on the backward's dS strip (rows x W features)
 MIN_STRIP = 512  # ... unless that leaves strips narrower than this many columns
 DS_SCALE_FP16 = 1024.0  # fp16 dS strips hold 1024 * dS: |dS| <= 1, and small P stay normal numbers
-TARGET_PROGRAMS = 1024  # forward programs to aim for when choosing column groups
+TARGET_PROGRAMS = 1024  # forward programs to aim for when choosing row and column groups
+MAX_ROW_GROUPS = 32  # forward row groups at most: the column partials are (row groups, n) fp32
 
 
 @triton.jit
@@ -71,53 +76,64 @@ def _logit_tile(I, T, first_row, first_col, row_ok, col_ok, d, stride_i, stride_
 @triton.jit
 def clip_stats_kernel(
     I, T, Scale, RowPart, RowPartMax, ColPart, ColPartMax, Diag,
-    n_rows, n_cols, d, stride_i, stride_t, diag_offset, blocks_per_group,
+    n_rows, n_cols, d, stride_i, stride_t, diag_offset, blocks_per_group, row_blocks_per_group,
     WITH_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
     """I and T: pointers, or tensor descriptors when TMA (see _logit_tile)."""
-    row_block = tl.program_id(0)
+    row_group = tl.program_id(0)
     group = tl.program_id(1)
-    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_rows
     scale = tl.load(Scale)
-    m_row = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    sum_row = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for jb in range(blocks_per_group):
-        first_col = (group * blocks_per_group + jb) * BLOCK_N
-        cols = first_col + tl.arange(0, BLOCK_N)
-        col_ok = cols < n_cols  # the last group may run past the end: fully masked tiles
-        acc = _logit_tile(I, T, row_block * BLOCK_M, first_col, row_ok, col_ok, d, stride_i, stride_t,
-                          BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, TMA)
-        ok = row_ok[:, None] & col_ok[None, :]
-        s = tl.where(ok, acc * scale, float("-inf"))
+    first_block = row_group * row_blocks_per_group
+    # The last row group may hold fewer blocks: every block walked has >= 1 valid row.
+    for row_block in range(first_block, tl.minimum(first_block + row_blocks_per_group, tl.cdiv(n_rows, BLOCK_M))):
+        rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        m_row = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        sum_row = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for jb in range(blocks_per_group):
+            first_col = (group * blocks_per_group + jb) * BLOCK_N
+            cols = first_col + tl.arange(0, BLOCK_N)
+            col_ok = cols < n_cols  # the last group may run past the end: fully masked tiles
+            acc = _logit_tile(I, T, row_block * BLOCK_M, first_col, row_ok, col_ok, d, stride_i, stride_t,
+                              BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, TMA)
+            ok = row_ok[:, None] & col_ok[None, :]
+            s = tl.where(ok, acc * scale, float("-inf"))
 
-        # Column partial over this tile's rows (every valid column has >= 1 valid row here).
-        m_col = tl.max(s, axis=0)
-        m_col_safe = tl.where(col_ok, m_col, 0.0)
-        sum_col = tl.where(col_ok, tl.sum(tl.exp(s - m_col_safe[None, :]), axis=0), 1.0)
-        lse_col = m_col_safe + tl.log(sum_col)
-        tl.store(ColPart + row_block.to(tl.int64) * n_cols + cols, lse_col, mask=col_ok)
+            # Column logsumexp over this tile's rows (every valid column has >= 1 valid row here),
+            # merged with the row group's earlier blocks (-inf before the first).
+            m_col = tl.max(s, axis=0)
+            m_col_safe = tl.where(col_ok, m_col, 0.0)
+            sum_col = tl.where(col_ok, tl.sum(tl.exp(s - m_col_safe[None, :]), axis=0), 1.0)
+            lse_col = m_col_safe + tl.log(sum_col)
+            col_part = ColPart + row_group.to(tl.int64) * n_cols + cols
+            merged = col_ok & (row_block > first_block)
+            earlier = tl.load(col_part, mask=merged, other=float("-inf"))
+            top = tl.maximum(earlier, lse_col)
+            tl.store(col_part, top + tl.log(tl.exp(earlier - top) + tl.exp(lse_col - top)), mask=col_ok)
+            if WITH_MAX:
+                col_max = ColPartMax + row_group.to(tl.int64) * n_cols + cols
+                earlier_max = tl.load(col_max, mask=merged, other=float("-inf"))
+                tl.store(col_max, tl.maximum(earlier_max, m_col), mask=col_ok)
+
+            # Online row statistics across the group's column blocks.
+            m_new = tl.maximum(m_row, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            sum_row = sum_row * tl.exp(m_row - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), axis=1)
+            m_row = m_new
+
+            # The positive pair S[i, i + diag_offset], from the tile that holds it.
+            first_pos = row_block * BLOCK_M + diag_offset
+            if (first_col < first_pos + BLOCK_M) & (first_pos < first_col + BLOCK_N):
+                is_diag = (cols[None, :] == rows[:, None] + diag_offset) & ok
+                diag = tl.sum(tl.where(is_diag, s, 0.0), axis=1)
+                tl.store(Diag + rows, diag, mask=tl.max(is_diag.to(tl.int32), axis=1) > 0)
+
+        m_safe = tl.where(m_row == float("-inf"), 0.0, m_row)
+        row_part = group.to(tl.int64) * n_rows + rows
+        tl.store(RowPart + row_part, m_safe + tl.log(tl.where(row_ok, sum_row, 1.0)), mask=row_ok)
         if WITH_MAX:
-            tl.store(ColPartMax + row_block.to(tl.int64) * n_cols + cols, m_col, mask=col_ok)
-
-        # Online row statistics across the group's column blocks.
-        m_new = tl.maximum(m_row, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        sum_row = sum_row * tl.exp(m_row - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), axis=1)
-        m_row = m_new
-
-        # The positive pair S[i, i + diag_offset], from the tile that holds it.
-        first_pos = row_block * BLOCK_M + diag_offset
-        if (first_col < first_pos + BLOCK_M) & (first_pos < first_col + BLOCK_N):
-            is_diag = (cols[None, :] == rows[:, None] + diag_offset) & ok
-            diag = tl.sum(tl.where(is_diag, s, 0.0), axis=1)
-            tl.store(Diag + rows, diag, mask=tl.max(is_diag.to(tl.int32), axis=1) > 0)
-
-    m_safe = tl.where(m_row == float("-inf"), 0.0, m_row)
-    tl.store(RowPart + group * n_rows + rows, m_safe + tl.log(tl.where(row_ok, sum_row, 1.0)), mask=row_ok)
-    if WITH_MAX:
-        tl.store(RowPartMax + group * n_rows + rows, m_row, mask=row_ok)
+            tl.store(RowPartMax + row_part, m_row, mask=row_ok)
 
 
 @triton.jit
@@ -128,14 +144,17 @@ def merge_lse_kernel(Part, PartMax, Lse, Max, n_parts, n, WITH_MAX: tl.constexpr
     m = tl.full([BLOCK], float("-inf"), tl.float32)
     total = tl.zeros([BLOCK], dtype=tl.float32)
     mx = tl.full([BLOCK], float("-inf"), tl.float32)
-    for p in range(n_parts):
-        v = tl.load(Part + p * n + idx, mask=ok, other=float("-inf"))
+    part, part_max = Part + idx, PartMax + idx
+    for _ in range(n_parts):  # pointers advance part by part (64-bit adds, no p * n product)
+        v = tl.load(part, mask=ok, other=float("-inf"))
         m_new = tl.maximum(m, v)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         total = total * tl.exp(m - m_safe) + tl.exp(v - m_safe)
         m = m_new
+        part += n
         if WITH_MAX:
-            mx = tl.maximum(mx, tl.load(PartMax + p * n + idx, mask=ok, other=float("-inf")))
+            mx = tl.maximum(mx, tl.load(part_max, mask=ok, other=float("-inf")))
+            part_max += n
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     tl.store(Lse + idx, m_safe + tl.log(tl.where(ok, total, 1.0)), mask=ok)
     if WITH_MAX:
@@ -312,14 +331,15 @@ def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, di
     image_op, text_op, tma = _tile_operands(image, text, cfg)
     row_blocks = triton.cdiv(n_rows, cfg["BLOCK_M"])
     col_blocks = triton.cdiv(n_cols, cfg["BLOCK_N"])
-    groups, blocks_per_group = column_groups(row_blocks, col_blocks, _interpret(image))
+    row_groups, row_blocks_per_group, groups, blocks_per_group = program_groups(row_blocks, col_blocks,
+                                                                               _interpret(image))
     row_part = torch.empty((groups, n_rows), **f32)
-    col_part = torch.empty((row_blocks, n_cols), **f32)
+    col_part = torch.empty((row_groups, n_cols), **f32)
     row_part_max = torch.empty((groups, n_rows) if with_max else 0, **f32)
-    col_part_max = torch.empty((row_blocks, n_cols) if with_max else 0, **f32)
-    clip_stats_kernel[(row_blocks, groups)](
+    col_part_max = torch.empty((row_groups, n_cols) if with_max else 0, **f32)
+    clip_stats_kernel[(row_groups, groups)](
         image_op, text_op, scale, row_part, row_part_max, col_part, col_part_max, diag,
-        n_rows, n_cols, d, image.stride(0), text.stride(0), diag_offset, blocks_per_group,
+        n_rows, n_cols, d, image.stride(0), text.stride(0), diag_offset, blocks_per_group, row_blocks_per_group,
         WITH_MAX=with_max, PRECISION=_precision(image.dtype), TMA=tma, **cfg)
     row_lse, row_max = _merge(row_part, row_part_max, n_rows, with_max)
     del row_part, row_part_max
@@ -327,13 +347,21 @@ def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, di
     return row_lse, col_lse, diag, row_max, col_max
 
 
-def column_groups(row_blocks: int, col_blocks: int, interpret: bool = False) -> tuple[int, int]:
-    """(groups, column blocks per group) of the forward: enough programs to fill the GPU."""
-    groups = min(col_blocks, triton.cdiv(TARGET_PROGRAMS, row_blocks))
+def _groups(blocks: int, max_groups: int) -> tuple[int, int]:
+    """(groups, blocks per group): at most ``max_groups`` groups of equal size (the last may be smaller)."""
+    per_group = triton.cdiv(blocks, max(1, min(blocks, max_groups)))
+    return triton.cdiv(blocks, per_group), per_group
+
+
+def program_groups(row_blocks: int, col_blocks: int, interpret: bool = False) -> tuple[int, int, int, int]:
+    """(row groups, row blocks per group, column groups, column blocks per group) of the forward:
+    at most MAX_ROW_GROUPS row groups (the size of the column partials), and enough column groups
+    to bring the programs to TARGET_PROGRAMS. The interpreter gets groups of two row blocks and
+    two column groups: the tests still merge blocks both ways."""
     if interpret:
-        groups = min(col_blocks, 2)  # still exercises several groups and the online row merge
-    blocks_per_group = triton.cdiv(col_blocks, groups)
-    return triton.cdiv(col_blocks, blocks_per_group), blocks_per_group
+        return (*_groups(row_blocks, triton.cdiv(row_blocks, 2)), *_groups(col_blocks, 2))
+    row_groups, row_blocks_per_group = _groups(row_blocks, MAX_ROW_GROUPS)
+    return row_groups, row_blocks_per_group, *_groups(col_blocks, triton.cdiv(TARGET_PROGRAMS, row_groups))
 
 
 def strip_width(n_rows: int, n_cols: int, element_size: int, block_n: int) -> int:
@@ -408,7 +436,7 @@ def _aot_launch_values(dtype: torch.dtype, n: int = 65536, d: int = 768) -> dict
     row_blocks, col_blocks = triton.cdiv(n, tile["BLOCK_M"]), triton.cdiv(n, tile["BLOCK_N"])
     width = strip_width(n, n, torch.empty((), dtype=dtype).element_size(), tile["BLOCK_N"])
     return {"n_rows": n, "n_cols": n, "d": d, "stride_i": d, "stride_t": d, "diag_offset": 0,
-            "blocks_per_group": column_groups(row_blocks, col_blocks)[1],
+            **dict(zip(("row_blocks_per_group", "blocks_per_group"), program_groups(row_blocks, col_blocks)[1::2])),
             "stride_ds": width, "col_start": 0, "strip_end": width, "n": n, "stride_x": d, "stride_y": d,
             "stride_dx": d}
 
@@ -424,7 +452,7 @@ def aot_configs():
         stats_sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowPart": "*fp32",
                      "RowPartMax": "*fp32", "ColPart": "*fp32", "ColPartMax": "*fp32", "Diag": "*fp32",
                      "n_rows": "i32", "n_cols": "i32", "d": "i32", "stride_i": "i32", "stride_t": "i32",
-                     "diag_offset": "i32", "blocks_per_group": "i32"}
+                     "diag_offset": "i32", "blocks_per_group": "i32", "row_blocks_per_group": "i32"}
         dlogits_sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowLse": "*fp32", "ColLse": "*fp32",
                        "DS": f"*{name}", "DtPart": "*fp32", "n_rows": "i32", "n_cols": "i32", "d": "i32",
                        "stride_i": "i32", "stride_t": "i32", "stride_ds": "i32", "diag_offset": "i32",
