@@ -52,6 +52,25 @@ def _fake_time(monkeypatch, seconds_per_case=0.0):
     monkeypatch.setattr(harness, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
 
 
+@pytest.mark.parametrize("call_ms, calls, expected", [
+    (2.0, 2, (1.0, 0.9, 1.1)),  # fast: do_bench after the warm-up and one timed call
+    (800.0, 4, (800.0, 800.0, 800.0)),  # slow: three timed calls
+    (9000.0, 2, (9000.0, 9000.0, 9000.0)),  # very slow: the one timed call
+])
+def test_slow_calls_are_timed_a_few_times_not_by_do_bench(monkeypatch, call_ms, calls, expected):
+    import triton.testing
+
+    made = []
+
+    def timed_calls_ms(fn, grad_to_none, n):
+        made.extend([call_ms] * n)
+        return [call_ms] * n
+    monkeypatch.setattr(harness, "timed_calls_ms", timed_calls_ms)
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: [1.0, 0.9, 1.1])
+    assert harness.time_ms(lambda: None) == expected
+    assert len(made) == calls
+
+
 def test_records_ratios_errors_and_log(tmp_path, monkeypatch):
     _fake_time(monkeypatch)
     log = tmp_path / "records.jsonl"

@@ -165,6 +165,7 @@ def _vit_providers(preset: str) -> dict:
 def _vit_case(build, batch: int, train: bool, side: int = 224):
     def make():
         module, model = build()
+        module.train(train)  # (before the first call: a compiled provider traces the mode it sees)
         images = torch.randn(batch, 3, side, side, device="cuda", dtype=DTYPE)
         if not train:
             def infer():
@@ -219,6 +220,7 @@ def _clip_providers(preset: str) -> dict:
 def _clip_case(build, batch: int, what: str, vocab: int, length: int):
     def make():
         model, encode_image, encode_text, loss_fn = build()
+        model.train(what == "train")
         images = torch.randn(batch, 3, 224, 224, device="cuda", dtype=DTYPE)
         ids = _text_ids(batch, length, vocab)
         if what == "image":

@@ -197,8 +197,10 @@ def backward(dy: torch.Tensor, dh: Optional[torch.Tensor], h: torch.Tensor, weig
     cfg = launch_config(n_cols, backward=True)
     tiles = triton.cdiv(n_rows, cfg["BLOCK_ROWS"])
     programs = _persistent_programs(h.device, tiles)
-    dw_partial = h.new_zeros((programs, n_cols) if weight is not None else 0, dtype=torch.float32)
-    db_partial = h.new_zeros((programs, n_cols) if has_bias else 0, dtype=torch.float32)
+    # Every program stores its whole partial row: zero-filled only when no program runs (no rows).
+    alloc = h.new_empty if n_rows > 0 else h.new_zeros
+    dw_partial = alloc((programs, n_cols) if weight is not None else 0, dtype=torch.float32)
+    db_partial = alloc((programs, n_cols) if has_bias else 0, dtype=torch.float32)
     if n_rows > 0:
         norm_bwd_kernel[(programs,)](
             dy, dh, h, weight, mean, rstd, dx, dw_partial, db_partial,

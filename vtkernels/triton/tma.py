@@ -11,6 +11,7 @@ pointer path), to compare the two or to rule TMA out while chasing a problem.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -32,7 +33,12 @@ def tma_usable(*tensors: torch.Tensor) -> bool:
         if t.data_ptr() % 16 or any(stride == 0 or (stride * t.element_size()) % 16 for stride in strides):
             return False
     device = tensors[0].device
-    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
+    return device.type != "cuda" or _has_tma(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _has_tma(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 def descriptor(t: torch.Tensor, *block: int) -> TensorDescriptor:
