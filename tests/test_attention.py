@@ -332,6 +332,19 @@ def test_module_causal_and_padding(device):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_module_forward_row_is_the_full_forward_at_that_row(causal, device):
+    """One query row per sample (a model's last block before CLS / EOT pooling), with padding."""
+    module = vtkernels.nn.Attention(64, num_heads=2, qkv_bias=True, causal=causal, backend="triton").to(device)
+    x = torch.randn(3, 9, 64, device=device)
+    mask = make_padding(3, 9, device)
+    full = module(x, key_padding_mask=mask)
+    rows = torch.tensor([8, 0, 4], device=device)
+    assert_close(module.forward_row(x, rows, mask), full[torch.arange(3, device=device), rows], torch.float32,
+                 names=["rows"])
+    assert_close(module.forward_row(x, 2, mask), full[:, 2], torch.float32, names=["row 2"])
+
+
 # ----------------------------------------------------------------------------- dispatch and bad input
 
 def test_bad_inputs_raise_clear_errors():

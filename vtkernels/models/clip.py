@@ -25,7 +25,7 @@ from torch import nn
 
 from vtkernels.models import convert
 from vtkernels.models.blocks import (
-    conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks, set_backend,
+    conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks, run_blocks_to_row, set_backend,
 )
 import vtkernels
 from vtkernels.nn import LayerNorm, PatchEmbed
@@ -113,20 +113,19 @@ class CLIPVisionTower(nn.Module):
         self.ln_post = LayerNorm(c.width, eps=c.eps)
         self.proj = nn.Linear(c.width, embed_dim, bias=False)
 
-    def _run(self, images: torch.Tensor):
+    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4:
             raise ValueError(f"images must be (B, C, H, W) (or uint8 (B, H, W, C)), got shape {tuple(images.shape)}")
         x = self.patch_embed.forward_tokens(images, self.cls_token, self.pos_embed)  # checks the image size
-        return run_blocks(self.blocks, self.ln_pre(x))
+        return self.ln_pre(x)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Every token before ``ln_post`` (B, 1 + N, width): HF's vision ``last_hidden_state``."""
-        return final_norm(*self._run(images), None)
+        return final_norm(*run_blocks(self.blocks, self._tokens(images)), None)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        branch, stream = self._run(images)
-        pooled = final_norm(None if branch is None else branch[:, 0], stream[:, 0], self.ln_post)
-        return self.proj(pooled)
+        """The CLS token's projected features (the last block computes that row only)."""
+        return self.proj(final_norm(*run_blocks_to_row(self.blocks, self._tokens(images), 0), self.ln_post))
 
 
 class CLIPTextTower(nn.Module):
@@ -141,7 +140,8 @@ class CLIPTextTower(nn.Module):
         self.ln_final = LayerNorm(c.width, eps=c.eps)
         self.proj = nn.Linear(c.width, embed_dim, bias=False)
 
-    def _run(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]):
+    def _tokens(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]):
+        """(token embeddings + positions, key padding mask or None)."""
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor (B, T), got {input_ids.dtype} "
                              f"{tuple(input_ids.shape)}")
@@ -154,8 +154,7 @@ class CLIPTextTower(nn.Module):
                 raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, "
                                  f"got {tuple(attention_mask.shape)}")
             key_padding_mask = attention_mask == 0  # HF: 1 = attend, 0 = padding
-        x = self.token_embedding(input_ids) + self.pos_embed[:length]
-        return run_blocks(self.blocks, x, key_padding_mask)
+        return self.token_embedding(input_ids) + self.pos_embed[:length], key_padding_mask
 
     def eot_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.config.eos_token_id is None:
@@ -164,13 +163,13 @@ class CLIPTextTower(nn.Module):
 
     def forward_features(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Every token after ``ln_final`` (B, T, width): HF's text ``last_hidden_state``."""
-        return final_norm(*self._run(input_ids, attention_mask), self.ln_final)
+        return final_norm(*run_blocks(self.blocks, *self._tokens(input_ids, attention_mask)), self.ln_final)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        branch, stream = self._run(input_ids, attention_mask)
-        rows, eot = torch.arange(input_ids.shape[0], device=input_ids.device), self.eot_positions(input_ids)
-        pooled = final_norm(None if branch is None else branch[rows, eot], stream[rows, eot], self.ln_final)
-        return self.proj(pooled)
+        """The EOT token's projected features (the last block computes that row only)."""
+        x, key_padding_mask = self._tokens(input_ids, attention_mask)
+        pooled = run_blocks_to_row(self.blocks, x, self.eot_positions(input_ids), key_padding_mask)
+        return self.proj(final_norm(*pooled, self.ln_final))
 
 
 @dataclasses.dataclass

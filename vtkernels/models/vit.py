@@ -20,7 +20,7 @@ from torch import nn
 
 from vtkernels.models import convert
 from vtkernels.models.blocks import (
-    conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks, set_backend,
+    conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks, run_blocks_to_row, set_backend,
 )
 from vtkernels.nn import LayerNorm, PatchEmbed, resample_pos_embed
 from vtkernels.reference.activation import ACTIVATIONS
@@ -159,13 +159,14 @@ class ViT(nn.Module):
         return final_norm(branch, stream, self.norm)
 
     def forward_pooled(self, images: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """Pooled features before the head (B, D). With CLS pooling only the CLS row is normalized;
-        with ``config.pooler_dim``, HF's ``pooler_output`` (B, pooler_dim)."""
-        branch, stream = run_blocks(self.blocks, self.embed(images, interpolate_pos_encoding))
+        """Pooled features before the head (B, D). With CLS pooling the last block computes only the
+        CLS row (every token's keys and values) and only that row is normalized; with
+        ``config.pooler_dim``, HF's ``pooler_output`` (B, pooler_dim)."""
+        tokens = self.embed(images, interpolate_pos_encoding)
         if self.config.global_pool == "token":
-            pooled = final_norm(None if branch is None else branch[:, 0], stream[:, 0], self.norm)
+            pooled = final_norm(*run_blocks_to_row(self.blocks, tokens, 0), self.norm)
         else:
-            tokens = final_norm(branch, stream, self.norm)
+            tokens = final_norm(*run_blocks(self.blocks, tokens), self.norm)
             pooled = tokens[:, self.config.num_prefix_tokens:].mean(dim=1)
         if self.pooler is not None:
             return torch.tanh(self.pooler(pooled))

@@ -7,12 +7,19 @@ The op returns (B, N, H, d) contiguous, which is (B, N, dim) as a view for ``pro
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from vtkernels.ops.attention import attention
+
+
+def pick_rows(t: torch.Tensor, rows: Union[int, torch.Tensor]) -> torch.Tensor:
+    """Row ``rows[b]`` (or the row ``rows``, an index) of each sample b of t (B, N, ...): (B, ...)."""
+    if isinstance(rows, int):
+        return t[:, rows]
+    return t[torch.arange(t.shape[0], device=t.device), rows]
 
 
 class Attention(nn.Module):
@@ -41,6 +48,22 @@ class Attention(nn.Module):
         out = attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask, scale=self.scale,
                         backend=self.backend, layout="bnhd")
         return self.proj(out.reshape(batch, tokens, dim))
+
+    def forward_row(self, x: torch.Tensor, rows: Union[int, torch.Tensor],
+                    key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The output (B, dim) of one query row per sample, ``rows`` (an index, or a (B,) tensor of
+        them), against every key of ``x``: what ``forward(x)`` gives at those rows, without the
+        other queries' attention and projection (a model that pools one token in its last block).
+        Causal: the row's keys up to itself, as a padding mask on the keys after it."""
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).unbind(2)
+        if self.causal:
+            limit = rows if isinstance(rows, int) else rows[:, None]
+            later = (torch.arange(tokens, device=x.device) > limit).expand(batch, tokens)
+            key_padding_mask = later if key_padding_mask is None else key_padding_mask | later
+        out = attention(pick_rows(q, rows)[:, None], k, v, key_padding_mask=key_padding_mask, scale=self.scale,
+                        backend=self.backend, layout="bnhd")
+        return self.proj(out.reshape(batch, dim))
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, head_dim={self.head_dim}, causal={self.causal}"
