@@ -99,6 +99,25 @@ def test_compiled_decode_step_samples_the_same_tokens(hf_lm):
     assert torch.equal(eager, compiled)
 
 
+def test_compiled_decode_step_writes_the_cache_in_place(hf_lm):
+    """Inductor's code for a decode step writes k / v into the cache through kv_cache_write and
+    makes no copy of it (traced as index_copy_, every layer's cache was copied and written back)."""
+    from torch._inductor.utils import run_and_get_code
+
+    from vtkernels.models.igpt import KVCache
+
+    ours = ImageGPT.from_hf(hf_lm)
+    ours.set_backend("reference")
+    cache = KVCache(ours.config, 2, "cpu", torch.float32)
+    step = torch.compile(ours.decode_step, fullgraph=True, dynamic=False)
+    with torch.no_grad():  # as sample() runs it
+        _, code = run_and_get_code(step, torch.zeros(2, dtype=torch.long), cache)
+    code = "\n".join(code)
+    assert "index_copy" not in code
+    assert code.count("torch.ops.vtkernels.kv_cache_write.default(") == ours.config.depth
+    assert torch.equal(cache.pos, torch.ones(1, dtype=torch.long)) and cache.keys[:, :, 0].abs().sum() > 0
+
+
 def test_top_k_gumbel_samples_the_top_k_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 3.0]]).expand(20000, -1)
     picks = top_k_gumbel(logits, torch.rand(20000, 5), top_k=3, temperature=1.0)

@@ -11,7 +11,7 @@ The residual adds are fused into the next norm, as in :mod:`vtkernels.models.blo
 
 Decoding with a KV cache (:class:`KVCache`, used by :mod:`vtkernels.models.igpt_sampling`)
 keeps every shape static: the cache is preallocated to ``n_positions``, the current position
-is a device tensor, new keys/values are written with ``index_copy_`` and the q_len = 1
+is a device tensor, new keys/values are written in place (``kv_cache_write``) and the q_len = 1
 attention runs over the whole cache with a key-padding mask hiding the positions not yet
 written. Nothing syncs with the host, so a decode step can be captured in a CUDA graph.
 
@@ -79,6 +79,17 @@ class KVCache:
         return (self.slots > self.pos).expand(self.keys.shape[1], -1)
 
 
+@torch.library.custom_op("vtkernels::kv_cache_write", mutates_args=("keys", "values"))
+def kv_cache_write(keys: torch.Tensor, values: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   pos: torch.Tensor) -> None:
+    """keys[:, pos] = k and values[:, pos] = v (keys, values: one layer's (B, n_positions, H, d)
+    cache; k, v (B, 1, H, d); pos a 1-element device tensor). An op that declares its writes, so
+    that torch.compile updates the cache in place: traced as two ``index_copy_``, Inductor copied
+    every layer's whole cache on each decode step and wrote it back."""
+    keys.index_copy_(1, pos, k)
+    values.index_copy_(1, pos, v)
+
+
 class CausalSelfAttention(nn.Module):
     """Fused qkv projection + causal attention + output projection; optional KV-cache I/O."""
 
@@ -106,8 +117,7 @@ class CausalSelfAttention(nn.Module):
         """One new token per sequence, x (B, 1, D): write k, v at ``cache.pos``, attend the cache."""
         q, k, v = self._split(x)
         keys, values = cache.keys[layer], cache.values[layer]
-        keys.index_copy_(1, cache.pos, k)
-        values.index_copy_(1, cache.pos, v)
+        kv_cache_write(keys, values, k, v, cache.pos)
         out = vtkernels.attention(q, keys, values, key_padding_mask=mask, scale=self.scale, layout="bnhd",
                                   backend=self.backend)
         return self.proj(out.flatten(2))
