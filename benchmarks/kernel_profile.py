@@ -18,7 +18,6 @@ import importlib
 import json
 import os
 import pkgutil
-import re
 import sys
 from typing import Callable, Iterable, Optional
 
@@ -27,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.run import discover  # noqa: E402
+from benchmarks.run import collect_cases  # noqa: E402
 
 LIBRARY_MARKERS = ("gemm", "xmma", "cutlass", "cublas", "cudnn", "sm90_", "sm80_", "flash", "fmha")
 
@@ -145,11 +144,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("profiling needs a CUDA GPU; none found")
         return 2
     env = harness.environment()
-    cases = [case for _, module in discover(set(args.ops.split(",")) if args.ops else None)
-             for case in module.cases(quick=args.quick)]
-    if args.match:
-        pattern = re.compile(args.match)
-        cases = [c for c in cases if pattern.search(f"{c.op} {c.shape} {c.mode} {c.provider}")]
+    cases = collect_cases(args.ops, args.quick, args.match)
     results = []
     for i, case in enumerate(cases):
         label = f"{case.op} {case.shape} {case.mode} {case.provider}"

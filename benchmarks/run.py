@@ -15,6 +15,7 @@ import os
 import pkgutil
 import re
 import sys
+from typing import Optional
 
 import torch
 
@@ -64,6 +65,21 @@ def update_preferences(records, env) -> None:
     print(f"backend preferences written to {path}: {prefs['ops']}")
 
 
+def collect_cases(ops: Optional[str], quick: bool, match: Optional[str]) -> list:
+    """The cases of the named benchmark modules (comma-separated; None: all) whose 'op shape mode
+    provider' matches ``match``; a module whose cases() fails is reported and left out."""
+    cases = []
+    for name, module in discover(set(ops.split(",")) if ops else None):
+        try:
+            cases.extend(module.cases(quick=quick))
+        except Exception as exc:  # noqa: BLE001 - one broken module must not stop the suite
+            print(f"benchmarks.{name}: cases() failed: {type(exc).__name__}: {exc}")
+    if match:
+        pattern = re.compile(match)
+        cases = [c for c in cases if pattern.search(f"{c.op} {c.shape} {c.mode} {c.provider}")]
+    return cases
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", help="comma-separated module names (default: all)")
@@ -83,16 +99,7 @@ def main(argv=None) -> int:
     ceilings = {"copy_bytes_per_s": harness.measure_copy_bandwidth(),
                 "matmul_flops_per_s": harness.measure_matmul_flops()}
     print(f"copy {ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s, bf16 matmul {ceilings['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
-    selected = set(args.ops.split(",")) if args.ops else None
-    cases = []
-    for name, module in discover(selected):
-        try:
-            cases.extend(module.cases(quick=args.quick))
-        except Exception as exc:  # noqa: BLE001 - one broken module must not stop the suite
-            print(f"benchmarks.{name}: cases() failed: {type(exc).__name__}: {exc}")
-    if args.match:
-        pattern = re.compile(args.match)
-        cases = [c for c in cases if pattern.search(f"{c.op} {c.shape} {c.mode} {c.provider}")]
+    cases = collect_cases(args.ops, args.quick, args.match)
     out = args.out or harness.default_out_dir(env)
     os.makedirs(out, exist_ok=True)
     records = harness.run_cases(cases, ceilings, env, budget_s=args.budget_s,

@@ -2,6 +2,9 @@
 
 Mark a test ``@pytest.mark.gpu`` when it needs a CUDA device. Without one, Triton kernels run
 under ``TRITON_INTERPRET=1`` (set here, before triton is imported), in float32 and float16.
+Mark it ``@pytest.mark.interpreter`` when it runs Triton on CPU tensors (forced interpreter
+paths, CPU-only dispatch and refusals): on a GPU machine, where Triton takes CUDA tensors only,
+it is skipped (the GPU tests cover those kernels there).
 """
 
 import os
@@ -15,11 +18,11 @@ if not HAS_CUDA:
 
 
 def pytest_collection_modifyitems(config, items):
-    if HAS_CUDA:
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    marker, reason = ("interpreter", "runs Triton on CPU tensors (interpreter only)") if HAS_CUDA else \
+        ("gpu", "needs a CUDA device")
+    skip = pytest.mark.skip(reason=reason)
     for item in items:
-        if "gpu" in item.keywords:
+        if marker in item.keywords:
             item.add_marker(skip)
 
 

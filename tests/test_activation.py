@@ -66,6 +66,7 @@ def test_torch_compile_fullgraph(device):
     torch.testing.assert_close(compiled(x), block(x))
 
 
+@pytest.mark.interpreter
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(TypeError, match="x has dtype torch.int64"):
         vtkernels.quick_gelu(torch.ones(3, dtype=torch.long))

@@ -167,6 +167,7 @@ def tma_descriptors(monkeypatch):
     return boxes
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("case", [(2, 3, 77, 77, 64, False, True, "bhnd"), (2, 2, 49, 130, 32, True, False, "bnhd"),
                                   (1, 2, 1, 65, 64, True, False, "bhnd")], ids=["padded", "causal-cross", "decode"])
 def test_triton_tma_matches_reference(case, tma_descriptors):
@@ -178,6 +179,7 @@ def test_triton_tma_matches_reference(case, tma_descriptors):
     assert all(box[:2] == (1, 1) and box[3] == case[4] for box in tma_descriptors)
 
 
+@pytest.mark.interpreter
 def test_triton_tma_reads_fused_qkv_in_place(tma_descriptors):
     """q, k, v unbound from a fused (B, N, 3, H, d) projection: 4-D descriptors over the strided
     views, no copy, forward (3) and backward (2 + 2). head_dim 80 (two column chunks) keeps pointers."""
@@ -219,6 +221,7 @@ def forced_key_splits(monkeypatch):
     return record
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("case", [(1, 2, 1, 300, 64, True, True, "bhnd"), (2, 2, 49, 300, 32, False, True, "bnhd"),
                                   (1, 2, 260, 260, 80, True, False, "bhnd")],
                          ids=["decode", "cross-padded", "causal-empty-splits"])
@@ -347,6 +350,7 @@ def test_module_forward_row_is_the_full_forward_at_that_row(causal, device):
 
 # ----------------------------------------------------------------------------- dispatch and bad input
 
+@pytest.mark.interpreter
 def test_bad_inputs_raise_clear_errors():
     q, k, v = make_qkv(2, 2, 5, 7, 32, torch.float32, "cpu", requires_grad=False)
     with pytest.raises(ValueError, match="layout"):

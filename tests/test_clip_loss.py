@@ -117,6 +117,7 @@ def test_triton_several_backward_strips(monkeypatch, device):
     check_against_reference(70, 32, torch.float16, device, "triton")
 
 
+@pytest.mark.interpreter
 def test_triton_tma_operands(monkeypatch):
     """The tile kernels and strip GEMMs with TMA descriptors (interpreted on the CPU): ragged n,
     several strips with a narrower last one (its stale columns must not leak into the GEMMs),

@@ -103,6 +103,7 @@ def worker(rank, world, init_file):
     os._exit(0)
 
 
+@pytest.mark.interpreter  # the workers run Triton on CPU tensors
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_matches_single_process(world):
     if not dist.is_available() or not dist.is_gloo_available():

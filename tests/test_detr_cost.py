@@ -74,6 +74,7 @@ def test_invalid_values_become_max(device):
         assert (cost[0, 0] < big).all(), backend
 
 
+@pytest.mark.interpreter
 def test_matching_agrees_with_hf_matcher():
     from scipy.optimize import linear_sum_assignment
     from transformers.loss.loss_for_object_detection import HungarianMatcher
@@ -111,6 +112,7 @@ def test_bad_inputs_name_the_argument():
         detr_match_cost(logits, pred, labels, target, backend="cuda")
 
 
+@pytest.mark.interpreter
 def test_opcheck_and_compile():
     problem = random_problem(2, 9, 5, 4)
     torch.library.opcheck(detr_match_cost_op, (*problem, 1.0, 5.0, 2.0, "triton"))

@@ -96,6 +96,7 @@ def kernel_spy(monkeypatch):
     return force, ran
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("shape", [((77,), 48, 80, 40), ((3, 5), 8, 16, 8), ((70,), 96, 104, 24)])
 def test_triton_tma_kernel_matches_reference(shape, activation, kernel_spy):
@@ -108,6 +109,7 @@ def test_triton_tma_kernel_matches_reference(shape, activation, kernel_spy):
     assert ran == ["gemm_act_tma_kernel", "gemm_act_tma_kernel"]
 
 
+@pytest.mark.interpreter
 def test_triton_tma_falls_back_where_tma_cannot_address(kernel_spy):
     """Row strides that are not a multiple of 16 bytes (x and d out rows of 20 fp16: 40 bytes),
     fp32, and views whose base is not 16-byte aligned (or broadcast) run on the pointer kernel."""
@@ -126,6 +128,7 @@ def test_triton_tma_falls_back_where_tma_cannot_address(kernel_spy):
     assert not tma_usable(torch.zeros(1, 16, dtype=torch.float16).expand(4, 16))  # a broadcast row
 
 
+@pytest.mark.interpreter
 def test_vtkernels_tma_0_turns_tma_off(kernel_spy, monkeypatch):
     force, ran = kernel_spy
     force(True)
@@ -207,6 +210,7 @@ def test_autocast_computes_in_the_autocast_dtype():
     assert float64.dtype == torch.float64  # autocast leaves float64 alone
 
 
+@pytest.mark.interpreter
 def test_bad_inputs_raise_clear_errors():
     x, w1, b1, w2, b2 = (t.detach() for t in make_inputs((4,), 16, 32, 8, torch.float32, "cpu"))
     with pytest.raises(ValueError, match="activation must be one of"):
@@ -258,6 +262,7 @@ def test_module_is_timm_mlp_drop_in():
     assert ours(x).shape == (3, 8)
 
 
+@pytest.mark.interpreter
 def test_module_uses_the_fused_op_unless_dropping(monkeypatch):
     calls = []
     original = vtkernels.mlp
@@ -301,6 +306,7 @@ def test_optimize_timm_mlp():
     torch.testing.assert_close(model(x), expected)
 
 
+@pytest.mark.interpreter
 def test_optimize_hf_clip_mlp():
     from transformers import CLIPTextConfig
     from transformers.models.clip.modeling_clip import CLIPMLP

@@ -50,6 +50,7 @@ def test_matches_hf_bare_model_without_mask():
     assert_close(out.last_hidden_state, expected.last_hidden_state, torch.float64, tol=1e-9)
 
 
+@pytest.mark.interpreter
 def test_fused_matches_reference_fp32_with_grads():
     ours = DETR.from_hf(hf_detr()).train()
     pixels, mask = detr_images()
@@ -97,6 +98,7 @@ def test_set_loss_matches_hf_with_auxiliary_losses():
     assert_close(grads, expected_grads, torch.float32, names=["d logits", "d boxes"])
 
 
+@pytest.mark.interpreter
 def test_hungarian_match_handles_images_without_targets():
     logits, pred = torch.randn(2, 6, 4), torch.rand(2, 6, 4) * 0.4 + 0.1
     targets = [{"class_labels": torch.tensor([2, 0]), "boxes": torch.rand(2, 4) * 0.4 + 0.1},
@@ -140,6 +142,7 @@ def test_pluggable_backbone_mask_is_used():
     assert not torch.allclose(out2.encoder_last_hidden_state, out.encoder_last_hidden_state)
 
 
+@pytest.mark.interpreter
 def test_compile_fullgraph():
     model = tiny_detr().eval()
     model.set_backend("triton")

@@ -46,6 +46,7 @@ def test_matches_hf_bare_model_and_options():
         assert_close(ours(ids), hf(ids).last_hidden_state, torch.float64, tol=HF_TOL)
 
 
+@pytest.mark.interpreter
 def test_fused_matches_reference_fp32_with_grads(hf_lm):
     ours = ImageGPT.from_hf(hf_lm).train()
     ids = torch.randint(0, 32, (2, 13))
@@ -75,6 +76,7 @@ def test_kv_cache_decode_matches_full_forward(hf_lm):
     assert_close(torch.stack(steps, 1), full[:, 4:], torch.float64, tol=1e-10)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_sampling_with_cache_equals_full_recomputation(hf_lm, backend):
     ours = ImageGPT.from_hf(hf_lm)
@@ -151,6 +153,7 @@ def test_errors():
     assert SIZES["L"].dim == 1536 and SIZES["M"].depth == 36
 
 
+@pytest.mark.interpreter
 def test_compile_fullgraph_forward(hf_lm):
     ours = ImageGPT.from_hf(hf_lm)
     ours.set_backend("triton")

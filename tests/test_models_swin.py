@@ -47,6 +47,7 @@ def test_matches_hf_bare_model():
         assert_close(ours(x), expected.pooler_output, torch.float64, tol=1e-10)
 
 
+@pytest.mark.interpreter
 def test_fused_matches_reference_fp32_with_grads():
     ours = Swin.from_hf(hf_swin(72)).train()
     x = torch.randn(1, 3, 72, 72, requires_grad=True)
@@ -85,6 +86,7 @@ def test_sizes_and_errors():
         Swin(SwinConfig(depths=(2, 2), num_heads=(1,)))
 
 
+@pytest.mark.interpreter
 def test_compile_fullgraph():
     ours = Swin.from_hf(hf_swin())
     ours.set_backend("triton")

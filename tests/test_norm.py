@@ -208,6 +208,7 @@ def test_torch_compile_fullgraph_has_no_graph_break(device):
     assert x.grad is not None
 
 
+@pytest.mark.interpreter
 def test_layer_norm_module_is_drop_in():
     theirs = torch.nn.LayerNorm(96, eps=1e-6)
     torch.nn.init.normal_(theirs.weight)
@@ -243,6 +244,7 @@ def test_cpu_tensors_default_to_reference():
     assert vtkernels.ops.norm.dispatcher.choose(torch.device("cpu"), None, x=torch.randn(2, 8)) == "reference"
 
 
+@pytest.mark.interpreter
 def test_backend_selection_order(monkeypatch):
     x = torch.randn(2, 8)
     choose = vtkernels.ops.norm.dispatcher.choose
@@ -305,6 +307,7 @@ def test_gpu_norm_on_a_second_gpu():
                      torch.float32, names=[backend])
 
 
+@pytest.mark.interpreter
 def test_triton_refuses_bf16_in_the_interpreter():
     if HAS_CUDA:
         pytest.skip("the interpreter is only used without a GPU")
@@ -312,6 +315,7 @@ def test_triton_refuses_bf16_in_the_interpreter():
         vtkernels.layer_norm(torch.randn(2, 8, dtype=torch.bfloat16), backend="triton")
 
 
+@pytest.mark.interpreter
 def test_too_wide_rows_fall_back_to_reference_or_explain():
     x = torch.randn(2, 8193)
     assert vtkernels.layer_norm(x).shape == x.shape  # reference on CPU

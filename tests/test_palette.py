@@ -132,6 +132,7 @@ def test_bad_inputs_name_the_argument():
         palette_quantize(image, clusters, backend="cuda")
 
 
+@pytest.mark.interpreter
 def test_opcheck():
     clusters = random_clusters(40)
     pixels = random_images(2, 5, 3).flatten(2).transpose(1, 2)
@@ -141,6 +142,7 @@ def test_opcheck():
         torch.library.opcheck(palette_dequantize_op, (tokens, clusters, channels_first, "triton"))
 
 
+@pytest.mark.interpreter
 def test_compile_fullgraph():
     clusters = random_clusters(32)
     image = random_images(2, 4, 6)

@@ -55,6 +55,7 @@ def test_hf_detr(fused_calls, device):
     _compare_grads(out.logits, expected.logits, fused, hf)
 
 
+@pytest.mark.interpreter
 @needs_transformers_5
 def test_hf_detr_attention_dropout_in_training_falls_back(fused_calls):
     hf = hf_detr()
@@ -71,6 +72,7 @@ def test_hf_detr_attention_dropout_in_training_falls_back(fused_calls):
     assert out.shape == x.shape
 
 
+@pytest.mark.interpreter
 @needs_transformers_5
 @pytest.mark.parametrize("model", ["detr", "igpt"])
 def test_hf_mlp_dropout_after_the_mlp_stays_fused_in_training(fused_calls, model):
@@ -123,6 +125,7 @@ def test_hf_igpt(fused_calls, options, device):
     _compare_grads(out, expected, fused, hf)
 
 
+@pytest.mark.interpreter
 @needs_transformers_5
 def test_hf_igpt_kv_cache_decoding(fused_calls):
     """Prefill then one-token steps through HF's cache: the same logits as HF's own forward."""
@@ -142,6 +145,7 @@ def test_hf_igpt_kv_cache_decoding(fused_calls):
     assert_close(outputs[0], outputs[1], torch.float32, names=["decoded logits"])
 
 
+@pytest.mark.interpreter
 @needs_transformers_5
 def test_hf_igpt_query_without_keys_falls_back(fused_calls):
     """Left padding leaves the first queries only padded keys: HF's softmax then averages them,

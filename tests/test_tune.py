@@ -52,6 +52,7 @@ def _recording(target):
     ("mlp", (40, 32, 48, "quick_gelu"), "bwd", {"BLOCK_M": (16,), "BLOCK_N": (16, 32), "BLOCK_K": (32,),
                                                 "TMA": (True, False)}),
 ])
+@pytest.mark.interpreter
 def test_every_candidate_reaches_its_kernel(tune, op, spec, kernel, grid):
     target = tune.TARGETS[op]()
     originals = [module.launch_config for module in target.modules]

@@ -400,6 +400,7 @@ def test_forcing_cuda_explains_why():
         vtkernels.window_attention(qkv, table, 1, 7, backend="cuda")
 
 
+@pytest.mark.interpreter
 def test_triton_refuses_bf16_in_the_interpreter():
     if HAS_CUDA:
         pytest.skip("interpreter only")

@@ -116,14 +116,14 @@ std::vector<at::Tensor> window_attention_bwd(const at::Tensor& dout, const at::T
   check_launch(vtk::window_attention_bwd(p, stream), "window_attention_bwd");
 
   // Deterministic reductions: fixed-shape sums over batch and windows, then the fixed-order fold.
-  const at::Tensor per_pair = bias_partial.view({qkv.size(0), heads, n_windows, tokens * tokens}).sum({0, 2}).contiguous();
+  const at::Tensor per_pair = bias_partial.view({qkv.size(0), heads, n_windows, tokens * tokens}).sum(at::IntArrayRef{0, 2}).contiguous();
   at::Tensor dtable = at::empty({table.size(0), heads}, f32);
   check_launch(vtk::window_attention_fold_bias_grad(per_pair.data_ptr<float>(), dtable.data_ptr<float>(), p.heads,
                                                     p.window, p.table_window, stream),
                "window_attention_fold_bias_grad");
   at::Tensor dpad = at::empty({0}, qkv.options());
   if (pad_qkv) {
-    const at::Tensor dkv = pad_partial.view({qkv.size(0), heads, n_windows, 2, p.head_dim}).sum({0, 2}).transpose(0, 1);
+    const at::Tensor dkv = pad_partial.view({qkv.size(0), heads, n_windows, 2, p.head_dim}).sum(at::IntArrayRef{0, 2}).transpose(0, 1);
     dpad = at::cat({at::zeros_like(dkv.narrow(0, 0, 1)), dkv}).reshape({-1}).to(pad_qkv->scalar_type());
   }
   return {dqkv, dtable.to(table.scalar_type()), dpad};
