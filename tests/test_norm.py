@@ -263,8 +263,8 @@ def test_forcing_an_unavailable_backend_lists_the_reasons():
 
 
 def test_kernels_run_on_their_tensors_gpu_when_there_are_several(monkeypatch):
-    """Both backends launch on the current device: with several GPUs, the kernel functions make
-    the first tensor argument's GPU current for the call; with one they are handed out unwrapped."""
+    """Triton launches on the current device: with several GPUs, its kernel functions make the
+    first tensor argument's GPU current for the call; with one they are handed out unwrapped."""
     from vtkernels import _extension
 
     entered = []

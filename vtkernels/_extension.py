@@ -1,10 +1,11 @@
 """Lazy access to the kernels, so that ``import vtkernels`` never fails without the compiled
 extension or Triton: an op's kernel functions are looked up when a call first needs them.
 
-Both backends launch on the current CUDA device (Triton's launcher and the extension's
-``<<<>>>`` on its current stream): with several GPUs, the kernel functions handed out make the
-first tensor argument's GPU current for the call, so tensors on ``cuda:1`` work without
-``torch.cuda.set_device(1)``. One GPU: the functions as they are, no per-call cost."""
+Triton launches on the current CUDA device: with several GPUs, the Triton kernel functions
+handed out make the first tensor argument's GPU current for the call, so tensors on ``cuda:1``
+work without ``torch.cuda.set_device(1)`` (the extension's entry points guard their device
+themselves: ``DeviceGuard`` in csrc/cuda_context.h). One GPU: the functions as they are, no
+per-call cost."""
 
 from __future__ import annotations
 
@@ -60,5 +61,5 @@ def kernel_functions(backend: str, *, triton_module: str, triton: Sequence[str],
         return tuple(device_guarded(getattr(module, name)) for name in triton)
     if backend == "cuda":
         ext = load_extension()
-        return tuple(device_guarded(getattr(ext, name)) for name in cuda)
+        return tuple(getattr(ext, name) for name in cuda)
     raise ValueError(f"no kernels on backend {backend!r} (kernel backends: triton, cuda)")

@@ -47,7 +47,7 @@ def _(pixels, clusters, backend):
 def palette_dequantize_op(tokens: Tensor, clusters: Tensor, channels_first: bool, backend: str) -> Tensor:
     """tokens (B, N) contiguous; returns uint8 (B, 3, N) if channels_first else (B, N, 3)."""
     if backend == "cuda":
-        return device_guarded(load_extension().palette_dequantize)(tokens, clusters, channels_first)
+        return load_extension().palette_dequantize(tokens, clusters, channels_first)
     from vtkernels.triton import palette as triton_palette
 
     batch, n = tokens.shape

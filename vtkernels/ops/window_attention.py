@@ -72,7 +72,7 @@ def _kernels(backend: str):
         return ext.window_attention_bwd(dout, qkv, table, pad_qkv, geo.heads, geo.window, geo.table_window,
                                         geo.shift, scale, mask_value, pad_first)
 
-    return device_guarded(forward), device_guarded(backward)
+    return forward, backward
 
 
 @torch.library.custom_op("vtkernels::window_attention_fwd", mutates_args=())
