@@ -324,15 +324,15 @@ def forward(images, weight, bias: Optional[torch.Tensor], cls_token: Optional[to
     cls_programs = triton.cdiv(batch, tiles["BLOCK_M"]) if cls_token is not None else 0
     inner = channels_inner(images)
     w = weight_matrix(weight, inner)
-    tma = tiles.pop("TMA") and tma_usable(w)
+    w_desc = descriptor(w, tiles["BLOCK_N"], tiles["BLOCK_K"]) if tiles.pop("TMA") and tma_usable(w) else None
     patch_embed_fwd_kernel[(gemm_programs + cls_programs,)](
-        images, w, descriptor(w, tiles["BLOCK_N"], tiles["BLOCK_K"]) if tma else None, bias, cls_token, pos_embed, scale, shift, out,
+        images, w, w_desc, bias, cls_token, pos_embed, scale, shift, out,
         rows, dim, k_size, triton.cdiv(k_size, 16) * 16, num_patches, grid_w, prefix, pos_start, gemm_programs,
         *images.stride(), *w.stride(),
         PATCH=patch, CHANNELS=channels, CHANNELS_INNER=inner, NORMALIZE=scale is not None,
         HAS_BIAS=bias is not None, HAS_CLS=cls_token is not None, HAS_POS=pos_embed is not None,
         CLS_HAS_POS=bool(pos_start) and cls_token is not None, VEC=gather_vec(images, patch),
-        DOT_PRECISION=dot_precision(weight.dtype), TMA=tma, **tiles, **launch,
+        DOT_PRECISION=dot_precision(weight.dtype), TMA=w_desc is not None, **tiles, **launch,
     )
     return out
 
@@ -431,12 +431,11 @@ def aot_configs():
                    **strides, **w_strides}
             flags = {"HAS_BIAS": True, "HAS_CLS": cls, "HAS_POS": cls, "CLS_HAS_POS": cls}
             tma = tiles.pop("TMA")
-            yield patch_embed_fwd_kernel, sig, {**common, **flags, "VEC": vec, **tiles, "WD": None, "TMA": False}, \
-                launch, values
+            constexprs = {**common, **flags, "VEC": vec, **tiles}
+            yield patch_embed_fwd_kernel, sig, {**constexprs, "WD": None, "TMA": False}, launch, values
             if tma:  # the weight tiles through a descriptor instead
                 box = f"tensordesc<{dtype}[{tiles['BLOCK_N']}, {tiles['BLOCK_K']}]>"
-                yield patch_embed_fwd_kernel, {**sig, "WD": box}, {**common, **flags, "VEC": vec, **tiles, "TMA": True}, \
-                    launch, values
+                yield patch_embed_fwd_kernel, {**sig, "WD": box}, {**constexprs, "TMA": True}, launch, values
             tiles, launch = _launch_args(launch_config("bwd_weight", torch_dtype, dim, 3 * patch * patch))
             sig = {"DY": f"*{dtype}", "IMG": f"*{img}", "SCALE": "*fp32", "SHIFT": "*fp32", "PARTIAL": "*fp32",
                    **sizes, "tiles_per_split": "i32", **strides}
