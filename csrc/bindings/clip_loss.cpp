@@ -11,7 +11,14 @@ namespace {
 
 constexpr int64_t kStripBytes = int64_t(128) << 20;  // cap on the backward's dS strip (rows x W)...
 constexpr int64_t kMinStrip = 512;                   // ... unless W would drop below this
-constexpr int64_t kTargetBlocks = 1024;               // forward blocks to aim for (column groups)
+constexpr int64_t kTargetBlocks = 1024;               // forward blocks to aim for (row x column groups)
+constexpr int64_t kMaxRowGroups = 32;                 // the column partials are (row groups, n) fp32
+
+// (groups, blocks per group): at most max_groups groups of equal size (the last may be smaller).
+std::pair<int64_t, int64_t> even_groups(int64_t blocks, int64_t max_groups) {
+  const int64_t per_group = (blocks + std::min(blocks, max_groups) - 1) / std::min(blocks, max_groups);
+  return {(blocks + per_group - 1) / per_group, per_group};
+}
 
 void check_features(const at::Tensor& t, const char* name, const at::Tensor& like) {
   check_operand(t, name, like, 2);
@@ -61,12 +68,12 @@ std::vector<at::Tensor> logit_stats(const at::Tensor& image, const at::Tensor& t
   }
   const int64_t row_blocks = (n_rows + vtk::kClipTileM - 1) / vtk::kClipTileM;
   const int64_t col_blocks = (n_cols + vtk::kClipTileN - 1) / vtk::kClipTileN;
-  int64_t groups = std::min(col_blocks, (kTargetBlocks + row_blocks - 1) / row_blocks);
-  const int64_t per_group = (col_blocks + groups - 1) / groups;
-  groups = (col_blocks + per_group - 1) / per_group;
-  at::Tensor row_part = at::empty({groups, n_rows}, f32), col_part = at::empty({row_blocks, n_cols}, f32);
+  // Same grouping as the Triton backend's program_groups (vtkernels/triton/clip_loss.py).
+  const auto [row_groups, row_blocks_per_group] = even_groups(row_blocks, kMaxRowGroups);
+  const auto [groups, per_group] = even_groups(col_blocks, (kTargetBlocks + row_groups - 1) / row_groups);
+  at::Tensor row_part = at::empty({groups, n_rows}, f32), col_part = at::empty({row_groups, n_cols}, f32);
   at::Tensor row_part_max = at::empty({with_max ? groups : 0, n_rows}, f32);
-  at::Tensor col_part_max = at::empty({with_max ? row_blocks : 0, n_cols}, f32);
+  at::Tensor col_part_max = at::empty({with_max ? row_groups : 0, n_cols}, f32);
 
   vtk::ClipStatsParams p{};
   p.image = image.data_ptr();
@@ -83,6 +90,8 @@ std::vector<at::Tensor> logit_stats(const at::Tensor& image, const at::Tensor& t
   p.image_stride = image.stride(0);
   p.text_stride = text.stride(0);
   p.diag_offset = diag_offset;
+  p.row_groups = static_cast<int>(row_groups);
+  p.row_blocks_per_group = static_cast<int>(row_blocks_per_group);
   p.groups = static_cast<int>(groups);
   p.blocks_per_group = static_cast<int>(per_group);
   p.dtype = kernel_dtype(image, "image");

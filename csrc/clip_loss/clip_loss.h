@@ -3,7 +3,7 @@
 // Same decomposition as vtkernels/triton/clip_loss.py (read its docstring first):
 //   clip_normalize_rows   y = x / max(||x||, eps), rnorm
 //   clip_stats            forward sweep over S = scale * I @ T^T tiles: row partial logsumexp per
-//                         column group, column partial logsumexp per row block, the diagonal
+//                         column group, column partial logsumexp per row group, the diagonal
 //   clip_merge_lse        partial logsumexps (and maxima) -> final per row / per column
 //   clip_dlogits          backward: one column strip of dS = (P_row + P_col) / 2 - delta, in the
 //                         feature dtype, plus per-block partial sums for d logit_scale
@@ -39,14 +39,15 @@ struct ClipStatsParams {
   const float* scale;  // (1) on the device
   float* row_part;     // (groups, n_rows) partial row logsumexp per column group
   float* row_part_max;  // (groups, n_rows) or nullptr
-  float* col_part;     // (row_blocks, n_cols) partial column logsumexp per row block
-  float* col_part_max;  // (row_blocks, n_cols) or nullptr
+  float* col_part;     // (row_groups, n_cols) partial column logsumexp per row group
+  float* col_part_max;  // (row_groups, n_cols) or nullptr
   float* diag;         // (n_rows) S[i, i + diag_offset] (left untouched where out of range)
   int64_t n_rows, n_cols;
   int d;
   int64_t image_stride, text_stride;
   int64_t diag_offset;
-  int groups, blocks_per_group;
+  int row_groups, row_blocks_per_group;  // grid.x: groups of consecutive 64-row blocks
+  int groups, blocks_per_group;          // grid.y: groups of consecutive 64-column blocks
   DType dtype;
 };
 
