@@ -67,6 +67,36 @@ def check_against_reference(batch, heads, n_q, n_kv, head_dim, causal, padded, l
     assert_close(ours, expected, dtype, names=["dq", "dk", "dv"], same_dtype_ref=peer_grads)
 
 
+def check_packed(batch, tokens, heads, head_dim, causal, padded, dtype, device, backend):
+    """attention_qkv on a packed (B, N, 3, H, d) projection output: against the float64 reference
+    on its slices, and bit-identical to attention() on the unbound views (same kernels; only
+    where the gradient lands differs)."""
+    x = torch.randn(batch, tokens, 3 * heads * head_dim, device=device).to(dtype).requires_grad_()
+    packed = (batch, tokens, 3, heads, head_dim)
+    mask = make_padding(batch, tokens, device) if padded else None
+    out = vtkernels.attention_qkv(x.view(packed), causal=causal, key_padding_mask=mask, backend=backend)
+    assert out.shape == (batch, tokens, heads, head_dim) and out.is_contiguous()
+    (x64,) = upcast(x)
+    out64 = reference(*x64.view(packed).unbind(2), causal, mask, head_dim ** -0.5, "bnhd")
+    assert_close(out, out64, dtype, names=["out"])
+    dout = torch.randn_like(out64)
+    (dx,) = grads(out, [x], dout)
+    assert_close(dx, grads(out64, [x64], dout)[0], dtype, names=["dqkv"])
+    unbound = vtkernels.attention(*x.view(packed).unbind(2), causal=causal, key_padding_mask=mask, backend=backend,
+                                  layout="bnhd")
+    assert torch.equal(out, unbound) and torch.equal(dx, grads(unbound, [x], dout)[0])
+
+
+def autograd_node_names(out: torch.Tensor) -> set:
+    seen, todo = set(), [out.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
 # ----------------------------------------------------------------------------- reference
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -266,6 +296,30 @@ def test_triton_zero_queries_gives_zero_key_grads(device):
     assert out.shape == q.shape and k.grad.abs().max() == 0 and v.grad.abs().max() == 0
 
 
+@pytest.mark.parametrize("case", [(2, 49, 3, 32, False, True), (1, 77, 2, 64, True, False), (2, 20, 2, 80, True, True)],
+                         ids=lambda c: "x".join(map(str, c)))
+def test_triton_packed_qkv(case, device):
+    check_packed(*case, torch.float32, device, "triton")
+
+
+def test_packed_qkv_gradient_is_one_buffer(device):
+    """The module's backward writes d qkv in one piece: no unbind node (whose backward stacks)."""
+    module = vtkernels.nn.Attention(64, num_heads=2, backend="triton").to(device)
+    out = module(torch.randn(2, 9, 64, device=device, requires_grad=True))
+    names = autograd_node_names(out)
+    assert not any("Unbind" in name or "Stack" in name for name in names), names
+    reference_names = autograd_node_names(vtkernels.nn.Attention(64, num_heads=2, backend="reference")(
+        torch.randn(2, 9, 64, requires_grad=True)))
+    assert any("Unbind" in name for name in reference_names)  # the walk does see an unbind
+
+
+def test_packed_qkv_bad_input(device):
+    with pytest.raises(ValueError, match=r"qkv must have shape \(B, N, 3, H, head_dim\)"):
+        vtkernels.attention_qkv(torch.randn(2, 5, 2, 2, 32, device=device), backend="triton")
+    with pytest.raises(ValueError, match="qkv"):
+        vtkernels.attention_qkv(torch.randn(2, 5, 3 * 64, device=device), backend="triton")
+
+
 def test_custom_ops_opcheck(device):
     q, k, v = make_qkv(2, 2, 9, 12, 32, torch.float32, device, layout="bnhd")
     mask = make_padding(2, 12, device)
@@ -274,6 +328,11 @@ def test_custom_ops_opcheck(device):
     dout = torch.randn_like(out)
     args = (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), mask, True, 0.25, "bnhd", "triton")
     torch.library.opcheck(attention_op.attention_bwd, args)
+    qkv = torch.randn(2, 9, 3, 2, 32, device=device)
+    torch.library.opcheck(attention_op.attention_qkv_fwd, (qkv, mask[:, :9], True, 0.25, "triton"))
+    out, lse = attention_op.attention_qkv_fwd(qkv, mask[:, :9], True, 0.25, "triton")
+    torch.library.opcheck(attention_op.attention_qkv_bwd,
+                          (torch.randn_like(out), qkv, out, lse, mask[:, :9], True, 0.25, "triton"))
 
 
 def test_torch_compile_fullgraph(device):
@@ -448,6 +507,15 @@ def test_gpu_pointer_path(dtype, monkeypatch):
     for case in [(4, 12, 197, 197, 64, False, True, "bnhd"), (2, 8, 77, 77, 64, True, False, "bhnd"),
                  (2, 4, 100, 850, 32, False, True, "bhnd"), (1, 8, 1, 1025, 128, True, False, "bhnd")]:
         check_against_reference(*case, dtype=dtype, device=torch.device("cuda"), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_packed_qkv(backend, dtype):
+    cuda = torch.device("cuda")
+    for case in [(4, 197, 12, 64, False, False), (2, 77, 8, 64, True, True), (2, 50, 4, 80, False, True)]:
+        check_packed(*case, dtype, cuda, backend)
 
 
 @pytest.mark.gpu

@@ -5,7 +5,7 @@ from vtkernels.ops.norm import layer_norm, rms_norm
 from vtkernels.ops.clip_loss import clip_loss
 from vtkernels.reference.clip_loss import ClipLossOutput
 from vtkernels.ops.patch_embed import patch_embed
-from vtkernels.ops.attention import attention
+from vtkernels.ops.attention import attention, attention_qkv
 from vtkernels.ops.palette import palette_dequantize, palette_quantize
 from vtkernels.ops.detr_cost import detr_match_cost
 from vtkernels.ops.window_attention import window_attention
@@ -38,4 +38,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["BACKENDS", "BackendError", "use_backend", "layer_norm", "rms_norm", "clip_loss", "ClipLossOutput", "patch_embed", "attention", "palette_quantize", "palette_dequantize", "detr_match_cost", "window_attention", "patch_merging_norm", "quick_gelu", "mlp", "nn", "models", "optimize", "OptimizeReport", "__version__"]
+__all__ = ["BACKENDS", "BackendError", "use_backend", "layer_norm", "rms_norm", "clip_loss", "ClipLossOutput", "patch_embed", "attention", "attention_qkv", "palette_quantize", "palette_dequantize", "detr_match_cost", "window_attention", "patch_merging_norm", "quick_gelu", "mlp", "nn", "models", "optimize", "OptimizeReport", "__version__"]

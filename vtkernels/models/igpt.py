@@ -100,22 +100,22 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.backend = backend
 
-    def _split(self, x: torch.Tensor):
-        b, n, _ = x.shape  # (B, N, 3, H, d) -> three (B, N, H, d) views, read in place ("bnhd")
-        return self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape  # (B, N, 3, H, d): q, k, v are its (B, N, H, d) slices, read in place ("bnhd")
+        return self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
         """Full causal attention over ``x`` (B, N, D); with ``cache``, also stores k, v in slots [0, N)."""
-        q, k, v = self._split(x)
+        qkv = self._packed(x)
         if cache is not None:
-            cache.keys[layer, :, : x.shape[1]] = k
-            cache.values[layer, :, : x.shape[1]] = v
-        out = vtkernels.attention(q, k, v, causal=True, scale=self.scale, layout="bnhd", backend=self.backend)
+            cache.keys[layer, :, : x.shape[1]] = qkv[:, :, 1]
+            cache.values[layer, :, : x.shape[1]] = qkv[:, :, 2]
+        out = vtkernels.attention_qkv(qkv, causal=True, scale=self.scale, backend=self.backend)
         return self.proj(out.flatten(2))
 
     def decode(self, x: torch.Tensor, cache: KVCache, layer: int, mask: torch.Tensor) -> torch.Tensor:
         """One new token per sequence, x (B, 1, D): write k, v at ``cache.pos``, attend the cache."""
-        q, k, v = self._split(x)
+        q, k, v = self._packed(x).unbind(2)
         keys, values = cache.keys[layer], cache.values[layer]
         kv_cache_write(keys, values, k, v, cache.pos)
         out = vtkernels.attention(q, keys, values, key_padding_mask=mask, scale=self.scale, layout="bnhd",

@@ -1,7 +1,7 @@
 """Drop-in multi-head self-attention: the attributes and state_dict of timm's ``Attention``.
 
-``qkv`` (Linear(dim, 3 * dim)) produces (B, N, 3, H, d); q, k and v are its unbound (B, N, H, d)
-views, handed to the fused op with ``layout="bnhd"`` and read in place (no permute, no copy).
+``qkv`` (Linear(dim, 3 * dim)) produces (B, N, 3, H, d), which the fused op reads in place (no
+permute, no copy) and whose gradient its backward writes in one piece (``attention_qkv``).
 The op returns (B, N, H, d) contiguous, which is (B, N, dim) as a view for ``proj``.
 """
 
@@ -12,7 +12,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from vtkernels.ops.attention import attention
+from vtkernels.ops.attention import attention, attention_qkv
 
 
 def pick_rows(t: torch.Tensor, rows: Union[int, torch.Tensor]) -> torch.Tensor:
@@ -44,9 +44,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, tokens, dim = x.shape
-        q, k, v = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).unbind(2)
-        out = attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask, scale=self.scale,
-                        backend=self.backend, layout="bnhd")
+        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim)
+        out = attention_qkv(qkv, causal=self.causal, key_padding_mask=key_padding_mask, scale=self.scale,
+                            backend=self.backend)
         return self.proj(out.reshape(batch, tokens, dim))
 
     def forward_row(self, x: torch.Tensor, rows: Union[int, torch.Tensor],

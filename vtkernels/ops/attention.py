@@ -59,10 +59,7 @@ def _lse_shape(q: Tensor, layout: str) -> tuple[int, int, int]:
     return batch, heads, n_q
 
 
-@torch.library.custom_op("vtkernels::attention_fwd", mutates_args=())
-def attention_fwd(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], causal: bool,
-                  scale: float, layout: str, backend: str) -> tuple[Tensor, Tensor]:
-    """Returns out (q's shape, contiguous) and lse (B, H, Nq) fp32 (+inf on rows with no key)."""
+def _kernel_forward(q, k, v, key_padding_mask, causal, scale, layout, backend) -> tuple[Tensor, Tensor]:
     forward, _ = _kernels(backend)
     # Inputs come in with unit head_dim stride; a compiled graph may relayout them, so check again.
     q, k, v, key_padding_mask = (_unit_last_stride(t) for t in (q, k, v, key_padding_mask))
@@ -71,6 +68,27 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Te
     forward(_bhnd(q, layout), _bhnd(k, layout), _bhnd(v, layout), key_padding_mask, _bhnd(out, layout), lse,
             causal, scale)
     return out, lse
+
+
+def _kernel_backward(dout, q, k, v, out, lse, key_padding_mask, causal, scale, layout, backend, dq, dk, dv) -> None:
+    """Writes dq, dk, dv (views in ``layout``, any strides with unit head_dim stride)."""
+    _, backward = _kernels(backend)
+    dout, q, k, v, out, key_padding_mask = (_unit_last_stride(t) for t in (dout, q, k, v, out, key_padding_mask))
+    bhnd = [_bhnd(t, layout) for t in (dout, q, k, v)]
+    backward(*bhnd, key_padding_mask, _bhnd(out, layout), lse, _bhnd(dq, layout), _bhnd(dk, layout),
+             _bhnd(dv, layout), causal, scale)
+
+
+def _grad_buffer(shape, like: Tensor, queries: int) -> Tensor:
+    # With no query at all, no program visits the keys: their gradients are zeros.
+    return (torch.zeros if queries == 0 else torch.empty)(shape, dtype=like.dtype, device=like.device)
+
+
+@torch.library.custom_op("vtkernels::attention_fwd", mutates_args=())
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], causal: bool,
+                  scale: float, layout: str, backend: str) -> tuple[Tensor, Tensor]:
+    """Returns out (q's shape, contiguous) and lse (B, H, Nq) fp32 (+inf on rows with no key)."""
+    return _kernel_forward(q, k, v, key_padding_mask, causal, scale, layout, backend)
 
 
 @attention_fwd.register_fake
@@ -83,16 +101,9 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
                   key_padding_mask: Optional[Tensor], causal: bool, scale: float, layout: str,
                   backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Returns dq, dk, dv, each contiguous with the shape of its input."""
-    _, backward = _kernels(backend)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    # With no query at all, no program visits the keys: their gradients are zeros.
-    alloc = torch.zeros if q.numel() == 0 else torch.empty
-    dk = alloc(k.shape, dtype=k.dtype, device=k.device)
-    dv = alloc(v.shape, dtype=v.dtype, device=v.device)
-    dout, q, k, v, out, key_padding_mask = (_unit_last_stride(t) for t in (dout, q, k, v, out, key_padding_mask))
-    bhnd = [_bhnd(t, layout) for t in (dout, q, k, v)]
-    backward(*bhnd, key_padding_mask, _bhnd(out, layout), lse, _bhnd(dq, layout), _bhnd(dk, layout),
-             _bhnd(dv, layout), causal, scale)
+    dk, dv = (_grad_buffer(t.shape, t, q.numel()) for t in (k, v))
+    _kernel_backward(dout, q, k, v, out, lse, key_padding_mask, causal, scale, layout, backend, dq, dk, dv)
     return dq, dk, dv
 
 
@@ -116,6 +127,52 @@ def _backward(ctx, dout, _dlse):
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# The packed form: one (B, N, 3, H, d) input, one (B, N, 3, H, d) gradient written in place.
+@torch.library.custom_op("vtkernels::attention_qkv_fwd", mutates_args=())
+def attention_qkv_fwd(qkv: Tensor, key_padding_mask: Optional[Tensor], causal: bool, scale: float,
+                      backend: str) -> tuple[Tensor, Tensor]:
+    """qkv (B, N, 3, H, d). Returns out (B, N, H, d) contiguous and lse (B, H, N) fp32."""
+    return _kernel_forward(*qkv.unbind(2), key_padding_mask, causal, scale, "bnhd", backend)
+
+
+@attention_qkv_fwd.register_fake
+def _(qkv, key_padding_mask, causal, scale, backend):
+    batch, tokens, _, heads, head_dim = qkv.shape
+    return qkv.new_empty(batch, tokens, heads, head_dim), qkv.new_empty(batch, heads, tokens, dtype=torch.float32)
+
+
+@torch.library.custom_op("vtkernels::attention_qkv_bwd", mutates_args=())
+def attention_qkv_bwd(dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, key_padding_mask: Optional[Tensor],
+                      causal: bool, scale: float, backend: str) -> Tensor:
+    """Returns dqkv (B, N, 3, H, d) contiguous: the kernels write d q, d k, d v into its three slices."""
+    dqkv = _grad_buffer(qkv.shape, qkv, qkv.numel())
+    _kernel_backward(dout, *qkv.unbind(2), out, lse, key_padding_mask, causal, scale, "bnhd", backend,
+                     *dqkv.unbind(2))
+    return dqkv
+
+
+@attention_qkv_bwd.register_fake
+def _(dout, qkv, out, lse, key_padding_mask, causal, scale, backend):
+    return qkv.new_empty(qkv.shape)
+
+
+def _setup_context_qkv(ctx, inputs, output):
+    qkv, key_padding_mask, causal, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse, key_padding_mask)
+    ctx.causal, ctx.scale, ctx.backend = causal, scale, backend
+
+
+def _backward_qkv(ctx, dout, _dlse):
+    qkv, out, lse, key_padding_mask = ctx.saved_tensors
+    dqkv = attention_qkv_bwd(_unit_last_stride(dout), qkv, out, lse, key_padding_mask, ctx.causal, ctx.scale,
+                             ctx.backend)
+    return dqkv, None, None, None, None
+
+
+attention_qkv_fwd.register_autograd(_backward_qkv, setup_context=_setup_context_qkv)
 
 
 def _unit_last_stride(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -179,6 +236,29 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
         return reference_attention.attention(q, k, v, causal, key_padding_mask, scale, layout)
     q, k, v, key_padding_mask = (_unit_last_stride(t) for t in (q, k, v, key_padding_mask))
     out, _ = attention_fwd(q, k, v, key_padding_mask, causal, scale, layout, chosen)
+    return out
+
+
+def attention_qkv(qkv: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
+                  scale: Optional[float] = None, backend: Optional[str] = None) -> Tensor:
+    """Self-attention straight from a fused qkv projection: ``qkv`` (B, N, 3, H, d), i.e.
+    ``qkv_linear(x).view(B, N, 3, H, d)``. Returns (B, N, H, d).
+
+    The same result as ``attention(*qkv.unbind(2), layout="bnhd")`` (see :func:`attention` for
+    ``causal``, ``key_padding_mask``, ``scale``). The difference is the backward: the kernels write
+    d q, d k, d v straight into one (B, N, 3, H, d) gradient, where ``unbind``'s backward would
+    stack three separate ones (one more read and write of the whole qkv gradient per layer).
+    """
+    checks.check_tensor("qkv", qkv, ndim=5)
+    if qkv.shape[2] != 3:
+        raise ValueError(f"qkv must have shape (B, N, 3, H, head_dim), got {tuple(qkv.shape)}")
+    q, k, v = qkv.unbind(2)
+    _validate(q, k, v, causal, key_padding_mask, scale, "bnhd")
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    chosen = dispatcher.choose(qkv.device, backend, q=q, layout="bnhd")
+    if chosen == "reference":
+        return reference_attention.attention(q, k, v, causal, key_padding_mask, scale, "bnhd")
+    out, _ = attention_qkv_fwd(_unit_last_stride(qkv), _unit_last_stride(key_padding_mask), causal, scale, chosen)
     return out
 
 

@@ -121,14 +121,16 @@ def _hf_igpt_attention_forward(self, hidden_states: torch.Tensor, layer_past=Non
             or other_tensors(kwargs) or (self.training and self.attn_dropout.p > 0)):
         return self._vtkernels_original_forward(hidden_states, layer_past, attention_mask, encoder_hidden_states,
                                                 encoder_attention_mask, use_cache, output_attentions, **kwargs)
-    heads = (batch, n_q, self.num_heads, self.head_dim)
-    q, k, v = (t.view(heads).transpose(1, 2) for t in self.c_attn(hidden_states).split(self.split_size, dim=2))
-    if layer_past is not None:  # the cache holds (B, H, N, d) keys and values, as HF's own forward stores them
+    qkv = self.c_attn(hidden_states).view(batch, n_q, 3, self.num_heads, self.head_dim)
+    attention_args = dict(causal=True, key_padding_mask=key_padding_mask, scale=_igpt_scale(self),
+                          backend=self._vtkernels_backend)
+    if layer_past is None:  # (B, N, H, d) out of the packed projection, its gradient in one piece
+        out = vtkernels.attention_qkv(qkv, **attention_args)
+    else:  # the cache holds (B, H, N, d) keys and values, as HF's own forward stores them
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         k, v = _self_attention_cache(layer_past).update(k, v, self.layer_idx)
-    out = vtkernels.attention(q, k, v, causal=True, key_padding_mask=key_padding_mask, scale=_igpt_scale(self),
-                              backend=self._vtkernels_backend)
-    out = out.transpose(1, 2).reshape(batch, n_q, -1)
-    return self.resid_dropout(self.c_proj(out)), None
+        out = vtkernels.attention(q, k, v, **attention_args).transpose(1, 2)
+    return self.resid_dropout(self.c_proj(out.reshape(batch, n_q, -1))), None
 
 
 def _is_hf_igpt_mlp(module: nn.Module) -> bool:

@@ -150,11 +150,17 @@ def _timm_attention_forward(self, x: torch.Tensor, attn_mask: Optional[torch.Ten
     gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None  # timm's gated=True
     batch, tokens, dim = x.shape
     head_dim = getattr(self, "head_dim", dim // self.num_heads)
-    q, k, v = self.qkv(x).view(batch, tokens, 3, self.num_heads, head_dim).unbind(2)  # each (B, N, H, d)
-    q = self.q_norm(q) if hasattr(self, "q_norm") else q
-    k = self.k_norm(k) if hasattr(self, "k_norm") else k
-    out = vtkernels.attention(q, k, v, causal=causal, scale=getattr(self, "scale", head_dim**-0.5), layout="bnhd",
-                              backend=self._vtkernels_backend).reshape(batch, tokens, -1)
+    qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, head_dim)
+    scale = getattr(self, "scale", head_dim**-0.5)
+    q_norm, k_norm = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
+    if all(norm is None or isinstance(norm, nn.Identity) for norm in (q_norm, k_norm)):
+        out = vtkernels.attention_qkv(qkv, causal=causal, scale=scale, backend=self._vtkernels_backend)
+    else:
+        q, k, v = qkv.unbind(2)  # each (B, N, H, d)
+        q = q_norm(q) if q_norm is not None else q
+        k = k_norm(k) if k_norm is not None else k
+        out = vtkernels.attention(q, k, v, causal=causal, scale=scale, layout="bnhd", backend=self._vtkernels_backend)
+    out = out.reshape(batch, tokens, -1)
     if hasattr(self, "norm"):
         out = self.norm(out)
     if gate is not None:
