@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from vtkernels.reference.activation import ACTIVATIONS, QUICK_GELU_ALPHA
+from vtkernels.triton.tiling import cdiv
 
 # The constexpr code of each activation, in vtkernels.reference.activation.ACTIVATIONS order.
 ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
@@ -80,7 +81,7 @@ def quick_gelu_fwd(x: torch.Tensor) -> torch.Tensor:
     """x contiguous -> y like x."""
     y = torch.empty_like(x)
     if x.numel():
-        quick_gelu_fwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, y, x.numel(), BLOCK=BLOCK,
+        quick_gelu_fwd_kernel[(cdiv(x.numel(), BLOCK),)](x, y, x.numel(), BLOCK=BLOCK,
                                                                  num_warps=NUM_WARPS)
     return y
 
@@ -89,7 +90,7 @@ def quick_gelu_bwd(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """dy, x contiguous, same shape -> dx like x."""
     dx = torch.empty_like(x)
     if x.numel():
-        quick_gelu_bwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, dy, dx, x.numel(), BLOCK=BLOCK,
+        quick_gelu_bwd_kernel[(cdiv(x.numel(), BLOCK),)](x, dy, dx, x.numel(), BLOCK=BLOCK,
                                                                  num_warps=NUM_WARPS)
     return dx
 

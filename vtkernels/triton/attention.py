@@ -11,13 +11,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 
 from vtkernels.triton.attention_bwd import (attention_bwd_delta_kernel, attention_bwd_dkdv_kernel,
                                             attention_bwd_dq_kernel)
 from vtkernels.backend import triton_interpreter_enabled
 from vtkernels.triton.attention_fwd import attention_combine_kernel, attention_fwd_kernel
-from vtkernels.triton.tiling import sm_count, two_tiles
+from vtkernels.triton.tiling import cdiv, next_power_of_2, sm_count, two_tiles
 from vtkernels.triton.tma import descriptor, tma_usable
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
@@ -62,7 +61,7 @@ def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n: Optional[in
         cfg["TMA"] = dtype != torch.float32 and not triton_interpreter_enabled()
     if n is not None:  # decode (n_q = 1), short sequences: no empty rows
         tile = PROGRAM_TILE[kernel]
-        cfg[tile] = min(cfg[tile], max(16, triton.next_power_of_2(n)))
+        cfg[tile] = min(cfg[tile], max(16, next_power_of_2(n)))
         if cfg[tile] < 64 and not wide and dtype != torch.float32:
             cfg["num_warps"] = 4  # (8 keep d = 128 and fp32 tiles off the stack)
     return cfg
@@ -102,7 +101,7 @@ def key_tail_block(n_kv: int, block_n: int, causal: bool) -> int:
     leftover = n_kv % block_n
     if causal or leftover == 0:
         return block_n
-    return min(block_n, max(16, triton.next_power_of_2(leftover)))
+    return min(block_n, max(16, next_power_of_2(leftover)))
 
 
 def program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int) -> list[tuple[int, int, dict]]:
@@ -124,7 +123,7 @@ def program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int) -> 
         full_rows, leftover = n // size * size, n % size
         tail = launch_config(head_dim, dtype, kernel, leftover) if leftover else None
         if tail is None or tail[tile] >= size or full_rows == 0:  # one launch covers it
-            launches, rows = [(0, n, cfg)], triton.cdiv(n, size) * size
+            launches, rows = [(0, n, cfg)], cdiv(n, size) * size
         else:
             launches, rows = [(0, full_rows, cfg), (full_rows, leftover, tail)], full_rows + tail[tile]
         if best is None or rows < best_rows:
@@ -148,12 +147,12 @@ def key_splits(programs: int, n_kv: int, block_n: int, slots: int) -> tuple[int,
     unsplit (1, all keys rounded up to BLOCK_N) when the launch fills ``slots`` or the keys are
     few; else enough splits of at least MIN_SPLIT_BLOCKS key blocks to reach ``slots`` programs.
     iGPT-S decoding (64 programs, 1025 keys, 64-key blocks) on 132 SMs: 4 splits of 320 keys."""
-    blocks = triton.cdiv(n_kv, block_n)
+    blocks = cdiv(n_kv, block_n)
     if programs >= slots or blocks < 2 * MIN_SPLIT_BLOCKS:
         return 1, max(blocks, 1) * block_n
-    splits = min(triton.cdiv(slots, programs), blocks // MIN_SPLIT_BLOCKS)
-    per_split = triton.cdiv(blocks, splits)
-    return triton.cdiv(blocks, per_split), per_split * block_n
+    splits = min(cdiv(slots, programs), blocks // MIN_SPLIT_BLOCKS)
+    per_split = cdiv(blocks, splits)
+    return cdiv(blocks, per_split), per_split * block_n
 
 
 def _bhn_strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -185,7 +184,7 @@ def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> 
         cfg = dict(cfg)
         tail_n = key_tail_block(n_kv, cfg["BLOCK_N"], causal)
         descriptors, tma = _descriptors("fwd", cfg, head_dim, q=q, k=k, v=v)
-        grid = (triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)
+        grid = (cdiv(rows, cfg["BLOCK_M"]), batch * heads)
         splits, split_keys = key_splits(grid[0] * grid[1], n_kv, cfg["BLOCK_N"], split_slots(q.device))
         if splits == 1:
             target, target_lse, out_first_row, out_rows = out[None], lse[None], 0, n_q
@@ -207,10 +206,10 @@ def _combine(part, part_lse, out, lse, first_row: int, rows: int) -> None:
     """out / lse rows [first_row, first_row + rows) from the split partials."""
     batch, heads, n_q, head_dim = out.shape
     cfg = launch_config(head_dim, out.dtype, "combine")
-    attention_combine_kernel[(triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
+    attention_combine_kernel[(cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
         part, part_lse, out, lse, part.stride(0), *_bhn_strides(part[0]), *_bhn_strides(out), part_lse.stride(0),
         heads, n_q, first_row, first_row + rows, part.shape[0], HEAD_DIM=head_dim,
-        D_POW2=triton.next_power_of_2(head_dim), **cfg,
+        D_POW2=next_power_of_2(head_dim), **cfg,
     )
 
 
@@ -225,7 +224,7 @@ def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool
 
     delta = torch.empty((batch, heads, n_q), device=q.device, dtype=torch.float32)
     cfg = launch_config(head_dim, q.dtype, "delta")
-    attention_bwd_delta_kernel[(triton.cdiv(n_q, cfg["BLOCK_M"]), batch * heads)](
+    attention_bwd_delta_kernel[(cdiv(n_q, cfg["BLOCK_M"]), batch * heads)](
         out, dout, delta, *_bhn_strides(out), *_bhn_strides(dout), heads, n_q,
         D_MAIN=constexprs["D_MAIN"], D_REST=constexprs["D_REST"], **cfg,
     )
@@ -234,14 +233,14 @@ def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool
     for first_key, keys, cfg in program_launches(head_dim, q.dtype, "dkdv", n_kv):
         cfg = dict(cfg)
         descriptors, tma = _descriptors("dkdv", cfg, head_dim, q=q, dout=dout)
-        attention_bwd_dkdv_kernel[(triton.cdiv(keys, cfg["BLOCK_N"]), batch * heads)](
+        attention_bwd_dkdv_kernel[(cdiv(keys, cfg["BLOCK_N"]), batch * heads)](
             q, k, v, *descriptors, mask, dout, lse, delta, dk, dv, *operands, *_bhn_strides(dk), *_bhn_strides(dv),
             stride_mb, heads, n_q, n_kv, first_key, scale, scale * LOG2E, **constexprs, TMA=tma, **cfg,
         )
     for first_row, rows, cfg in program_launches(head_dim, q.dtype, "dq", n_q):
         cfg = dict(cfg)
         descriptors, tma = _descriptors("dq", cfg, head_dim, k=k, v=v)
-        attention_bwd_dq_kernel[(triton.cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
+        attention_bwd_dq_kernel[(cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
             q, k, v, *descriptors, mask, dout, lse, delta, dq, *operands, *_bhn_strides(dq),
             stride_mb, heads, n_q, n_kv, first_row, scale, scale * LOG2E, **constexprs, TMA=tma, **cfg,
         )
@@ -354,6 +353,6 @@ def _aot_decode(head_dim: int, name: str, base: dict, ptrs: dict, values: dict):
     sig = _signature(_COMBINE_ARGS, {"Part": "*fp32", "PartLse": "*fp32", "Out": f"*{name}", "Lse": "*fp32"})
     partials = {"stride_ps": pairs * head_dim, "stride_pb": heads * head_dim, "stride_ph": head_dim,
                 "stride_pn": head_dim, "row_end": 1, "n_splits": splits}
-    yield (attention_combine_kernel, sig, {"HEAD_DIM": head_dim, "D_POW2": triton.next_power_of_2(head_dim),
+    yield (attention_combine_kernel, sig, {"HEAD_DIM": head_dim, "D_POW2": next_power_of_2(head_dim),
                                            "BLOCK_M": cfg["BLOCK_M"]},
            {"num_warps": cfg["num_warps"]}, {**decode, **partials})

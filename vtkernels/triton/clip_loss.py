@@ -39,6 +39,7 @@ import triton.language as tl
 from vtkernels.backend import triton_interpreter_enabled
 from vtkernels.triton.strip_matmul import matmul_fp32_out
 from vtkernels.triton.tma import descriptor, tma_usable
+from vtkernels.triton.tiling import cdiv
 
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's default
 STRIP_BYTES = 128 * 2**20  # cap on the backward's dS strip (rows x W features)
@@ -296,7 +297,7 @@ def normalize_rows(x: torch.Tensor):
     rnorm = torch.empty(n, dtype=torch.float32, device=x.device)
     if n:
         cfg = launch_config("rows", interpret=_interpret(x))
-        normalize_rows_kernel[(triton.cdiv(n, cfg["BLOCK_ROWS"]),)](
+        normalize_rows_kernel[(cdiv(n, cfg["BLOCK_ROWS"]),)](
             x, y, rnorm, n, d, x.stride(0), y.stride(0), NORM_EPS, **cfg)
     return y, rnorm
 
@@ -306,7 +307,7 @@ def _merge(part: torch.Tensor, part_max, n: int, with_max: bool):
     mx = part.new_empty(n if with_max else 0)
     if n:
         block = 128
-        merge_lse_kernel[(triton.cdiv(n, block),)](part, part_max, lse, mx, part.shape[0], n,
+        merge_lse_kernel[(cdiv(n, block),)](part, part_max, lse, mx, part.shape[0], n,
                                                   WITH_MAX=with_max, BLOCK=block)
     return lse, mx
 
@@ -329,8 +330,8 @@ def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, di
                 empty if not with_max else torch.full((n_cols,), float("-inf"), **f32))
     cfg = dict(launch_config("tile", image.dtype, _interpret(image)))
     image_op, text_op, tma = _tile_operands(image, text, cfg)
-    row_blocks = triton.cdiv(n_rows, cfg["BLOCK_M"])
-    col_blocks = triton.cdiv(n_cols, cfg["BLOCK_N"])
+    row_blocks = cdiv(n_rows, cfg["BLOCK_M"])
+    col_blocks = cdiv(n_cols, cfg["BLOCK_N"])
     row_groups, row_blocks_per_group, groups, blocks_per_group = program_groups(row_blocks, col_blocks,
                                                                                _interpret(image))
     row_part = torch.empty((groups, n_rows), **f32)
@@ -349,8 +350,8 @@ def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, di
 
 def _groups(blocks: int, max_groups: int) -> tuple[int, int]:
     """(groups, blocks per group): at most ``max_groups`` groups of equal size (the last may be smaller)."""
-    per_group = triton.cdiv(blocks, max(1, min(blocks, max_groups)))
-    return triton.cdiv(blocks, per_group), per_group
+    per_group = cdiv(blocks, max(1, min(blocks, max_groups)))
+    return cdiv(blocks, per_group), per_group
 
 
 def program_groups(row_blocks: int, col_blocks: int, interpret: bool = False) -> tuple[int, int, int, int]:
@@ -359,9 +360,9 @@ def program_groups(row_blocks: int, col_blocks: int, interpret: bool = False) ->
     to bring the programs to TARGET_PROGRAMS. The interpreter gets groups of two row blocks and
     two column groups: the tests still merge blocks both ways."""
     if interpret:
-        return (*_groups(row_blocks, triton.cdiv(row_blocks, 2)), *_groups(col_blocks, 2))
+        return (*_groups(row_blocks, cdiv(row_blocks, 2)), *_groups(col_blocks, 2))
     row_groups, row_blocks_per_group = _groups(row_blocks, MAX_ROW_GROUPS)
-    return row_groups, row_blocks_per_group, *_groups(col_blocks, triton.cdiv(TARGET_PROGRAMS, row_groups))
+    return row_groups, row_blocks_per_group, *_groups(col_blocks, cdiv(TARGET_PROGRAMS, row_groups))
 
 
 def strip_width(n_rows: int, n_cols: int, element_size: int, block_n: int) -> int:
@@ -369,7 +370,7 @@ def strip_width(n_rows: int, n_cols: int, element_size: int, block_n: int) -> in
     at least MIN_STRIP columns (fewer, larger launches at n >= 128k; still O(n) memory)."""
     width = max(MIN_STRIP, STRIP_BYTES // max(1, n_rows * element_size))
     width = max(block_n, width // block_n * block_n)
-    return min(width, triton.cdiv(n_cols, block_n) * block_n)
+    return min(width, cdiv(n_cols, block_n) * block_n)
 
 
 def grad_features(image, text, scale, row_lse, col_lse, diag_offset: int, text_raw=None, coef=None,
@@ -397,12 +398,12 @@ def grad_features(image, text, scale, row_lse, col_lse, diag_offset: int, text_r
     width = strip_width(n_rows, n_cols, image.element_size(), cfg["BLOCK_N"])
     strip = torch.empty((n_rows, width), dtype=image.dtype, device=image.device)
     text_acc = torch.empty((width, d), **f32) if finish_text else None
-    row_blocks = triton.cdiv(n_rows, cfg["BLOCK_M"])
+    row_blocks = cdiv(n_rows, cfg["BLOCK_M"])
     # Per-tile sums of dS * S for every strip, added up once at the end.
-    dt_parts = torch.zeros((triton.cdiv(n_cols, width), row_blocks, width // cfg["BLOCK_N"]), **f32)
+    dt_parts = torch.zeros((cdiv(n_cols, width), row_blocks, width // cfg["BLOCK_N"]), **f32)
     for strip_index, start in enumerate(range(0, n_cols, width)):
         end = min(start + width, n_cols)
-        col_blocks = triton.cdiv(end - start, cfg["BLOCK_N"])
+        col_blocks = cdiv(end - start, cfg["BLOCK_N"])
         clip_dlogits_kernel[(row_blocks, col_blocks)](
             image_op, text_op, scale, row_lse, col_lse, strip, dt_parts[strip_index],
             n_rows, n_cols, d, image.stride(0), text.stride(0), strip.stride(0), diag_offset, start, end, ds_scale,
@@ -424,7 +425,7 @@ def finish_grad(acc: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, normaliz
     dx = torch.empty((n, d), dtype=x.dtype, device=x.device)
     if n:
         cfg = launch_config("rows", interpret=_interpret(x))
-        finish_grad_kernel[(triton.cdiv(n, cfg["BLOCK_ROWS"]),)](
+        finish_grad_kernel[(cdiv(n, cfg["BLOCK_ROWS"]),)](
             acc, x, coef, dx, n, d, x.stride(0), dx.stride(0), NORM_EPS, NORMALIZE=normalize, **cfg)
     return dx
 
@@ -433,7 +434,7 @@ def _aot_launch_values(dtype: torch.dtype, n: int = 65536, d: int = 768) -> dict
     """The integer arguments of the n = 65536, d = 768 benchmark launch (one process), for the
     compile check's launch-time specializations."""
     tile = launch_config("tile", dtype)
-    row_blocks, col_blocks = triton.cdiv(n, tile["BLOCK_M"]), triton.cdiv(n, tile["BLOCK_N"])
+    row_blocks, col_blocks = cdiv(n, tile["BLOCK_M"]), cdiv(n, tile["BLOCK_N"])
     width = strip_width(n, n, torch.empty((), dtype=dtype).element_size(), tile["BLOCK_N"])
     return {"n_rows": n, "n_cols": n, "d": d, "stride_i": d, "stride_t": d, "diag_offset": 0,
             **dict(zip(("row_blocks_per_group", "blocks_per_group"), program_groups(row_blocks, col_blocks)[1::2])),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from vtkernels.triton.tiling import cdiv, next_power_of_2
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -99,7 +100,7 @@ def detr_cost_kernel(
 
 def launch_config(n_targets: int) -> dict:
     # (BLOCK_Q, BLOCK_T) tiles of <= 8 fp32 per thread (a dozen live temporaries): no spills on sm_90.
-    block_t = min(32, max(16, triton.next_power_of_2(n_targets)))
+    block_t = min(32, max(16, next_power_of_2(n_targets)))
     return {"BLOCK_Q": 32, "BLOCK_C": 64, "BLOCK_T": block_t, "num_warps": 4}
 
 
@@ -112,7 +113,7 @@ def forward(logits, pred_boxes, target_labels, target_boxes, class_weight: float
     if cost.numel() == 0:
         return cost
     cfg = launch_config(n_targets)
-    grid = (triton.cdiv(n_queries, cfg["BLOCK_Q"]), batch)
+    grid = (cdiv(n_queries, cfg["BLOCK_Q"]), batch)
     detr_cost_kernel[grid](
         logits, pred_boxes, target_labels, target_boxes, cost, n_queries, n_classes, n_targets,
         logits.stride(0), logits.stride(1), pred_boxes.stride(0), pred_boxes.stride(1), target_labels.stride(0),

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from vtkernels.backend import triton_interpreter_enabled
 from vtkernels.triton.activation import ACTIVATION_CODE, activate, activation_grad
-from vtkernels.triton.tiling import grouped_tile, sm_count
+from vtkernels.triton.tiling import cdiv, grouped_tile, sm_count
 from vtkernels.triton.tma import descriptor, tma_usable
 
 
@@ -158,7 +158,7 @@ def _launch(a, b_matrix, b_k_major, bias, pre, c, activation, backward, save_pre
     constexprs = dict(ACT=ACTIVATION_CODE[activation], BACKWARD=backward, HAS_BIAS=bias is not None,
                       SAVE_PRE=save_pre)
     bias = bias if bias is not None else c
-    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    tiles = cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"])
     if use_tma:
         bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
         out_desc = descriptor(c, bm, bn)

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vtkernels.triton.tiling import sm_count
+from vtkernels.triton.tiling import cdiv, next_power_of_2, sm_count
 
 MAX_COLS = 8192
 
@@ -152,7 +152,7 @@ def norm_bwd_kernel(
 
 def launch_config(n_cols: int, backward: bool = False) -> dict:
     """Tile shape and warps for a row length; also what the ahead-of-time compile check uses."""
-    block_n = triton.next_power_of_2(n_cols)
+    block_n = next_power_of_2(n_cols)
     elements = 2048 if backward else 4096  # per program: enough bytes in flight, few registers
     block_rows = max(1, elements // block_n)
     num_warps = min(16, max(4, block_rows * block_n // 1024))
@@ -178,7 +178,7 @@ def forward(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[
     if n_rows == 0:
         return y, h, mean, rstd
     cfg = launch_config(n_cols)
-    grid = (triton.cdiv(n_rows, cfg["BLOCK_ROWS"]),)
+    grid = (cdiv(n_rows, cfg["BLOCK_ROWS"]),)
     norm_fwd_kernel[grid](
         x, residual, weight, bias, y, h, mean, rstd,
         n_rows, n_cols, x.stride(0), residual.stride(0) if residual is not None else 0,
@@ -195,7 +195,7 @@ def backward(dy: torch.Tensor, dh: Optional[torch.Tensor], h: torch.Tensor, weig
     n_rows, n_cols = h.shape
     dx = torch.empty_like(h, memory_format=torch.contiguous_format)
     cfg = launch_config(n_cols, backward=True)
-    tiles = triton.cdiv(n_rows, cfg["BLOCK_ROWS"])
+    tiles = cdiv(n_rows, cfg["BLOCK_ROWS"])
     programs = _persistent_programs(h.device, tiles)
     # Every program stores its whole partial row: zero-filled only when no program runs (no rows).
     alloc = h.new_empty if n_rows > 0 else h.new_zeros
@@ -204,7 +204,7 @@ def backward(dy: torch.Tensor, dh: Optional[torch.Tensor], h: torch.Tensor, weig
     if n_rows > 0:
         norm_bwd_kernel[(programs,)](
             dy, dh, h, weight, mean, rstd, dx, dw_partial, db_partial,
-            n_rows, n_cols, programs, triton.cdiv(tiles, programs), dy.stride(0),
+            n_rows, n_cols, programs, cdiv(tiles, programs), dy.stride(0),
             dh.stride(0) if dh is not None else 0, h.stride(0), dx.stride(0),
             IS_RMS=rms, HAS_DH=dh is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, **cfg,
         )

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from vtkernels.reference.palette import PIXEL_SCALE
+from vtkernels.triton.tiling import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -79,7 +80,7 @@ def palette_dequantize_kernel(
 
 def launch_config(n_clusters: int) -> dict:
     # A (BLOCK_P, BLOCK_K) fp32 tile of 32 distances per thread: no spills on sm_90.
-    block_k = min(32, triton.next_power_of_2(max(n_clusters, 16)))
+    block_k = min(32, next_power_of_2(max(n_clusters, 16)))
     return {"BLOCK_P": 128, "BLOCK_K": block_k, "num_warps": 4}
 
 
@@ -90,7 +91,7 @@ def quantize(pixels: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
     if tokens.numel() == 0:
         return tokens
     cfg = launch_config(clusters.shape[0])
-    grid = (triton.cdiv(n_pixels, cfg["BLOCK_P"]), batch)
+    grid = (cdiv(n_pixels, cfg["BLOCK_P"]), batch)
     palette_quantize_kernel[grid](
         pixels, clusters, tokens, n_pixels, clusters.shape[0], *pixels.stride(), PIXEL_SCALE=PIXEL_SCALE, **cfg,
     )
@@ -103,7 +104,7 @@ def dequantize(tokens: torch.Tensor, clusters: torch.Tensor, out: torch.Tensor) 
     if tokens.numel() == 0:
         return out
     block_p = 256
-    grid = (triton.cdiv(n_pixels, block_p), batch)
+    grid = (cdiv(n_pixels, block_p), batch)
     palette_dequantize_kernel[grid](tokens, clusters, out, n_pixels, *out.stride(), BLOCK_P=block_p, num_warps=4)
     return out
 

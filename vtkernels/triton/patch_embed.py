@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from vtkernels.backend import triton_interpreter_enabled
-from vtkernels.triton.tiling import sm_count
+from vtkernels.triton.tiling import cdiv, next_power_of_2, sm_count
 from vtkernels.triton.tma import descriptor, tma_usable
 
 
@@ -274,7 +274,7 @@ def weight_matrix(weight: torch.Tensor, inner: bool) -> torch.Tensor:
     k_size = matrix.shape[1]
     if k_size % 16 == 0 and matrix.stride(1) == 1 and matrix.stride(0) % 16 == 0:
         return matrix
-    padded = matrix.new_zeros(dim, triton.cdiv(k_size, 16) * 16)
+    padded = matrix.new_zeros(dim, cdiv(k_size, 16) * 16)
     padded[:, :k_size] = matrix
     return padded[:, :k_size]
 
@@ -290,7 +290,7 @@ def launch_config(kind: str, dtype: torch.dtype, dim: int, k_size: int) -> dict:
     # wgmma and do not spill. fp32 halves the k depth (twice the bytes per element).
     wide = dtype != torch.float32
     if kind == "fwd":
-        block_k = min(64 if wide else 32, max(16, triton.next_power_of_2(k_size)))
+        block_k = min(64 if wide else 32, max(16, next_power_of_2(k_size)))
         return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": block_k, "num_warps": 8, "num_stages": 3, "TMA": wide}
     # bwd_images: output tile (BLOCK_M patches, BLOCK_K columns), loop over D in BLOCK_N steps;
     # bwd_weight: output tile (BLOCK_N of D, BLOCK_K columns), loop over patches in BLOCK_M steps.
@@ -320,14 +320,14 @@ def forward(images, weight, bias: Optional[torch.Tensor], cls_token: Optional[to
         return out
     pos_start = int(pos_embed is not None and pos_embed.shape[0] == num_patches + 1)
     tiles, launch = _launch_args(launch_config("fwd", weight.dtype, dim, k_size))
-    gemm_programs = triton.cdiv(rows, tiles["BLOCK_M"]) * triton.cdiv(dim, tiles["BLOCK_N"])
-    cls_programs = triton.cdiv(batch, tiles["BLOCK_M"]) if cls_token is not None else 0
+    gemm_programs = cdiv(rows, tiles["BLOCK_M"]) * cdiv(dim, tiles["BLOCK_N"])
+    cls_programs = cdiv(batch, tiles["BLOCK_M"]) if cls_token is not None else 0
     inner = channels_inner(images)
     w = weight_matrix(weight, inner)
     w_desc = descriptor(w, tiles["BLOCK_N"], tiles["BLOCK_K"]) if tiles.pop("TMA") and tma_usable(w) else None
     patch_embed_fwd_kernel[(gemm_programs + cls_programs,)](
         images, w, w_desc, bias, cls_token, pos_embed, scale, shift, out,
-        rows, dim, k_size, triton.cdiv(k_size, 16) * 16, num_patches, grid_w, prefix, pos_start, gemm_programs,
+        rows, dim, k_size, cdiv(k_size, 16) * 16, num_patches, grid_w, prefix, pos_start, gemm_programs,
         *images.stride(), *w.stride(),
         PATCH=patch, CHANNELS=channels, CHANNELS_INNER=inner, NORMALIZE=scale is not None,
         HAS_BIAS=bias is not None, HAS_CLS=cls_token is not None, HAS_POS=pos_embed is not None,
@@ -348,7 +348,7 @@ def backward_images(grad_out: torch.Tensor, images: torch.Tensor, weight: torch.
     if rows == 0:
         return grad
     tiles, launch = _launch_args(launch_config("bwd_images", weight.dtype, dim, k_size))
-    grid = (triton.cdiv(rows, tiles["BLOCK_M"]) * triton.cdiv(k_size, tiles["BLOCK_K"]),)
+    grid = (cdiv(rows, tiles["BLOCK_M"]) * cdiv(k_size, tiles["BLOCK_K"]),)
     inner = channels_inner(grad)
     w = weight_matrix(weight, inner)
     patch_embed_bwd_images_kernel[grid](
@@ -364,9 +364,9 @@ def _splits(device: torch.device, output_tiles: int, row_tiles: int) -> tuple[in
     """(splits of M, row tiles per split): about two programs per SM (four in the interpreter,
     so the tests exercise the partial sums)."""
     target = 2 * sm_count(device) if device.type == "cuda" else 4
-    splits = max(1, min(row_tiles, triton.cdiv(target, output_tiles)))
-    per_split = triton.cdiv(row_tiles, splits)
-    return triton.cdiv(row_tiles, per_split), per_split
+    splits = max(1, min(row_tiles, cdiv(target, output_tiles)))
+    per_split = cdiv(row_tiles, splits)
+    return cdiv(row_tiles, per_split), per_split
 
 
 def backward_weight(grad_out: torch.Tensor, images: torch.Tensor, weight: torch.Tensor,
@@ -377,8 +377,8 @@ def backward_weight(grad_out: torch.Tensor, images: torch.Tensor, weight: torch.
     if rows == 0:
         return torch.zeros_like(weight, memory_format=torch.contiguous_format)
     tiles, launch = _launch_args(launch_config("bwd_weight", weight.dtype, dim, k_size))
-    output_tiles = triton.cdiv(dim, tiles["BLOCK_N"]) * triton.cdiv(k_size, tiles["BLOCK_K"])
-    splits, per_split = _splits(images.device, output_tiles, triton.cdiv(rows, tiles["BLOCK_M"]))
+    output_tiles = cdiv(dim, tiles["BLOCK_N"]) * cdiv(k_size, tiles["BLOCK_K"])
+    splits, per_split = _splits(images.device, output_tiles, cdiv(rows, tiles["BLOCK_M"]))
     partial = torch.empty(splits, dim, k_size, device=weight.device, dtype=torch.float32)
     patch_embed_bwd_weight_kernel[(output_tiles, splits)](
         grad_out, images, scale, shift, partial, rows, dim, k_size, num_patches, grid_w,
@@ -393,7 +393,7 @@ def _aot_launch_values(side: int, patch: int, dim: int, inner: bool, cls: bool, 
     """The integer arguments a launch on a (batch, 3, side, side) image passes, for the compile
     check's launch-time specializations (divisible-by-16 and unit values)."""
     grid, k_size = side // patch, 3 * patch * patch
-    w_cols = triton.cdiv(k_size, 16) * 16
+    w_cols = cdiv(k_size, 16) * 16
     rows = batch * grid * grid
     hw = side * side
     strides = (3 * hw, 1, 3 * side, 3) if inner else (3 * hw, hw, side, 1)
@@ -401,7 +401,7 @@ def _aot_launch_values(side: int, patch: int, dim: int, inner: bool, cls: bool, 
     return {**dict(zip(("stride_ib", "stride_ic", "stride_ih", "stride_iw"), strides)),
             "M": rows, "D": dim, "K": k_size, "w_cols": w_cols, "num_patches": grid * grid, "grid_w": grid,
             "prefix": int(cls), "pos_start": int(cls), "stride_wd": w_cols, "stride_wk": 1, "tiles_per_split": 8,
-            "gemm_programs": triton.cdiv(rows, fwd["BLOCK_M"]) * triton.cdiv(dim, fwd["BLOCK_N"])}
+            "gemm_programs": cdiv(rows, fwd["BLOCK_M"]) * cdiv(dim, fwd["BLOCK_N"])}
 
 
 def aot_configs():

@@ -16,6 +16,7 @@ import triton.language as tl
 
 from vtkernels.triton.norm import (_persistent_programs, affine_grad_add, affine_grad_start, affine_grad_store,
                                    apply_affine, normalized_input_grad, row_statistics)
+from vtkernels.triton.tiling import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -81,7 +82,7 @@ def patch_merging_bwd_kernel(
 
 
 def launch_config(channels: int, backward: bool = False) -> dict:
-    block_n = triton.next_power_of_2(4 * channels)
+    block_n = next_power_of_2(4 * channels)
     block_rows = max(1, (2048 if backward else 4096) // block_n)
     return {"BLOCK_ROWS": block_rows, "BLOCK_N": block_n, "num_warps": min(16, max(4, block_rows * block_n // 1024))}
 
@@ -102,7 +103,7 @@ def forward(x: torch.Tensor, weight, bias, eps: float):
     if n_rows == 0:
         return y, mean, rstd
     cfg = launch_config(c)
-    grid = (triton.cdiv(n_rows, cfg["BLOCK_ROWS"]),)
+    grid = (cdiv(n_rows, cfg["BLOCK_ROWS"]),)
     patch_merging_fwd_kernel[grid](x, weight, bias, y, mean, rstd, n_rows, *dims, x.stride(0), x.stride(1), x.stride(2),
                                    eps, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **cfg)
     return y, mean, rstd
@@ -114,14 +115,14 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight, mean, rstd, has_bias: bo
     c = x.shape[3]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     cfg = launch_config(c, backward=True)
-    tiles = triton.cdiv(n_rows, cfg["BLOCK_ROWS"])
+    tiles = cdiv(n_rows, cfg["BLOCK_ROWS"])
     programs = _persistent_programs(x.device, max(tiles, 1))
     dw_partial = x.new_zeros((programs, 4 * c) if weight is not None else 0, dtype=torch.float32)
     db_partial = x.new_zeros((programs, 4 * c) if has_bias else 0, dtype=torch.float32)
     if n_rows > 0:
         patch_merging_bwd_kernel[(programs,)](
             dy, x, weight, mean, rstd, dx, dw_partial, db_partial, n_rows, *dims, x.stride(0), x.stride(1), x.stride(2),
-            dx.stride(0), dx.stride(1), dx.stride(2), programs, triton.cdiv(tiles, programs),
+            dx.stride(0), dx.stride(1), dx.stride(2), programs, cdiv(tiles, programs),
             HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, **cfg)
     dw = dw_partial.sum(0).to(weight.dtype) if weight is not None else x.new_empty(0)
     db = db_partial.sum(0).to(x.dtype) if has_bias else x.new_empty(0)

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from vtkernels.backend import triton_interpreter_enabled
-from vtkernels.triton.tiling import grouped_tile, sm_count
+from vtkernels.triton.tiling import cdiv, grouped_tile, sm_count
 from vtkernels.triton.tma import descriptor, tma_usable
 
 
@@ -89,7 +89,7 @@ def _split_k(programs: int, k: int, block_k: int, device: torch.device) -> int:
     if device.type != "cuda" or triton_interpreter_enabled():
         return 2
     target = 2 * sm_count(device)
-    return max(1, min(triton.cdiv(target, programs), k // (4 * block_k)))
+    return max(1, min(cdiv(target, programs), k // (4 * block_k)))
 
 
 def matmul_fp32_out(a, b, c, accumulate: bool, interpret: bool, alpha: float = 1.0) -> None:
@@ -99,10 +99,10 @@ def matmul_fp32_out(a, b, c, accumulate: bool, interpret: bool, alpha: float = 1
     cfg = dict(launch_config(a.dtype, interpret))
     transposed = a.stride(1) != 1  # then a.t() is row-major
     use_tma = cfg.pop("TMA") and tma_usable(a.t() if transposed else a, b)
-    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    tiles = cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"])
     splits = 1 if accumulate else _split_k(tiles, k, cfg["BLOCK_K"], c.device)
-    per_split = triton.cdiv(triton.cdiv(k, splits), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
-    splits = triton.cdiv(k, per_split)
+    per_split = cdiv(cdiv(k, splits), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
+    splits = cdiv(k, per_split)
     out = c if splits == 1 else torch.empty((splits, m, n), dtype=torch.float32, device=c.device)
     strides = (out.stride(0), 0) if splits == 1 else (out.stride(1), out.stride(0))
     a_op, b_op = a, b

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vtkernels.triton.tiling import two_tiles
+from vtkernels.triton.tiling import cdiv, next_power_of_2, two_tiles
 
 # Tokens per window the kernels take: one window's keys must fit one tile.
 MAX_WINDOW_TOKENS = 256
@@ -236,11 +236,11 @@ class Geometry:
 
     @property
     def height_pad(self) -> int:
-        return triton.cdiv(self.height, self.window) * self.window
+        return cdiv(self.height, self.window) * self.window
 
     @property
     def width_pad(self) -> int:
-        return triton.cdiv(self.width, self.window) * self.window
+        return cdiv(self.width, self.window) * self.window
 
     @property
     def windows_per_row(self) -> int:
@@ -267,7 +267,7 @@ def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: O
     else:
         (block_n, keys_rest), windows_per_program = two_tiles(tokens), 1
     rows = windows_per_program * tokens
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = max(16, next_power_of_2(head_dim))
     # Live fp32 (BLOCK_M, keys) tiles: scores and their index math forward; P, dP, dS backward
     # (plus the dK / dV accumulators). Sized so that sm_90 keeps them in registers without spills
     # (tools/triton_aot_check.py). TODO(gpu): tune BLOCK_M / num_warps on the H100; the forward
@@ -275,10 +275,10 @@ def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: O
     # A rest chunk of up to 1/8 of BLOCK_N rides in the budget's slack; a larger one counts double.
     keys = block_n if keys_rest <= block_n // 8 else 2 * block_n
     if block_m is None:
-        block_m = max(16, min((8192 if not backward else 2048) // keys, triton.next_power_of_2(rows)))
+        block_m = max(16, min((8192 if not backward else 2048) // keys, next_power_of_2(rows)))
     rows_rest = 0
     if not backward and rows > block_m and rows % block_m:
-        tail = max(16, triton.next_power_of_2(rows % block_m))
+        tail = max(16, next_power_of_2(rows % block_m))
         rows_rest = tail if tail < block_m else 0
     return {"G": windows_per_program, "BLOCK_M": block_m, "BLOCK_N": block_n, "KEYS_REST": keys_rest,
             "BLOCK_D": block_d, **({} if backward else {"ROWS_REST": rows_rest}), "num_warps": 8, "num_stages": 1}
@@ -312,7 +312,7 @@ def forward(qkv: torch.Tensor, table: torch.Tensor, pad_qkv, geo: Geometry, scal
         return out
     cfg = launch_config(geo.tokens, geo.head_dim)
     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-    grid = (batch * geo.heads, triton.cdiv(geo.n_windows, cfg["G"]))
+    grid = (batch * geo.heads, cdiv(geo.n_windows, cfg["G"]))
     window_attn_fwd_kernel[grid](
         qkv, table, pad_qkv, out, *common_args(qkv, geo), out.stride(0), out.stride(1), out.stride(2),
         scale, mask_value, **common_constexprs(qkv, geo, pad_first, pad_qkv is not None), **cfg, **options,

@@ -29,7 +29,7 @@ from vtkernels.triton.window_attention import (
     Geometry, attention_probs, common_args, common_constexprs, key_chunk, launch_config, load_tokens,
     same_window, token_offsets, window_tokens,
 )
-from vtkernels.triton.tiling import sm_count
+from vtkernels.triton.tiling import cdiv, sm_count
 
 
 @triton.jit
@@ -240,9 +240,9 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, pad_qkv
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     cfg = launch_config(geo.tokens, geo.head_dim, backward=True)
     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-    n_groups = triton.cdiv(geo.n_windows, cfg["G"])
+    n_groups = cdiv(geo.n_windows, cfg["G"])
     schedule = backward_schedule(n_groups, batch * geo.heads, geo.tokens, qkv.device, qkv.dtype)
-    programs = triton.cdiv(n_groups, schedule["GROUPS"])
+    programs = cdiv(n_groups, schedule["GROUPS"])
     n_tokens = geo.tokens
     # One (N, N) bias partial per program: written once when folded, accumulated into otherwise.
     allocate = torch.empty if schedule["FOLD"] else torch.zeros
