@@ -17,6 +17,7 @@ from torch import Tensor
 from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
+from vtkernels.ops.registration import backward_call, forward_call
 from vtkernels.reference import activation as reference
 
 # Triton first without a measurement (both are one memory-bound pass).
@@ -50,6 +51,9 @@ def _(dy, x, backend):
     return torch.empty_like(x)
 
 
+call_quick_gelu_bwd = backward_call(quick_gelu_bwd)
+
+
 def _setup_context(ctx, inputs, output):
     x, backend = inputs
     ctx.save_for_backward(x)
@@ -58,10 +62,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     (x,) = ctx.saved_tensors
-    return quick_gelu_bwd(dy.contiguous(), x, ctx.backend), None
+    return call_quick_gelu_bwd(dy.contiguous(), x, ctx.backend), None
 
 
-quick_gelu_fwd.register_autograd(_backward, setup_context=_setup_context)
+call_quick_gelu_fwd = forward_call(quick_gelu_fwd, _backward, _setup_context)
 
 
 def quick_gelu(x: Tensor, backend: Optional[str] = None) -> Tensor:
@@ -70,7 +74,7 @@ def quick_gelu(x: Tensor, backend: Optional[str] = None) -> Tensor:
     chosen = dispatcher.choose(x.device, backend, x=x)
     if chosen == "reference":
         return reference.quick_gelu(x)
-    return quick_gelu_fwd(x.contiguous(), chosen)
+    return call_quick_gelu_fwd(x.contiguous(), chosen)
 
 
 __all__ = ["quick_gelu", "dispatcher"]

@@ -24,6 +24,7 @@ from torch import Tensor
 from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
+from vtkernels.ops.registration import backward_call, forward_call
 from vtkernels.reference import attention as reference_attention
 
 LAYOUTS = ("bhnd", "bnhd")
@@ -112,6 +113,9 @@ def _(dout, q, k, v, out, lse, key_padding_mask, causal, scale, layout, backend)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
+call_attention_bwd = backward_call(attention_bwd)
+
+
 def _setup_context(ctx, inputs, output):
     q, k, v, key_padding_mask, causal, scale, layout, backend = inputs
     out, lse = output
@@ -121,12 +125,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-    dq, dk, dv = attention_bwd(_unit_last_stride(dout), q, k, v, out, lse, key_padding_mask, ctx.causal,
+    dq, dk, dv = call_attention_bwd(_unit_last_stride(dout), q, k, v, out, lse, key_padding_mask, ctx.causal,
                                ctx.scale, ctx.layout, ctx.backend)
     return dq, dk, dv, None, None, None, None, None
 
 
-attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+call_attention_fwd = forward_call(attention_fwd, _backward, _setup_context)
 
 
 # The packed form: one (B, N, 3, H, d) input, one (B, N, 3, H, d) gradient written in place.
@@ -158,6 +162,9 @@ def _(dout, qkv, out, lse, key_padding_mask, causal, scale, backend):
     return qkv.new_empty(qkv.shape)
 
 
+call_attention_qkv_bwd = backward_call(attention_qkv_bwd)
+
+
 def _setup_context_qkv(ctx, inputs, output):
     qkv, key_padding_mask, causal, scale, backend = inputs
     out, lse = output
@@ -167,12 +174,12 @@ def _setup_context_qkv(ctx, inputs, output):
 
 def _backward_qkv(ctx, dout, _dlse):
     qkv, out, lse, key_padding_mask = ctx.saved_tensors
-    dqkv = attention_qkv_bwd(_unit_last_stride(dout), qkv, out, lse, key_padding_mask, ctx.causal, ctx.scale,
+    dqkv = call_attention_qkv_bwd(_unit_last_stride(dout), qkv, out, lse, key_padding_mask, ctx.causal, ctx.scale,
                              ctx.backend)
     return dqkv, None, None, None, None
 
 
-attention_qkv_fwd.register_autograd(_backward_qkv, setup_context=_setup_context_qkv)
+call_attention_qkv_fwd = forward_call(attention_qkv_fwd, _backward_qkv, _setup_context_qkv)
 
 
 def _unit_last_stride(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -235,7 +242,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
     if chosen == "reference":
         return reference_attention.attention(q, k, v, causal, key_padding_mask, scale, layout)
     q, k, v, key_padding_mask = (_unit_last_stride(t) for t in (q, k, v, key_padding_mask))
-    out, _ = attention_fwd(q, k, v, key_padding_mask, causal, scale, layout, chosen)
+    out, _ = call_attention_fwd(q, k, v, key_padding_mask, causal, scale, layout, chosen)
     return out
 
 
@@ -258,7 +265,7 @@ def attention_qkv(qkv: Tensor, causal: bool = False, key_padding_mask: Optional[
     chosen = dispatcher.choose(qkv.device, backend, q=q, layout="bnhd")
     if chosen == "reference":
         return reference_attention.attention(q, k, v, causal, key_padding_mask, scale, "bnhd")
-    out, _ = attention_qkv_fwd(_unit_last_stride(qkv), _unit_last_stride(key_padding_mask), causal, scale, chosen)
+    out, _ = call_attention_qkv_fwd(_unit_last_stride(qkv), _unit_last_stride(key_padding_mask), causal, scale, chosen)
     return out
 
 

@@ -29,6 +29,7 @@ from vtkernels import distributed as vt_dist
 from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
+from vtkernels.ops.registration import backward_call, forward_call
 from vtkernels.reference import clip_loss as reference
 from vtkernels.reference.clip_loss import ClipLossOutput
 
@@ -149,6 +150,9 @@ def _(grad, image, text, image_n, text_n, logit_scale, row_lse, col_lse, normali
     return image.new_empty(image.shape), text.new_empty(text.shape), logit_scale.new_empty(logit_scale.shape)
 
 
+call_clip_loss_bwd = backward_call(clip_loss_bwd)
+
+
 def _setup_context(ctx, inputs, output):
     image, text, logit_scale, normalize, max_scale, _, backend = inputs
     _, _, _, row_lse, col_lse, image_n, text_n = output
@@ -160,12 +164,12 @@ def _autograd_backward(ctx, grad_loss, *_unused):
     image, text, image_n, text_n, logit_scale, row_lse, col_lse = ctx.saved_tensors
     if grad_loss is None:
         grad_loss = torch.zeros((), dtype=torch.float32, device=image.device)
-    dx, dy, dt = clip_loss_bwd(grad_loss, image, text, image_n, text_n, logit_scale, row_lse, col_lse,
+    dx, dy, dt = call_clip_loss_bwd(grad_loss, image, text, image_n, text_n, logit_scale, row_lse, col_lse,
                                ctx.normalize, ctx.max_scale, ctx.backend)
     return dx, dy, dt, None, None, None, None
 
 
-clip_loss_fwd.register_autograd(_autograd_backward, setup_context=_setup_context)
+call_clip_loss_fwd = forward_call(clip_loss_fwd, _autograd_backward, _setup_context)
 
 
 class _DataParallelClipLoss(torch.autograd.Function):
@@ -246,7 +250,7 @@ def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor
         out = _DataParallelClipLoss.apply(image, text, logit_scale, normalize, float(max_scale), return_stats,
                                           chosen, comm)
     else:
-        out = clip_loss_fwd(image, text, logit_scale, normalize, float(max_scale), return_stats, chosen)
+        out = call_clip_loss_fwd(image, text, logit_scale, normalize, float(max_scale), return_stats, chosen)
     loss, acc_i2t, acc_t2i, row_lse, col_lse = out[:5]
     return ClipLossOutput(loss, acc_i2t, acc_t2i, row_lse, col_lse) if return_stats else loss
 

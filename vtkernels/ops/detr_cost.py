@@ -16,6 +16,7 @@ from torch import Tensor
 from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
+from vtkernels.ops.registration import forward_call
 from vtkernels.reference import detr_cost as reference_detr_cost
 
 
@@ -40,6 +41,9 @@ def detr_match_cost_op(logits: Tensor, pred_boxes: Tensor, target_labels: Tensor
 @detr_match_cost_op.register_fake
 def _(logits, pred_boxes, target_labels, target_boxes, class_weight, bbox_weight, giou_weight, backend):
     return logits.new_empty(logits.shape[0], logits.shape[1], target_labels.shape[1], dtype=torch.float32)
+
+
+call_detr_match_cost = forward_call(detr_match_cost_op)
 
 
 def _unit_last_stride(t: Tensor) -> Tensor:
@@ -76,6 +80,6 @@ def detr_match_cost(logits: Tensor, pred_boxes: Tensor, target_labels: Tensor, t
         if chosen == "reference":
             return reference_detr_cost.detr_match_cost(logits, pred_boxes, target_labels, target_boxes, class_weight,
                                                        bbox_weight, giou_weight)
-        return detr_match_cost_op(_unit_last_stride(logits.detach()), _unit_last_stride(pred_boxes.detach()),
+        return call_detr_match_cost(_unit_last_stride(logits.detach()), _unit_last_stride(pred_boxes.detach()),
                                   target_labels.long().contiguous(), _unit_last_stride(target_boxes.detach()),
                                   float(class_weight), float(bbox_weight), float(giou_weight), chosen)

@@ -26,6 +26,7 @@ from torch import Tensor
 from vtkernels._extension import kernel_functions, load_extension
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
+from vtkernels.ops.registration import backward_call, forward_call
 from vtkernels.reference import activation as reference
 from vtkernels.reference.activation import ACTIVATIONS
 
@@ -98,6 +99,9 @@ def _(grad_out, x, fc1_weight, fc2_weight, h, pre, activation, needs_x, needs_fc
             maybe(needs_fc2, *fc2_weight.shape), maybe(needs_fc2, dim_out))
 
 
+call_mlp_bwd = backward_call(mlp_bwd)
+
+
 def _setup_context(ctx, inputs, output):
     x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, _, backend = inputs
     _, h, pre = output
@@ -120,13 +124,13 @@ def _backward(ctx, grad_out, _grad_h, _grad_pre):
     if torch.is_grad_enabled():
         return _differentiable_backward(ctx, grad_out, (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias))
     wants = ctx.needs_input_grad
-    d_x, d_w1, d_b1, d_w2, d_b2 = mlp_bwd(grad_out.contiguous(), x, fc1_weight, fc2_weight, h, pre, ctx.activation,
+    d_x, d_w1, d_b1, d_w2, d_b2 = call_mlp_bwd(grad_out.contiguous(), x, fc1_weight, fc2_weight, h, pre, ctx.activation,
                                           wants[0], wants[1] or wants[2], wants[3] or wants[4], ctx.backend)
     return (d_x if wants[0] else None, d_w1 if wants[1] else None, d_b1 if wants[2] else None,
             d_w2 if wants[3] else None, d_b2 if wants[4] else None, None, None, None)
 
 
-mlp_fwd.register_autograd(_backward, setup_context=_setup_context)
+call_mlp_fwd = forward_call(mlp_fwd, _backward, _setup_context)
 
 
 def _validate(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation) -> None:
@@ -174,7 +178,7 @@ def mlp(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2_weight: T
         return reference.mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation)
     params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x,) + params)
-    out, _, _ = mlp_fwd(x.reshape(-1, x.shape[-1]).contiguous(), fc1_weight.contiguous(),
+    out, _, _ = call_mlp_fwd(x.reshape(-1, x.shape[-1]).contiguous(), fc1_weight.contiguous(),
                         None if fc1_bias is None else fc1_bias.contiguous(), fc2_weight.contiguous(),
                         None if fc2_bias is None else fc2_bias.contiguous(), activation, needs_grad, chosen)
     return out.reshape(*x.shape[:-1], fc2_weight.shape[0])

@@ -16,6 +16,7 @@ from torch import Tensor
 from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
+from vtkernels.ops.registration import backward_call, forward_call
 from vtkernels.reference import norm as reference_norm
 
 MAX_COLS = 8192
@@ -68,6 +69,9 @@ def _(dy, dh, h, weight, mean, rstd, rms, has_bias, backend):
     return h.new_empty(h.shape), dw.to(weight.dtype if weight is not None else h.dtype), db
 
 
+call_norm_bwd = backward_call(norm_bwd)
+
+
 def _setup_context(ctx, inputs, output):
     x, residual, weight, bias, eps, rms, backend = inputs
     _, h, mean, rstd = output
@@ -79,13 +83,13 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dh, _dmean, _drstd):
     h, weight, mean, rstd = ctx.saved_tensors
     dh = dh if ctx.has_residual else None
-    dx, dw, db = norm_bwd(dy.contiguous(), None if dh is None else dh.contiguous(), h, weight, mean, rstd,
+    dx, dw, db = call_norm_bwd(dy.contiguous(), None if dh is None else dh.contiguous(), h, weight, mean, rstd,
                           ctx.rms, ctx.has_bias, ctx.backend)
     return (dx, dx if ctx.has_residual else None, dw if weight is not None else None,
             db if ctx.has_bias else None, None, None, None)
 
 
-norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+call_norm_fwd = forward_call(norm_fwd, _backward, _setup_context)
 
 
 def _validate(x, residual, weight, bias, eps):
@@ -120,7 +124,7 @@ def _norm(x, weight, bias, eps, residual, rms, backend):
             return reference_norm.rms_norm(x, weight, eps, residual)
         return reference_norm.layer_norm(x, weight, bias, eps, residual)
     cols = x.shape[-1]
-    y, h, _, _ = norm_fwd(_rows(x, cols), _rows(residual, cols), weight, bias, float(eps), rms, chosen)
+    y, h, _, _ = call_norm_fwd(_rows(x, cols), _rows(residual, cols), weight, bias, float(eps), rms, chosen)
     y = y.view(x.shape)
     return y if residual is None else (y, h.view(x.shape))
 

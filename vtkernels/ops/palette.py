@@ -20,6 +20,7 @@ from torch import Tensor
 from vtkernels._extension import device_guarded, kernel_functions, load_extension
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
+from vtkernels.ops.registration import forward_call
 from vtkernels.reference import palette as reference_palette
 
 LAYOUTS = ("nchw", "nhwc")
@@ -63,6 +64,9 @@ def _(tokens, clusters, channels_first, backend):
     return tokens.new_empty((batch, 3, n) if channels_first else (batch, n, 3), dtype=torch.uint8)
 
 
+call_palette_quantize, call_palette_dequantize = forward_call(palette_quantize_op), forward_call(palette_dequantize_op)
+
+
 def _check_clusters(clusters: Tensor, reference: Tensor, reference_name: str) -> None:
     checks.check_tensor("clusters", clusters, ndim=2)
     if clusters.shape[1] != 3 or clusters.shape[0] == 0:
@@ -93,7 +97,7 @@ def palette_quantize(image: Tensor, clusters: Tensor, layout: str = "nchw", back
     chosen = dispatcher.choose(image.device, backend, clusters=clusters)
     if chosen == "reference":
         return reference_palette.palette_quantize(pixels, clusters)
-    return palette_quantize_op(pixels, clusters.contiguous(), chosen)
+    return call_palette_quantize(pixels, clusters.contiguous(), chosen)
 
 
 def palette_dequantize(tokens: Tensor, clusters: Tensor, image_size: tuple[int, int], layout: str = "nchw",
@@ -114,5 +118,5 @@ def palette_dequantize(tokens: Tensor, clusters: Tensor, image_size: tuple[int, 
         if layout == "nchw":
             return pixels.transpose(1, 2).reshape(batch, 3, height, width)
         return pixels.reshape(batch, height, width, 3)
-    out = palette_dequantize_op(tokens.contiguous(), clusters.contiguous(), layout == "nchw", chosen)
+    out = call_palette_dequantize(tokens.contiguous(), clusters.contiguous(), layout == "nchw", chosen)
     return out.view(batch, 3, height, width) if layout == "nchw" else out.view(batch, height, width, 3)

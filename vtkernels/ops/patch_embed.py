@@ -17,6 +17,7 @@ from torch import Tensor
 from vtkernels._extension import kernel_functions, load_extension
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
+from vtkernels.ops.registration import backward_call, forward_call
 from vtkernels.reference import patch_embed as reference
 
 IMAGE_DTYPES = checks.FLOAT_DTYPES + (torch.uint8,)
@@ -94,6 +95,9 @@ def _(grad_out, images, weight, scale, shift, needs_images, needs_weight, has_bi
             weight.new_empty((pos_rows, dim) if pos_rows else (0,)))
 
 
+call_patch_embed_bwd = backward_call(patch_embed_bwd)
+
+
 def _setup_context(ctx, inputs, output):
     images, weight, bias, cls_token, pos_embed, scale, shift, backend = inputs
     ctx.save_for_backward(images, weight, scale, shift)
@@ -105,14 +109,14 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     images, weight, scale, shift = ctx.saved_tensors
     wants = ctx.needs_input_grad
-    d_images, d_weight, d_bias, d_cls, d_pos = patch_embed_bwd(
+    d_images, d_weight, d_bias, d_cls, d_pos = call_patch_embed_bwd(
         grad_out.contiguous(), images, weight, scale, shift, wants[0], wants[1],
         ctx.has_bias and wants[2], ctx.has_cls and wants[3], ctx.pos_rows if wants[4] else 0, ctx.backend)
     return (d_images if wants[0] else None, d_weight if wants[1] else None, d_bias if wants[2] else None,
             d_cls if wants[3] else None, d_pos if wants[4] else None, None, None, None)
 
 
-patch_embed_fwd.register_autograd(_backward, setup_context=_setup_context)
+call_patch_embed_fwd = forward_call(patch_embed_fwd, _backward, _setup_context)
 
 
 def _validate(images, weight, bias, patch_size, cls_token, pos_embed, mean, std, channels_last) -> int:
@@ -195,7 +199,7 @@ def patch_embed(images: Tensor, weight: Tensor, bias: Optional[Tensor], patch_si
                                      channels_last)
     dim = weight.shape[0]
     scale, shift = _affine(images, mean, std)
-    return patch_embed_fwd(
+    return call_patch_embed_fwd(
         reference.images_as_nchw(images, channels_last), weight, None if bias is None else bias.contiguous(),
         None if cls_token is None else cls_token.reshape(dim).contiguous(),
         None if pos_embed is None else pos_embed.reshape(-1, dim).contiguous(),

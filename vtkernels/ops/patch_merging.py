@@ -14,6 +14,7 @@ from torch import Tensor
 from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
+from vtkernels.ops.registration import backward_call, forward_call
 from vtkernels.ops.norm import MAX_COLS
 from vtkernels.reference import window_attention as reference
 
@@ -70,6 +71,9 @@ def _(dy, x, weight, mean, rstd, has_bias, backend):
     return x.new_empty(x.shape), dw, db
 
 
+call_patch_merging_norm_bwd = backward_call(patch_merging_norm_bwd)
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, bias, eps, backend = inputs
     _, mean, rstd = output
@@ -79,11 +83,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, _dmean, _drstd):
     x, weight, mean, rstd = ctx.saved_tensors
-    dx, dw, db = patch_merging_norm_bwd(dy.contiguous(), x, weight, mean, rstd, ctx.has_bias, ctx.backend)
+    dx, dw, db = call_patch_merging_norm_bwd(dy.contiguous(), x, weight, mean, rstd, ctx.has_bias, ctx.backend)
     return dx, dw if weight is not None else None, db if ctx.has_bias else None, None, None
 
 
-patch_merging_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+call_patch_merging_norm_fwd = forward_call(patch_merging_norm_fwd, _backward, _setup_context)
 
 
 def patch_merging_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5,
@@ -105,7 +109,7 @@ def patch_merging_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optiona
     if chosen == "reference":
         return reference.patch_merging_norm(x, weight, bias, eps)
     x = x if x.stride(-1) == 1 else x.contiguous()
-    return patch_merging_norm_fwd(x, weight, bias, float(eps), chosen)[0]
+    return call_patch_merging_norm_fwd(x, weight, bias, float(eps), chosen)[0]
 
 
 def selfcheck_cases():

@@ -17,6 +17,7 @@ from torch import Tensor
 from vtkernels._extension import device_guarded, load_extension
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
+from vtkernels.ops.registration import backward_call, forward_call
 from vtkernels.reference import window_attention as reference
 
 MAX_WINDOW_TOKENS = 256  # Triton: one window's keys in one tile
@@ -107,6 +108,9 @@ def _(dout, qkv, table, pad_qkv, num_heads, window, table_window, shift, scale, 
     return qkv.new_empty(qkv.shape), table.new_empty(table.shape), dpad
 
 
+call_window_attention_bwd = backward_call(window_attention_bwd)
+
+
 def _setup_context(ctx, inputs, output):
     qkv, table, pad_qkv, *config = inputs
     ctx.save_for_backward(qkv, table, pad_qkv)
@@ -116,11 +120,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout):
     qkv, table, pad_qkv = ctx.saved_tensors
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-    dqkv, dtable, dpad = window_attention_bwd(dout, qkv, table, pad_qkv, *ctx.config)
+    dqkv, dtable, dpad = call_window_attention_bwd(dout, qkv, table, pad_qkv, *ctx.config)
     return (dqkv, dtable, dpad if pad_qkv is not None else None) + (None,) * len(ctx.config)
 
 
-window_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+call_window_attention_fwd = forward_call(window_attention_fwd, _backward, _setup_context)
 
 
 def _validate(qkv, rel_pos_table, num_heads, window_size, shift_size, scale, pad_qkv):
@@ -170,7 +174,7 @@ def window_attention(qkv: Tensor, rel_pos_table: Tensor, num_heads: int, window_
     if qkv.shape[1] % window == 0 and qkv.shape[2] % window == 0:
         pad_qkv = None  # no padding tokens: nothing reads it and its gradient is zero
     qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
-    return window_attention_fwd(qkv, rel_pos_table.contiguous(), None if pad_qkv is None else pad_qkv.contiguous(),
+    return call_window_attention_fwd(qkv, rel_pos_table.contiguous(), None if pad_qkv is None else pad_qkv.contiguous(),
                                 num_heads, window, window_size, shift, scale, float(mask_value), pad_first, chosen)
 
 

@@ -1,0 +1,81 @@
+"""How the public functions call the kernel custom ops: the op under torch.compile, its plain
+implementation in eager mode.
+
+Every kernel op is a ``torch.library`` custom op with a fake implementation, so that
+torch.compile traces it and ``torch.library.opcheck`` checks it. In eager mode that machinery
+costs per call: two trips through the dispatcher (~10 us), and with autograd torch's
+``fill_defaults`` (the schema's arguments rebuilt from C++ once per argument, O(args^2)) and a
+redispatch, 20-40 us more. Measured on a 2-core CPU machine with the kernel launches stubbed out,
+that was as much as the rest of a call (validation, dispatch, launch setup: 30-50 us), and it
+adds up for models whose GPU time per op is short (CLIP text, DETR at batch 8).
+
+:func:`forward_call` registers the op's autograd and returns the function the public code
+calls: under torch.compile (Dynamo tracing) the custom op itself; in eager mode an
+``autograd.Function`` with the same ``setup_context`` and ``backward`` over the op's
+implementation (or the implementation alone when nothing needs a gradient). Backward
+functions call their backward op through :func:`backward_call`: the implementation when the
+backward runs from that eager Function, the op when AOTAutograd traces the registered one.
+That choice is a flag set by the eager Function, not ``torch.compiler.is_compiling()``, so it
+does not depend on whether torch holds the compiling flag while AOTAutograd traces a backward.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Callable, Optional
+
+import torch
+
+_eager_backward = contextvars.ContextVar("vtkernels_eager_backward", default=False)
+
+
+def _implementation(op) -> Callable:
+    # The function the custom op was made from (CustomOpDef keeps it as _init_fn); the op itself
+    # if a torch version does not, which is slower but the same.
+    return getattr(op, "_init_fn", op)
+
+
+def _needs_grad(args) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
+def forward_call(op, backward: Optional[Callable] = None, setup_context: Optional[Callable] = None) -> Callable:
+    """The callable for ``op`` (positional arguments only); with ``backward``, registers it (and
+    ``setup_context``) as the op's autograd formula and uses the same pair in eager mode."""
+    implementation = _implementation(op)
+    if backward is None:
+        eager = implementation
+    else:
+        op.register_autograd(backward, setup_context=setup_context)
+
+        def function_backward(ctx, *grads):
+            token = _eager_backward.set(True)
+            try:
+                return backward(ctx, *grads)
+            finally:
+                _eager_backward.reset(token)
+
+        name = "Eager" + "".join(part.title() for part in getattr(implementation, "__name__", "op").split("_"))
+        function = type(name, (torch.autograd.Function,), {"forward": staticmethod(implementation),
+                                                           "setup_context": staticmethod(setup_context),
+                                                           "backward": staticmethod(function_backward)})
+
+        def eager(*args):
+            return function.apply(*args) if _needs_grad(args) else implementation(*args)
+
+    def call(*args):
+        return op(*args) if torch.compiler.is_compiling() else eager(*args)
+
+    return call
+
+
+def backward_call(op) -> Callable:
+    """The callable for a backward op inside a backward registered through :func:`forward_call`.
+    A backward that is itself differentiated (``create_graph=True``) gets the op, whose missing
+    autograd formula raises as before rather than returning gradients detached from the graph."""
+    implementation = _implementation(op)
+
+    def call(*args):
+        return implementation(*args) if _eager_backward.get() and not _needs_grad(args) else op(*args)
+
+    return call
