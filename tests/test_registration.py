@@ -1,33 +1,68 @@
-"""The public functions' eager path (vtkernels/ops/registration.py): no custom-op dispatch in
-eager mode, forward or backward; a differentiated backward raises as the op does."""
+"""The public functions' eager path (vtkernels/ops/registration.py): plain eager calls skip the
+custom-op dispatch, forward and backward; tracers and fake tensors still get the op; a
+differentiated backward raises as the op does."""
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch._library.custom_ops import CustomOpDef
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
 
 import vtkernels
 
 
-class DispatchedOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
+@pytest.fixture
+def op_calls(monkeypatch):
+    """Names of the vtkernels custom ops called (through CustomOpDef.__call__)."""
+    names, original = [], CustomOpDef.__call__
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
+    def counting(self, *args, **kwargs):
+        names.append(self._name)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(CustomOpDef, "__call__", counting)
+    return names
 
 
-def test_eager_calls_skip_the_custom_ops(device):
+def norm_and_attention(x, weight, qkv):
+    y, h = vtkernels.layer_norm(x, weight, residual=x, backend="triton")
+    return y.sum() + h.sum() + vtkernels.attention_qkv(qkv, causal=True, backend="triton").sum()
+
+
+def test_plain_eager_calls_skip_the_custom_ops(op_calls, device):
     x = torch.randn(2, 9, 64, device=device, requires_grad=True)
-    weight = torch.randn(64, device=device, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(64, device=device))
     qkv = torch.randn(2, 9, 3, 2, 32, device=device, requires_grad=True)
-    with DispatchedOps() as dispatched:
-        y, h = vtkernels.layer_norm(x, weight, residual=x, backend="triton")
-        out = vtkernels.attention_qkv(qkv, causal=True, backend="triton")
-        (y.sum() + h.sum() + out.sum()).backward()
-    assert dispatched.names and not [name for name in dispatched.names if "vtkernels" in name]
+    norm_and_attention(x, weight, qkv).backward()
+    assert op_calls == []
     assert x.grad is not None and weight.grad is not None and qkv.grad is not None
+
+
+def test_fake_tensors_and_tracers_get_the_op(op_calls, device):
+    mode = FakeTensorMode()
+    x, weight = mode.from_tensor(torch.randn(4, 64, device=device)), mode.from_tensor(torch.randn(64, device=device))
+    with mode:
+        y = vtkernels.layer_norm(x, weight.requires_grad_(), backend="triton")
+        y.sum().backward()
+    assert type(y).__name__ == "FakeTensor" and op_calls == ["norm_fwd", "norm_bwd"]
+    graph = make_fx(lambda a, b: vtkernels.layer_norm(a, b, backend="triton"), tracing_mode="fake")(
+        torch.randn(4, 64, device=device), torch.randn(64, device=device))
+    assert "vtkernels.norm_fwd.default" in {str(node.target) for node in graph.graph.nodes}
+
+
+def test_compiled_autograd_over_an_eager_forward(device):
+    from torch._dynamo import compiled_autograd
+
+    torch._dynamo.reset()
+    x = torch.randn(2, 9, 64, device=device, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(64, device=device))
+    qkv = torch.randn(2, 9, 3, 2, 32, device=device, requires_grad=True)
+    inputs = (x, weight, qkv)
+    expected = torch.autograd.grad(norm_and_attention(*inputs), inputs)
+    loss = norm_and_attention(*inputs)
+    with compiled_autograd._enable(torch.compile(backend="aot_eager")):
+        loss.backward()
+    for got, want in zip((x.grad, weight.grad, qkv.grad), expected):
+        torch.testing.assert_close(got, want)
 
 
 def test_differentiated_backward_raises_like_the_op(device):

@@ -30,6 +30,7 @@ import vtkernels
 from vtkernels.models.blocks import Mlp, set_backend
 from vtkernels.nn import RMSNorm
 from vtkernels.ops.palette import palette_dequantize, palette_quantize
+from vtkernels.ops.registration import forward_call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,9 @@ def kv_cache_write(keys: torch.Tensor, values: torch.Tensor, k: torch.Tensor, v:
     values.index_copy_(1, pos, v)
 
 
+call_kv_cache_write = forward_call(kv_cache_write)
+
+
 class CausalSelfAttention(nn.Module):
     """Fused qkv projection + causal attention + output projection; optional KV-cache I/O."""
 
@@ -117,7 +121,7 @@ class CausalSelfAttention(nn.Module):
         """One new token per sequence, x (B, 1, D): write k, v at ``cache.pos``, attend the cache."""
         q, k, v = self._packed(x).unbind(2)
         keys, values = cache.keys[layer], cache.values[layer]
-        kv_cache_write(keys, values, k, v, cache.pos)
+        call_kv_cache_write(keys, values, k, v, cache.pos)
         out = vtkernels.attention(q, keys, values, key_padding_mask=mask, scale=self.scale, layout="bnhd",
                                   backend=self.backend)
         return self.proj(out.flatten(2))

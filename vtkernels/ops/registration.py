@@ -10,9 +10,11 @@ that was as much as the rest of a call (validation, dispatch, launch setup: 30-5
 adds up for models whose GPU time per op is short (CLIP text, DETR at batch 8).
 
 :func:`forward_call` registers the op's autograd and returns the function the public code
-calls: under torch.compile (Dynamo tracing) the custom op itself; in eager mode an
+calls: in plain eager mode (real tensors, no dispatch mode, tracer or torch.func transform) an
 ``autograd.Function`` with the same ``setup_context`` and ``backward`` over the op's
-implementation (or the implementation alone when nothing needs a gradient). Backward
+implementation (or the implementation alone when nothing needs a gradient); otherwise, and
+under torch.compile, the custom op itself (FakeTensorMode, make_fx, jit.trace and compiled
+autograd need its fake implementation and dispatch). Backward
 functions call their backward op through :func:`backward_call`: the implementation when the
 backward runs from that eager Function, the op when AOTAutograd traces the registered one.
 That choice is a flag set by the eager Function, not ``torch.compiler.is_compiling()``, so it
@@ -37,6 +39,21 @@ def _implementation(op) -> Callable:
 
 def _needs_grad(args) -> bool:
     return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
+# Plain eager execution is what the implementation can run: real tensors, nothing intercepting
+# the dispatch. Anything else (FakeTensorMode, make_fx, jit tracing, torch.func transforms,
+# FakeTensor / DTensor arguments) needs the op, whose fake implementation and dispatch it relies on.
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+_dispatch_mode_count = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_functorch_transform = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+
+
+def _plain(args) -> bool:
+    if _dispatch_mode_count is None or _functorch_transform is None:  # a torch without these probes
+        return False
+    return (_dispatch_mode_count() == 0 and _functorch_transform() is None and not torch.jit.is_tracing()
+            and all(type(a) in _PLAIN_TENSOR_TYPES for a in args if isinstance(a, torch.Tensor)))
 
 
 def forward_call(op, backward: Optional[Callable] = None, setup_context: Optional[Callable] = None) -> Callable:
@@ -64,7 +81,7 @@ def forward_call(op, backward: Optional[Callable] = None, setup_context: Optiona
             return function.apply(*args) if _needs_grad(args) else implementation(*args)
 
     def call(*args):
-        return op(*args) if torch.compiler.is_compiling() else eager(*args)
+        return eager(*args) if not torch.compiler.is_compiling() and _plain(args) else op(*args)
 
     return call
 
@@ -76,6 +93,8 @@ def backward_call(op) -> Callable:
     implementation = _implementation(op)
 
     def call(*args):
-        return implementation(*args) if _eager_backward.get() and not _needs_grad(args) else op(*args)
+        # is_compiling first: Dynamo (compiled autograd tracing the eager backward) then never reads the flag.
+        eager = not torch.compiler.is_compiling() and _eager_backward.get() and not _needs_grad(args) and _plain(args)
+        return implementation(*args) if eager else op(*args)
 
     return call
