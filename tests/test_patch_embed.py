@@ -29,6 +29,7 @@ VARIANTS = {
     "cls_only": (16, 32, "nhwc", True, True, None, False),
     "uint8": (16, 32, "u8", True, True, "N+1", True),
     "uint8_swin": (4, 32, "u8", True, False, None, True),
+    "uint8_unnormalized": (16, 32, "u8", True, True, "N+1", False),  # pixels / 255 only
     "float_normalized": (16, 32, "nchw", True, True, "N+1", True),
     "patch14_ragged": (14, 32, "nchw", True, True, "N+1", False),
     "patch32": (32, 32, "nhwc", False, True, "N+1", False),

@@ -167,13 +167,13 @@ def _validate(images, weight, bias, patch_size, cls_token, pos_embed, mean, std,
     return num_patches
 
 
-def _affine(images: Tensor, mean: Optional[Tensor], std: Optional[Tensor]):
+def _affine(images: Tensor, mean: Optional[Tensor], std: Optional[Tensor], channels: int):
     """Per-channel fp32 (scale, shift) with normalized = pixel * scale + shift, or (None, None)."""
     if images.dtype != torch.uint8 and mean is None and std is None:
         return None, None
-    inv_std = 1.0 / std.float() if std is not None else None
-    scale = inv_std if inv_std is not None else torch.ones_like(mean, dtype=torch.float32)
-    shift = -mean.float() * scale if mean is not None else torch.zeros_like(scale)
+    f32 = dict(dtype=torch.float32, device=images.device)
+    scale = 1.0 / std.float() if std is not None else torch.ones(channels, **f32)
+    shift = -mean.float() * scale if mean is not None else torch.zeros(channels, **f32)
     if images.dtype == torch.uint8:
         scale = scale / 255
     return scale.contiguous(), shift.contiguous()
@@ -198,7 +198,7 @@ def patch_embed(images: Tensor, weight: Tensor, bias: Optional[Tensor], patch_si
         return reference.patch_embed(images, weight, bias, weight.shape[2], cls_token, pos_embed, mean, std,
                                      channels_last)
     dim = weight.shape[0]
-    scale, shift = _affine(images, mean, std)
+    scale, shift = _affine(images, mean, std, weight.shape[1])
     return call_patch_embed_fwd(
         reference.images_as_nchw(images, channels_last), weight, None if bias is None else bias.contiguous(),
         None if cls_token is None else cls_token.reshape(dim).contiguous(),
