@@ -442,6 +442,14 @@ def test_bad_inputs_raise_clear_errors():
         vtkernels.nn.Attention(65, num_heads=2)
 
 
+def test_grid_limits_per_backend():
+    """Triton puts batch * heads on one grid dimension, the extension batch and heads on two."""
+    many_heads = torch.empty(512, 256, 1, 64, device="meta")  # batch * heads = 131072
+    assert attention_op._kernel_refusals("triton", many_heads, "bhnd")
+    assert not attention_op._kernel_refusals("cuda", many_heads, "bhnd")
+    assert attention_op._kernel_refusals("cuda", torch.empty(70000, 1, 1, 64, device="meta"), "bhnd")
+
+
 def test_reference_takes_any_head_dim():
     q, k, v = make_qkv(1, 1, 4, 4, 48, torch.float32, "cpu", requires_grad=False)
     assert vtkernels.attention(q, k, v).shape == q.shape
