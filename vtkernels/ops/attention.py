@@ -291,10 +291,21 @@ def selfcheck_cases():
         dout = torch.randn_like(ref_out)
         assert_close(grads(out, [q, k, v], dout), grads(ref_out, ref_inputs, dout), dtype, names=["dq", "dk", "dv"])
 
+    def check_packed(tokens, head_dim, dtype):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        qkv = torch.randn(2, tokens, 3, 3, head_dim, device=device).to(dtype).requires_grad_()
+        out = attention_qkv(qkv, causal=True, backend="triton")
+        (qkv64,) = upcast(qkv)
+        ref_out = attention(*qkv64.unbind(2), True, backend="reference", layout="bnhd")
+        assert_close(out, ref_out, dtype, names=["out"])
+        dout = torch.randn_like(ref_out)
+        assert_close(grads(out, [qkv], dout), grads(ref_out, [qkv64], dout), dtype, names=["dqkv"])
+
     cases = [(49, 49, 64, False, False, "bnhd"), (20, 77, 80, True, True, "bhnd"), (1, 50, 128, False, True, "bnhd"),
              (33, 17, 32, True, False, "bhnd")]
-    for n_q, n_kv, head_dim, causal, padded, layout in cases:
-        for dtype in (torch.float32, torch.float16):
+    for dtype in (torch.float32, torch.float16):
+        for n_q, n_kv, head_dim, causal, padded, layout in cases:
             name = (f"{n_q}x{n_kv} d={head_dim}{' causal' if causal else ''}{' padded' if padded else ''} "
                     f"{layout} {dtype}")
             yield name, (lambda c=(n_q, n_kv, head_dim, causal, padded, layout, dtype): check(*c))
+        yield f"packed qkv 57 tokens d=64 causal {dtype}", (lambda dtype=dtype: check_packed(57, 64, dtype))
