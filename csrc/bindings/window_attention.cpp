@@ -101,7 +101,9 @@ std::vector<at::Tensor> window_attention_bwd(const at::Tensor& dout, const at::T
   DeviceGuard guard(qkv);
   const Fp32Tables tables(table, pad_qkv);
   tables.fill(p);
-  const int64_t tokens = window * window, n_windows = p.n_windows(), slabs = qkv.size(0) * heads * n_windows;
+  // One bias / padding partial per backward block: G consecutive windows of one (batch, head).
+  p.window_group = vtk::window_attention_bwd_group(p.batch * p.heads, p.n_windows(), sm_count(qkv));
+  const int64_t tokens = window * window, groups = p.window_groups(), slabs = qkv.size(0) * heads * groups;
   const auto f32 = qkv.options().dtype(at::kFloat);
   at::Tensor dqkv = at::empty(qkv.sizes(), qkv.options());
   at::Tensor bias_partial = at::empty({slabs, tokens, tokens}, f32);
@@ -115,15 +117,15 @@ std::vector<at::Tensor> window_attention_bwd(const at::Tensor& dout, const at::T
   const cudaStream_t stream = current_stream(qkv);
   check_launch(vtk::window_attention_bwd(p, stream), "window_attention_bwd");
 
-  // Deterministic reductions: fixed-shape sums over batch and windows, then the fixed-order fold.
-  const at::Tensor per_pair = bias_partial.view({qkv.size(0), heads, n_windows, tokens * tokens}).sum(at::IntArrayRef{0, 2}).contiguous();
+  // Deterministic reductions: fixed-shape sums over batch and window groups, then the fixed-order fold.
+  const at::Tensor per_pair = bias_partial.view({qkv.size(0), heads, groups, tokens * tokens}).sum(at::IntArrayRef{0, 2}).contiguous();
   at::Tensor dtable = at::empty({table.size(0), heads}, f32);
   check_launch(vtk::window_attention_fold_bias_grad(per_pair.data_ptr<float>(), dtable.data_ptr<float>(), p.heads,
                                                     p.window, p.table_window, stream),
                "window_attention_fold_bias_grad");
   at::Tensor dpad = at::empty({0}, qkv.options());
   if (pad_qkv) {
-    const at::Tensor dkv = pad_partial.view({qkv.size(0), heads, n_windows, 2, p.head_dim}).sum(at::IntArrayRef{0, 2}).transpose(0, 1);
+    const at::Tensor dkv = pad_partial.view({qkv.size(0), heads, groups, 2, p.head_dim}).sum(at::IntArrayRef{0, 2}).transpose(0, 1);
     dpad = at::cat({at::zeros_like(dkv.narrow(0, 0, 1)), dkv}).reshape({-1}).to(pad_qkv->scalar_type());
   }
   return {dqkv, dtable.to(table.scalar_type()), dpad};

@@ -1,4 +1,5 @@
-// Swin (shifted-)window attention, forward and backward: one block per (window, batch * head).
+// Swin (shifted-)window attention, forward and backward: one block per (batch * head, window), or
+// per (batch * head, group of consecutive windows) in the backward.
 //
 // The block gathers its window's q/k/v rows straight from (B, H, W, 3C) into shared memory
 // (fp32), so nothing is materialized. For window w and token p = (pr, pc) of it:
@@ -16,14 +17,16 @@
 // A padding token (not real) has the q/k/v of `pad_qkv` (the qkv Linear's bias) or zeros; its
 // output is dropped. Forward: a warp per query row, lanes over keys (softmax via warp
 // reductions, exact: the whole window is on chip), then lanes over head_dim for P V.
-// Backward: phase 1, a warp per query row recomputes P, writes dS (to the per-window bias
-// partial) and dQ, and keeps the row's softmax statistics; phase 2, a warp per key row recomputes
-// its column of P and dS from them and sums dK, dV over the window's queries (no (N, N) tile in
-// shared memory, so 12x12 windows fit). Every real token belongs to one window: no atomics
-// anywhere; the bias fold below is a fixed-order sum.
+// Backward, per window of the block's group: phase 1, a warp per query row recomputes P, adds dS
+// to the block's bias partial and writes dQ, and keeps the row's softmax statistics; phase 2, a
+// warp per key row recomputes its column of P and dS from them and sums dK, dV over the window's
+// queries (no (N, N) tile in shared memory, so 12x12 windows fit). Every real token belongs to one
+// window, and each partial element is only ever updated by one thread, window after window: no
+// atomics anywhere; the bias fold below is a fixed-order sum.
 
 #include "window_attention/window_attention.h"
 
+#include <algorithm>
 #include <cfloat>
 
 #include "common/dtype.cuh"
@@ -37,6 +40,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kKeysPerLane = (kWindowAttnMaxTokens + 31) / 32;
 constexpr int kSlots = 32 * kKeysPerLane;  // per-warp row buffers
+constexpr int kBwdMinBlocksPerSm = 4;       // backward grid wanted before windows are grouped
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -175,119 +179,129 @@ __global__ void __launch_bounds__(kThreads) window_attn_bwd_kernel(const WindowA
   extern __shared__ float smem[];
   __shared__ WindowTokens tokens;
   __shared__ float row_max[kWindowAttnMaxTokens], inv_sum[kWindowAttnMaxTokens], delta[kWindowAttnMaxTokens];
-  const int win = blockIdx.y, b = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
+  const int b = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
   const int n = p.window * p.window, ld = p.head_dim + 1;
   float* q = smem;
   float* k = q + n * ld;
   float* v = k + n * ld;
   float* dout = v + n * ld;
   float* warp_rows = dout + n * ld;  // kWarps x 2 rows of kSlots
-  locate_tokens(p, win, tokens);
-  __syncthreads();
-  load_part<T>(p, tokens, b, h, 0, q, ld);
-  load_part<T>(p, tokens, b, h, 1, k, ld);
-  load_part<T>(p, tokens, b, h, 2, v, ld);
-  const T* dout_g = static_cast<const T*>(p.dout);
-  for (int idx = threadIdx.x; idx < n * p.head_dim; idx += blockDim.x) {
-    const int t = idx / p.head_dim, d = idx % p.head_dim;
-    float g = 0.f;  // padding rows: their outputs were cropped away
-    if (tokens.pixel[t] >= 0)
-      g = to_float(dout_g[pixel_offset<T>(b, tokens.pixel[t], p.width, p.out_stride_b, p.out_stride_h, p.out_stride_w) +
-                          h * p.head_dim + d]);
-    dout[t * ld + d] = g;
-  }
-  __syncthreads();
-
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, channels = p.heads * p.head_dim;
   float* my_p = warp_rows + warp * 2 * kSlots;
   float* my_ds = my_p + kSlots;
+  const T* dout_g = static_cast<const T*>(p.dout);
   T* dqkv = static_cast<T*>(p.dqkv);
-  float* partial = p.dbias_partial + (int64_t(blockIdx.x) * p.n_windows() + win) * n * n;
-  // Phase 1, a warp per query row i: P, dP = dO V^T, delta = rowsum(P * dP), dS = P * (dP - delta)
-  // (also the bias partial's row i), dQ_i = scale * dS_i K. Keeps max, 1 / sum, delta per row.
-  for (int i = warp; i < n; i += kWarps) {
-    float prob[kKeysPerLane], dprob[kKeysPerLane], rmax, rinv, rdelta = 0.f;
-    row_softmax(p, tokens, q + i * ld, k, ld, i, h, prob, rmax, rinv);
-#pragma unroll
-    for (int kk = 0; kk < kKeysPerLane; ++kk) {
-      const int j = lane + 32 * kk;
-      float dot = 0.f;
-      if (j < n)
-        for (int d = 0; d < p.head_dim; ++d) dot += dout[i * ld + d] * v[j * ld + d];
-      dprob[kk] = dot;
-      rdelta += prob[kk] * dot;
-    }
-    rdelta = warp_sum(rdelta);
-#pragma unroll
-    for (int kk = 0; kk < kKeysPerLane; ++kk) {
-      const int j = lane + 32 * kk;
-      const float ds = prob[kk] * (dprob[kk] - rdelta);
-      my_ds[j] = ds;
-      if (j < n) partial[i * n + j] = ds;
-    }
-    if (lane == 0) {
-      row_max[i] = rmax;
-      inv_sum[i] = rinv;
-      delta[i] = rdelta;
-    }
-    __syncwarp();
-    if (tokens.pixel[i] >= 0) {
-      const int64_t base = pixel_offset<T>(b, tokens.pixel[i], p.width, p.dqkv_stride_b, p.dqkv_stride_h, p.dqkv_stride_w);
-      for (int d = lane; d < p.head_dim; d += 32) {
-        float acc = 0.f;
-        for (int j = 0; j < n; ++j) acc += my_ds[j] * k[j * ld + d];
-        dqkv[base + h * p.head_dim + d] = from_float<T>(acc * p.scale);
-      }
-    }
-    __syncwarp();
-  }
-  __syncthreads();
-  // Phase 2, a warp per key row j: lanes over queries recompute column j of P and dS from the
-  // row statistics, then lanes over head_dim sum dK_j = scale * dS_:j^T Q, dV_j = P_:j^T dO.
-  // Only this warp reads row j of K and V, so it then stores dK_j, dV_j there (padding sum below).
-  for (int j = warp; j < n; j += kWarps) {
-#pragma unroll
-    for (int kk = 0; kk < kKeysPerLane; ++kk) {
-      const int i = lane + 32 * kk;
-      float pij = 0.f, dsij = 0.f;
-      if (i < n) {
-        const float s = score(p, tokens, q + i * ld, k + j * ld, i, j, h);
-        pij = s == -INFINITY ? 0.f : __expf(s - row_max[i]) * inv_sum[i];
-        float dot = 0.f;
-        for (int d = 0; d < p.head_dim; ++d) dot += dout[i * ld + d] * v[j * ld + d];
-        dsij = pij * (dot - delta[i]);
-      }
-      my_p[i] = pij;
-      my_ds[i] = dsij;
-    }
-    __syncwarp();
-    for (int d = lane; d < p.head_dim; d += 32) {
-      float dk = 0.f, dv = 0.f;
-      for (int i = 0; i < n; ++i) {
-        dk += my_ds[i] * q[i * ld + d];
-        dv += my_p[i] * dout[i * ld + d];
-      }
-      dk *= p.scale;
-      k[j * ld + d] = dk;
-      v[j * ld + d] = dv;
-      if (tokens.pixel[j] >= 0) {
-        const int64_t base = pixel_offset<T>(b, tokens.pixel[j], p.width, p.dqkv_stride_b, p.dqkv_stride_h, p.dqkv_stride_w);
-        dqkv[base + channels + h * p.head_dim + d] = from_float<T>(dk);
-        dqkv[base + 2 * channels + h * p.head_dim + d] = from_float<T>(dv);
-      }
-    }
-    __syncwarp();
-  }
-  if (p.dpad_partial) {
+  // Block (b * heads + h, g) owns windows [g G, min((g + 1) G, nW)) of (b, h) and partial slab
+  // (b * heads + h) * groups + g. The first window writes the slab, the next ones add to it; an
+  // element is always updated by the same thread (bias (i, j): warp i % kWarps, lane j % 32;
+  // padding element idx: thread idx), so its sum runs in window order, the same every run.
+  const int first = blockIdx.y * p.window_group, last = min(first + p.window_group, p.n_windows());
+  const int64_t slab = int64_t(blockIdx.x) * p.window_groups() + blockIdx.y;
+  float* partial = p.dbias_partial + slab * n * n;
+  for (int win = first; win < last; ++win) {
+    const bool add = win > first;
+    if (add) __syncthreads();  // the previous window's phase 2 / padding sums are done with tokens, q, k, v
+    locate_tokens(p, win, tokens);
     __syncthreads();
-    float* pad_out = p.dpad_partial + (int64_t(blockIdx.x) * p.n_windows() + win) * 2 * p.head_dim;
-    for (int idx = threadIdx.x; idx < 2 * p.head_dim; idx += blockDim.x) {
-      const float* rows = idx < p.head_dim ? k : v;
-      const int d = idx % p.head_dim;
-      float sum = 0.f;
-      for (int t = 0; t < n; ++t)
-        if (tokens.pixel[t] < 0) sum += rows[t * ld + d];
-      pad_out[idx] = sum;
+    load_part<T>(p, tokens, b, h, 0, q, ld);
+    load_part<T>(p, tokens, b, h, 1, k, ld);
+    load_part<T>(p, tokens, b, h, 2, v, ld);
+    for (int idx = threadIdx.x; idx < n * p.head_dim; idx += blockDim.x) {
+      const int t = idx / p.head_dim, d = idx % p.head_dim;
+      float g = 0.f;  // padding rows: their outputs were cropped away
+      if (tokens.pixel[t] >= 0)
+        g = to_float(dout_g[pixel_offset<T>(b, tokens.pixel[t], p.width, p.out_stride_b, p.out_stride_h, p.out_stride_w) +
+                            h * p.head_dim + d]);
+      dout[t * ld + d] = g;
+    }
+    __syncthreads();
+
+    // Phase 1, a warp per query row i: P, dP = dO V^T, delta = rowsum(P * dP), dS = P * (dP - delta)
+    // (added to the bias partial's row i), dQ_i = scale * dS_i K. Keeps max, 1 / sum, delta per row.
+    for (int i = warp; i < n; i += kWarps) {
+      float prob[kKeysPerLane], dprob[kKeysPerLane], rmax, rinv, rdelta = 0.f;
+      row_softmax(p, tokens, q + i * ld, k, ld, i, h, prob, rmax, rinv);
+#pragma unroll
+      for (int kk = 0; kk < kKeysPerLane; ++kk) {
+        const int j = lane + 32 * kk;
+        float dot = 0.f;
+        if (j < n)
+          for (int d = 0; d < p.head_dim; ++d) dot += dout[i * ld + d] * v[j * ld + d];
+        dprob[kk] = dot;
+        rdelta += prob[kk] * dot;
+      }
+      rdelta = warp_sum(rdelta);
+#pragma unroll
+      for (int kk = 0; kk < kKeysPerLane; ++kk) {
+        const int j = lane + 32 * kk;
+        const float ds = prob[kk] * (dprob[kk] - rdelta);
+        my_ds[j] = ds;
+        if (j < n) partial[i * n + j] = add ? partial[i * n + j] + ds : ds;
+      }
+      if (lane == 0) {
+        row_max[i] = rmax;
+        inv_sum[i] = rinv;
+        delta[i] = rdelta;
+      }
+      __syncwarp();
+      if (tokens.pixel[i] >= 0) {
+        const int64_t base = pixel_offset<T>(b, tokens.pixel[i], p.width, p.dqkv_stride_b, p.dqkv_stride_h, p.dqkv_stride_w);
+        for (int d = lane; d < p.head_dim; d += 32) {
+          float acc = 0.f;
+          for (int j = 0; j < n; ++j) acc += my_ds[j] * k[j * ld + d];
+          dqkv[base + h * p.head_dim + d] = from_float<T>(acc * p.scale);
+        }
+      }
+      __syncwarp();
+    }
+    __syncthreads();
+    // Phase 2, a warp per key row j: lanes over queries recompute column j of P and dS from the
+    // row statistics, then lanes over head_dim sum dK_j = scale * dS_:j^T Q, dV_j = P_:j^T dO.
+    // Only this warp reads row j of K and V, so it then stores dK_j, dV_j there (padding sum below).
+    for (int j = warp; j < n; j += kWarps) {
+#pragma unroll
+      for (int kk = 0; kk < kKeysPerLane; ++kk) {
+        const int i = lane + 32 * kk;
+        float pij = 0.f, dsij = 0.f;
+        if (i < n) {
+          const float s = score(p, tokens, q + i * ld, k + j * ld, i, j, h);
+          pij = s == -INFINITY ? 0.f : __expf(s - row_max[i]) * inv_sum[i];
+          float dot = 0.f;
+          for (int d = 0; d < p.head_dim; ++d) dot += dout[i * ld + d] * v[j * ld + d];
+          dsij = pij * (dot - delta[i]);
+        }
+        my_p[i] = pij;
+        my_ds[i] = dsij;
+      }
+      __syncwarp();
+      for (int d = lane; d < p.head_dim; d += 32) {
+        float dk = 0.f, dv = 0.f;
+        for (int i = 0; i < n; ++i) {
+          dk += my_ds[i] * q[i * ld + d];
+          dv += my_p[i] * dout[i * ld + d];
+        }
+        dk *= p.scale;
+        k[j * ld + d] = dk;
+        v[j * ld + d] = dv;
+        if (tokens.pixel[j] >= 0) {
+          const int64_t base = pixel_offset<T>(b, tokens.pixel[j], p.width, p.dqkv_stride_b, p.dqkv_stride_h, p.dqkv_stride_w);
+          dqkv[base + channels + h * p.head_dim + d] = from_float<T>(dk);
+          dqkv[base + 2 * channels + h * p.head_dim + d] = from_float<T>(dv);
+        }
+      }
+      __syncwarp();
+    }
+    if (p.dpad_partial) {
+      __syncthreads();
+      float* pad_out = p.dpad_partial + slab * 2 * p.head_dim;
+      for (int idx = threadIdx.x; idx < 2 * p.head_dim; idx += blockDim.x) {
+        const float* rows = idx < p.head_dim ? k : v;
+        const int d = idx % p.head_dim;
+        float sum = 0.f;
+        for (int t = 0; t < n; ++t)
+          if (tokens.pixel[t] < 0) sum += rows[t * ld + d];
+        pad_out[idx] = add ? pad_out[idx] + sum : sum;
+      }
     }
   }
 }
@@ -318,12 +332,13 @@ size_t bwd_smem(const WindowAttnParams& p) {
   return sizeof(float) * (4 * n * (p.head_dim + 1) + kWarps * 2 * kSlots);
 }
 
+// Grid (batch * heads, blocks_per_image): nW blocks (forward) or window groups (backward) per image.
 template <typename Kernel>
-cudaError_t launch(Kernel kernel, const WindowAttnParams& p, size_t smem, cudaStream_t stream) {
+cudaError_t launch(Kernel kernel, const WindowAttnParams& p, int blocks_per_image, size_t smem, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   VTK_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   // (batch, head) fastest: blocks launched together share the same tokens' qkv rows in L2.
-  const dim3 grid(p.batch * p.heads, p.n_windows());
+  const dim3 grid(p.batch * p.heads, blocks_per_image);
   kernel<<<grid, kThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }
@@ -331,11 +346,22 @@ cudaError_t launch(Kernel kernel, const WindowAttnParams& p, size_t smem, cudaSt
 }  // namespace
 
 cudaError_t window_attention_fwd(const WindowAttnParams& p, cudaStream_t stream) {
-  return VTK_DISPATCH_DTYPE(p.dtype, [&] { return launch(window_attn_fwd_kernel<scalar_t>, p, fwd_smem(p), stream); });
+  return VTK_DISPATCH_DTYPE(p.dtype, [&] {
+    return launch(window_attn_fwd_kernel<scalar_t>, p, p.n_windows(), fwd_smem(p), stream);
+  });
 }
 
 cudaError_t window_attention_bwd(const WindowAttnParams& p, cudaStream_t stream) {
-  return VTK_DISPATCH_DTYPE(p.dtype, [&] { return launch(window_attn_bwd_kernel<scalar_t>, p, bwd_smem(p), stream); });
+  return VTK_DISPATCH_DTYPE(p.dtype, [&] {
+    return launch(window_attn_bwd_kernel<scalar_t>, p, p.window_groups(), bwd_smem(p), stream);
+  });
+}
+
+int window_attention_bwd_group(int batch_heads, int n_windows, int sm_count) {
+  // At least kBwdMinBlocksPerSm blocks per SM when the windows allow it: G = nW / wanted keeps
+  // ceil(nW / G) >= wanted groups per (batch, head); capped at kWindowAttnMaxGroup.
+  const int wanted = ceil_div(int64_t(kBwdMinBlocksPerSm) * sm_count, batch_heads > 0 ? batch_heads : 1);
+  return std::max(1, std::min(kWindowAttnMaxGroup, n_windows / wanted));
 }
 
 cudaError_t window_attention_fold_bias_grad(const float* per_pair, float* dtable, int heads, int window,
