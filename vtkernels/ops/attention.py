@@ -129,7 +129,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
     dq, dk, dv = call_attention_bwd(_unit_last_stride(dout), q, k, v, out, lse, key_padding_mask, ctx.causal,
-                               ctx.scale, ctx.layout, ctx.backend)
+                                    ctx.scale, ctx.layout, ctx.backend)
     return dq, dk, dv, None, None, None, None, None
 
 
@@ -178,7 +178,7 @@ def _setup_context_qkv(ctx, inputs, output):
 def _backward_qkv(ctx, dout, _dlse):
     qkv, out, lse, key_padding_mask = ctx.saved_tensors
     dqkv = call_attention_qkv_bwd(_unit_last_stride(dout), qkv, out, lse, key_padding_mask, ctx.causal, ctx.scale,
-                             ctx.backend)
+                                  ctx.backend)
     return dqkv, None, None, None, None
 
 

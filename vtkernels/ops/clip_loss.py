@@ -165,7 +165,7 @@ def _autograd_backward(ctx, grad_loss, *_unused):
     if grad_loss is None:
         grad_loss = torch.zeros((), dtype=torch.float32, device=image.device)
     dx, dy, dt = call_clip_loss_bwd(grad_loss, image, text, image_n, text_n, logit_scale, row_lse, col_lse,
-                               ctx.normalize, ctx.max_scale, ctx.backend)
+                                    ctx.normalize, ctx.max_scale, ctx.backend)
     return dx, dy, dt, None, None, None, None
 
 

@@ -81,5 +81,5 @@ def detr_match_cost(logits: Tensor, pred_boxes: Tensor, target_labels: Tensor, t
             return reference_detr_cost.detr_match_cost(logits, pred_boxes, target_labels, target_boxes, class_weight,
                                                        bbox_weight, giou_weight)
         return call_detr_match_cost(_unit_last_stride(logits.detach()), _unit_last_stride(pred_boxes.detach()),
-                                  target_labels.long().contiguous(), _unit_last_stride(target_boxes.detach()),
-                                  float(class_weight), float(bbox_weight), float(giou_weight), chosen)
+                                    target_labels.long().contiguous(), _unit_last_stride(target_boxes.detach()),
+                                    float(class_weight), float(bbox_weight), float(giou_weight), chosen)

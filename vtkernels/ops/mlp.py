@@ -125,7 +125,7 @@ def _backward(ctx, grad_out, _grad_h, _grad_pre):
         return _differentiable_backward(ctx, grad_out, (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias))
     wants = ctx.needs_input_grad
     d_x, d_w1, d_b1, d_w2, d_b2 = call_mlp_bwd(grad_out.contiguous(), x, fc1_weight, fc2_weight, h, pre, ctx.activation,
-                                          wants[0], wants[1] or wants[2], wants[3] or wants[4], ctx.backend)
+                                               wants[0], wants[1] or wants[2], wants[3] or wants[4], ctx.backend)
     return (d_x if wants[0] else None, d_w1 if wants[1] else None, d_b1 if wants[2] else None,
             d_w2 if wants[3] else None, d_b2 if wants[4] else None, None, None, None)
 
@@ -179,8 +179,8 @@ def mlp(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2_weight: T
     params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x,) + params)
     out, _, _ = call_mlp_fwd(x.reshape(-1, x.shape[-1]).contiguous(), fc1_weight.contiguous(),
-                        None if fc1_bias is None else fc1_bias.contiguous(), fc2_weight.contiguous(),
-                        None if fc2_bias is None else fc2_bias.contiguous(), activation, needs_grad, chosen)
+                             None if fc1_bias is None else fc1_bias.contiguous(), fc2_weight.contiguous(),
+                             None if fc2_bias is None else fc2_bias.contiguous(), activation, needs_grad, chosen)
     return out.reshape(*x.shape[:-1], fc2_weight.shape[0])
 
 

@@ -84,7 +84,7 @@ def _backward(ctx, dy, dh, _dmean, _drstd):
     h, weight, mean, rstd = ctx.saved_tensors
     dh = dh if ctx.has_residual else None
     dx, dw, db = call_norm_bwd(dy.contiguous(), None if dh is None else dh.contiguous(), h, weight, mean, rstd,
-                          ctx.rms, ctx.has_bias, ctx.backend)
+                               ctx.rms, ctx.has_bias, ctx.backend)
     return (dx, dx if ctx.has_residual else None, dw if weight is not None else None,
             db if ctx.has_bias else None, None, None, None)
 

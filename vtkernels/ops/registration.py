@@ -14,11 +14,11 @@ calls: in plain eager mode (real tensors, no dispatch mode, tracer or torch.func
 ``autograd.Function`` with the same ``setup_context`` and ``backward`` over the op's
 implementation (or the implementation alone when nothing needs a gradient); otherwise, and
 under torch.compile, the custom op itself (FakeTensorMode, make_fx, jit.trace and compiled
-autograd need its fake implementation and dispatch). Backward
-functions call their backward op through :func:`backward_call`: the implementation when the
-backward runs from that eager Function, the op when AOTAutograd traces the registered one.
-That choice is a flag set by the eager Function, not ``torch.compiler.is_compiling()``, so it
-does not depend on whether torch holds the compiling flag while AOTAutograd traces a backward.
+autograd need its fake implementation and dispatch). Backward functions call their backward op
+through :func:`backward_call`: the implementation when the backward runs from that eager
+Function, the op when AOTAutograd traces the registered one. That choice is a flag set by the
+eager Function, not ``torch.compiler.is_compiling()`` alone, so it does not depend on whether
+torch holds the compiling flag while AOTAutograd traces a backward.
 """
 
 from __future__ import annotations

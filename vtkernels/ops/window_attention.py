@@ -175,7 +175,7 @@ def window_attention(qkv: Tensor, rel_pos_table: Tensor, num_heads: int, window_
         pad_qkv = None  # no padding tokens: nothing reads it and its gradient is zero
     qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
     return call_window_attention_fwd(qkv, rel_pos_table.contiguous(), None if pad_qkv is None else pad_qkv.contiguous(),
-                                num_heads, window, window_size, shift, scale, float(mask_value), pad_first, chosen)
+                                     num_heads, window, window_size, shift, scale, float(mask_value), pad_first, chosen)
 
 
 __all__ = ["window_attention", "dispatcher"]
