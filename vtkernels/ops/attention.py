@@ -4,8 +4,10 @@ Semantics (bottom-right causal alignment, key-padding mask, zeros for a row with
 those of :mod:`vtkernels.reference.attention`, the spec. The kernel backends run behind two
 custom ops, ``vtkernels::attention_fwd`` (returns the output and the fp32 row logsumexp) and
 ``vtkernels::attention_bwd`` (dq, dk, dv from the saved output and logsumexp, never an N x N
-matrix), tied together by ``register_autograd``. The reference backend is plain PyTorch and
-gets its gradients from autograd.
+matrix), tied together by ``register_autograd`` (eager calls run them through
+:mod:`vtkernels.ops.registration`). ``vtkernels::attention_qkv_fwd`` / ``_bwd`` are the packed
+pair behind :func:`attention_qkv`: one (B, N, 3, H, d) input, one gradient of that shape. The
+reference backend is plain PyTorch and gets its gradients from autograd.
 
 Both layouts are read in place: ``"bnhd"`` tensors (e.g. the unbound output of a fused qkv
 projection, whose sequence stride is 3 * H * d) are handed to the kernels as transposed
