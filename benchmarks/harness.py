@@ -102,6 +102,21 @@ def time_ms(fn: Callable[[], Any], grad_to_none=None, warmup: int = 25, rep: int
     return median, p20, p80
 
 
+def host_ms(fn: Callable[[], Any], grad_to_none=None, calls: int = 3) -> float:
+    """Milliseconds of host time per call: ``calls`` calls issued back to back without waiting for
+    the GPU, which runs behind (a call that synchronizes inside counts its wait too). A case whose
+    host time is above its GPU time (the median) is host-bound: launch overhead, not kernels."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        for t in grad_to_none or ():
+            t.grad = None
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e3
+
+
 def measure_copy_bandwidth() -> float:
     """Device-to-device copy, bytes read + written per second (the memory-bound ceiling)."""
     n = 1 << 28  # 512 MiB of bf16 each way: far past L2
@@ -150,6 +165,8 @@ def run_cases(cases: list[BenchCase], ceilings: dict, env: dict, budget_s: Optio
             fn = case.make()
             grads = case.grad_to_none() if case.grad_to_none else None
             rec.median, rec.p20, rec.p80 = time_ms(fn, grad_to_none=grads)
+            if rec.median < SLOW_CALL_MS:
+                rec.extra["host_ms"] = host_ms(fn, grads)
         except Exception as exc:  # noqa: BLE001 - a failing provider is a record, not a crash
             rec.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         finally:
@@ -203,13 +220,14 @@ def markdown_table(records: list[Record], ceilings: dict, env: dict) -> str:
              f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
              f"measured copy bandwidth {ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
              f"bf16 matmul {ceilings['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s", "",
-             "| op | shape | mode | provider | median ms | p20 | p80 | TB/s | TFLOP/s | % of floor | x vs baseline | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| op | shape | mode | provider | median ms | p20 | p80 | host ms | TB/s | TFLOP/s | % of floor | "
+             "x vs baseline | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         ratio = f"{r.ratio_vs_baseline:.2f} ({r.baseline})" if r.ratio_vs_baseline else ""
         lines.append(f"| {r.op} | {r.shape} | {r.mode} | {r.provider} | {_fmt(r.median, 4)} | {_fmt(r.p20, 4)} | "
-                     f"{_fmt(r.p80, 4)} | {_fmt(r.tbps, 2)} | {_fmt(r.tflops, 1)} | {_fmt(r.pct_of_floor, 0)} | "
-                     f"{ratio} | {r.error[:80]} |")
+                     f"{_fmt(r.p80, 4)} | {_fmt(r.extra.get('host_ms'), 4)} | {_fmt(r.tbps, 2)} | "
+                     f"{_fmt(r.tflops, 1)} | {_fmt(r.pct_of_floor, 0)} | {ratio} | {r.error[:80]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,7 @@ def _fake_time(monkeypatch, seconds_per_case=0.0):
         clock[0] += seconds_per_case
         return 2.0, 1.9, 2.1
     monkeypatch.setattr(harness, "time_ms", time_ms)
+    monkeypatch.setattr(harness, "host_ms", lambda fn, grad_to_none=None: 0.5)
     monkeypatch.setattr(harness, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
 
 
@@ -79,6 +80,7 @@ def test_records_ratios_errors_and_log(tmp_path, monkeypatch):
     by_provider = {r.provider: r for r in records}
     assert by_provider["ours"].median == 2.0 and by_provider["ours"].ratio_vs_baseline == 1.0
     assert by_provider["ours"].tbps == pytest.approx(0.5) and by_provider["ours"].pct_of_floor == pytest.approx(50)
+    assert by_provider["ours"].extra["host_ms"] == 0.5
     assert by_provider["peer"].median is None and "peer not importable" in by_provider["peer"].error
     assert [json.loads(line)["provider"] for line in log.read_text().splitlines()] == ["torch", "ours", "peer"]
     harness.write_results(records, CEILINGS, ENV, str(tmp_path))
