@@ -73,12 +73,16 @@ def environment() -> dict:
 SLOW_CALL_MS = 500.0
 
 
+def _reset_grads(grad_to_none) -> None:
+    for t in grad_to_none or ():
+        t.grad = None
+
+
 def timed_calls_ms(fn: Callable[[], Any], grad_to_none, calls: int) -> list[float]:
     """Milliseconds of each of ``calls`` calls of ``fn`` (CUDA events, gradients reset first)."""
     times = []
     for _ in range(calls):
-        for t in grad_to_none or ():
-            t.grad = None
+        _reset_grads(grad_to_none)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -109,8 +113,7 @@ def host_ms(fn: Callable[[], Any], grad_to_none=None, calls: int = 3) -> float:
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(calls):
-        for t in grad_to_none or ():
-            t.grad = None
+        _reset_grads(grad_to_none)
         fn()
     elapsed = time.perf_counter() - start
     torch.cuda.synchronize()

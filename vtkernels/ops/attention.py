@@ -223,6 +223,13 @@ def _validate(q, k, v, causal, key_padding_mask, scale, layout) -> None:
         checks.check_shape("key_padding_mask", key_padding_mask, (batch, n_kv))
 
 
+def _scale_and_backend(q, k, v, causal, key_padding_mask, scale, layout, backend) -> tuple[float, str]:
+    """Validates a call; returns its softmax scale (default head_dim ** -0.5) and backend."""
+    _validate(q, k, v, causal, key_padding_mask, scale, layout)
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    return scale, dispatcher.choose(q.device, backend, q=q, layout=layout)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
               scale: Optional[float] = None, backend: Optional[str] = None, layout: str = "bhnd") -> Tensor:
     """``softmax(q k^T * scale) v``, fused (FlashAttention-2 style: no N x N matrix in memory).
@@ -241,9 +248,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
     zeros (never NaN), and its gradients are zeros. Returns a tensor shaped like q (contiguous from
     the kernel backends).
     """
-    _validate(q, k, v, causal, key_padding_mask, scale, layout)
-    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    chosen = dispatcher.choose(q.device, backend, q=q, layout=layout)
+    scale, chosen = _scale_and_backend(q, k, v, causal, key_padding_mask, scale, layout, backend)
     if chosen == "reference":
         return reference_attention.attention(q, k, v, causal, key_padding_mask, scale, layout)
     q, k, v, key_padding_mask = (_unit_last_stride(t) for t in (q, k, v, key_padding_mask))
@@ -265,9 +270,7 @@ def attention_qkv(qkv: Tensor, causal: bool = False, key_padding_mask: Optional[
     if qkv.shape[2] != 3:
         raise ValueError(f"qkv must have shape (B, N, 3, H, head_dim), got {tuple(qkv.shape)}")
     q, k, v = qkv.unbind(2)
-    _validate(q, k, v, causal, key_padding_mask, scale, "bnhd")
-    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    chosen = dispatcher.choose(qkv.device, backend, q=q, layout="bnhd")
+    scale, chosen = _scale_and_backend(q, k, v, causal, key_padding_mask, scale, "bnhd", backend)
     if chosen == "reference":
         return reference_attention.attention(q, k, v, causal, key_padding_mask, scale, "bnhd")
     out, _ = call_attention_qkv_fwd(_unit_last_stride(qkv), _unit_last_stride(key_padding_mask), causal, scale, chosen)
