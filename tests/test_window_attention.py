@@ -2,6 +2,8 @@
 float64 reference (forward, d qkv, d bias table, d pad_qkv), custom ops, torch.compile, modules,
 dispatch and bad input. Patch merging lives in test_patch_merging.py."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -246,6 +248,33 @@ def test_gpu_cuda_refuses_big_windows_with_a_reason():
     qkv, table, _ = make_inputs(1, 26, 26, 1, 32, 13, False, torch.float16, torch.device("cuda"))
     with pytest.raises(vtkernels.BackendError, match="144"):
         vtkernels.window_attention(qkv, table, 1, 13, 6, backend="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_refuses_blocks_beyond_the_gpus_shared_memory(monkeypatch):
+    from vtkernels._extension import load_extension
+    from vtkernels.ops import window_attention as op
+
+    needed, available = load_extension().window_attention_shared_memory(12, 64, True, 0)
+    assert 160_000 < needed <= available  # window_attention.h: sm_80 / sm_90 hold the 12x12, d = 64 backward
+    inference_needs = load_extension().window_attention_shared_memory(12, 64, False, 0)[0]
+    assert inference_needs < 99 * 1024 < needed
+    # As on a 99 KB part (sm_86 / sm_89): training is refused with the numbers, inference is not.
+    fake = SimpleNamespace(window_attention_shared_memory=lambda w, d, bwd, dev: (needed if bwd else inference_needs,
+                                                                                  99 * 1024))
+    monkeypatch.setattr(op, "load_extension", lambda: fake)
+    op.cuda_shared_memory_refusal.cache_clear()
+    try:
+        qkv, table, _ = make_inputs(1, 24, 24, 2, 64, 12, False, torch.float16, torch.device("cuda"))
+        with pytest.raises(vtkernels.BackendError, match=f"needs {needed} B of shared memory"):
+            vtkernels.window_attention(qkv, table, 2, 12, 6, backend="cuda")
+        with torch.no_grad():
+            vtkernels.window_attention(qkv, table, 2, 12, 6, backend="cuda")
+        monkeypatch.setattr(op.dispatcher, "gpu_preference", ("cuda", "triton"))
+        assert op.dispatcher.choose(qkv.device, qkv=qkv, rel_pos_table=table, head_dim=64, window=12,
+                                    pad_qkv=None) == "triton"  # the automatic choice falls back
+    finally:
+        op.cuda_shared_memory_refusal.cache_clear()
 
 
 @pytest.mark.gpu

@@ -1,5 +1,7 @@
 #include "bindings/window_attention.h"
 
+#include <tuple>
+
 #include "cuda_context.h"
 #include "torch_checks.h"
 #include "window_attention/window_attention.h"
@@ -60,6 +62,25 @@ vtk::WindowAttnParams make_params(const at::Tensor& qkv, const at::Tensor& table
   return p;
 }
 
+// (bytes one forward / backward block needs, bytes a block may have on `device`): see
+// vtk::window_attention_shared_memory. The op refuses the CUDA backend when the first exceeds the
+// second (12x12 windows at head_dim 64 on 99 KB parts such as sm_86 / sm_89).
+std::tuple<int64_t, int64_t> shared_memory(int64_t window, int64_t head_dim, bool backward, int64_t device) {
+  size_t needed = 0, available = 0;
+  check_launch(vtk::window_attention_shared_memory(static_cast<int>(window), static_cast<int>(head_dim), backward,
+                                                   static_cast<int>(device), &needed, &available),
+               "window_attention_shared_memory");
+  return {static_cast<int64_t>(needed), static_cast<int64_t>(available)};
+}
+
+// A clear error instead of the launch's "invalid argument" when the block does not fit.
+void check_shared_memory(const vtk::WindowAttnParams& p, bool backward, const at::Tensor& qkv) {
+  const auto [needed, available] = shared_memory(p.window, p.head_dim, backward, qkv.get_device());
+  TORCH_CHECK(needed <= available, "window_attention_", backward ? "bwd" : "fwd", ": a ", p.window, "x", p.window,
+              " window at head_dim ", p.head_dim, " needs ", needed, " B of shared memory per block, this GPU allows ",
+              available, " B (use the Triton backend)");
+}
+
 // fp32 copies of the relative-position table and padding vector (tiny: the kernels read them as
 // fp32 whatever their dtype); they must outlive the launch.
 struct Fp32Tables {
@@ -81,6 +102,7 @@ at::Tensor window_attention_fwd(const at::Tensor& qkv, const at::Tensor& table, 
                                 bool pad_first) {
   vtk::WindowAttnParams p = make_params(qkv, table, pad_qkv, heads, window, table_window, shift, scale, mask_value, pad_first);
   DeviceGuard guard(qkv);
+  check_shared_memory(p, false, qkv);
   const Fp32Tables tables(table, pad_qkv);
   tables.fill(p);
   at::Tensor out = at::empty({qkv.size(0), qkv.size(1), qkv.size(2), qkv.size(3) / 3}, qkv.options());
@@ -99,6 +121,7 @@ std::vector<at::Tensor> window_attention_bwd(const at::Tensor& dout, const at::T
                   dout.size(3) == qkv.size(3) / 3,
               "dout must have shape (B, H, W, C) of qkv's map, got ", dout.sizes());
   DeviceGuard guard(qkv);
+  check_shared_memory(p, true, qkv);
   const Fp32Tables tables(table, pad_qkv);
   tables.fill(p);
   // One bias / padding partial per backward block: G consecutive windows of one (batch, head).
@@ -142,6 +165,9 @@ void bind_window_attention(pybind11::module_& m) {
         pybind11::arg("dout"), pybind11::arg("qkv"), pybind11::arg("table"), pybind11::arg("pad_qkv"),
         pybind11::arg("heads"), pybind11::arg("window"), pybind11::arg("table_window"), pybind11::arg("shift"),
         pybind11::arg("scale"), pybind11::arg("mask_value"), pybind11::arg("pad_first"));
+  m.def("window_attention_shared_memory", &shared_memory,
+        "(bytes of shared memory one forward / backward block needs, bytes a block may have on the device)",
+        pybind11::arg("window"), pybind11::arg("head_dim"), pybind11::arg("backward"), pybind11::arg("device"));
 }
 
 }  // namespace vtk_torch

@@ -322,14 +322,12 @@ __global__ void fold_bias_grad_kernel(const float* per_pair, float* dtable, int 
   dtable[t * heads + h] = sum;
 }
 
-size_t fwd_smem(const WindowAttnParams& p) {
-  const int n = p.window * p.window;
-  return sizeof(float) * (3 * n * (p.head_dim + 1) + kWarps * kSlots);
-}
-
-size_t bwd_smem(const WindowAttnParams& p) {
-  const int n = p.window * p.window;
-  return sizeof(float) * (4 * n * (p.head_dim + 1) + kWarps * 2 * kSlots);
+// Dynamic shared memory of a forward / backward block: the window's q, k, v (and dO) rows, fp32,
+// padded by one column, plus the warps' row buffers.
+size_t dynamic_smem(int window, int head_dim, bool backward) {
+  const int n = window * window;
+  return backward ? sizeof(float) * (4 * n * (head_dim + 1) + kWarps * 2 * kSlots)
+                  : sizeof(float) * (3 * n * (head_dim + 1) + kWarps * kSlots);
 }
 
 // Grid (batch * heads, blocks_per_image): nW blocks (forward) or window groups (backward) per image.
@@ -347,14 +345,27 @@ cudaError_t launch(Kernel kernel, const WindowAttnParams& p, int blocks_per_imag
 
 cudaError_t window_attention_fwd(const WindowAttnParams& p, cudaStream_t stream) {
   return VTK_DISPATCH_DTYPE(p.dtype, [&] {
-    return launch(window_attn_fwd_kernel<scalar_t>, p, p.n_windows(), fwd_smem(p), stream);
+    return launch(window_attn_fwd_kernel<scalar_t>, p, p.n_windows(), dynamic_smem(p.window, p.head_dim, false), stream);
   });
 }
 
 cudaError_t window_attention_bwd(const WindowAttnParams& p, cudaStream_t stream) {
   return VTK_DISPATCH_DTYPE(p.dtype, [&] {
-    return launch(window_attn_bwd_kernel<scalar_t>, p, p.window_groups(), bwd_smem(p), stream);
+    return launch(window_attn_bwd_kernel<scalar_t>, p, p.window_groups(), dynamic_smem(p.window, p.head_dim, true),
+                  stream);
   });
+}
+
+cudaError_t window_attention_shared_memory(int window, int head_dim, bool backward, int device, size_t* needed,
+                                           size_t* available) {
+  cudaFuncAttributes attributes{};  // the static part (token table, row statistics): the same for every dtype
+  VTK_RETURN_IF_ERROR(backward ? cudaFuncGetAttributes(&attributes, window_attn_bwd_kernel<float>)
+                               : cudaFuncGetAttributes(&attributes, window_attn_fwd_kernel<float>));
+  int optin = 0;
+  VTK_RETURN_IF_ERROR(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  *needed = attributes.sharedSizeBytes + dynamic_smem(window, head_dim, backward);
+  *available = static_cast<size_t>(optin);
+  return cudaSuccess;
 }
 
 int window_attention_bwd_group(int batch_heads, int n_windows, int sm_count) {

@@ -13,7 +13,8 @@ namespace vtk {
 // Windows of up to 144 tokens (12x12) and head_dim up to 64 fit one block's shared memory in this
 // SIMT version (q, k, v, dO of the window in fp32; the backward at 144 tokens x 64 takes 160,000 B
 // dynamic + 2,880 B static: sm_80 / sm_90 parts, not the 99 KB ones such as sm_86 / sm_89, where
-// the launch fails); larger windows are refused by the bindings (Triton takes them).
+// window_attention_shared_memory tells the op to refuse it); larger windows are refused by the
+// bindings (Triton takes them).
 constexpr int kWindowAttnMaxTokens = 144;
 constexpr int kWindowAttnMaxHeadDim = 64;
 // The backward loops a block over up to this many consecutive windows of one (batch, head), which
@@ -51,6 +52,11 @@ struct WindowAttnParams {
 
 cudaError_t window_attention_fwd(const WindowAttnParams& params, cudaStream_t stream);
 cudaError_t window_attention_bwd(const WindowAttnParams& params, cudaStream_t stream);
+
+// Shared memory one forward (backward) block needs for this window and head_dim, static + dynamic
+// (*needed), and the most one block may opt in to on `device` (*available), in bytes.
+cudaError_t window_attention_shared_memory(int window, int head_dim, bool backward, int device, size_t* needed,
+                                           size_t* available);
 
 // Windows per backward block G in [1, kWindowAttnMaxGroup]: as many as leave a grid of at least
 // 4 blocks per SM (G = 1 when even that needs every window).

@@ -8,6 +8,7 @@ so a call is capturable in a CUDA graph. The reference backend is plain PyTorch 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -33,7 +34,21 @@ def _geometry(qkv: Tensor, num_heads: int, window: int, table_window: int, shift
     return Geometry(qkv.shape[1], qkv.shape[2], window, table_window, shift, num_heads, head_dim)
 
 
-def _kernel_refusals(backend: str, qkv: Tensor, rel_pos_table: Tensor, head_dim: int, window: int, **_) -> list[str]:
+@torch.compiler.assume_constant_result
+@functools.lru_cache(maxsize=None)
+def cuda_shared_memory_refusal(device_index: int, window: int, head_dim: int, backward: bool) -> Optional[str]:
+    """Why the CUDA kernel's block cannot have the shared memory it needs on this GPU, or None:
+    the backward of 12x12 windows at head_dim 64 takes ~163 KB, more than the 99 KB of sm_86 /
+    sm_89 parts (sm_80 and sm_90 allow 163 / 227 KB)."""
+    needed, available = load_extension().window_attention_shared_memory(window, head_dim, backward, device_index)
+    if needed <= available:
+        return None
+    return (f"the CUDA {'backward' if backward else 'forward'} of {window}x{window} windows at head_dim {head_dim} "
+            f"needs {needed} B of shared memory per block, this GPU allows {available} B")
+
+
+def _kernel_refusals(backend: str, qkv: Tensor, rel_pos_table: Tensor, head_dim: int, window: int,
+                     pad_qkv: Optional[Tensor], **_) -> list[str]:
     reasons = []
     if rel_pos_table.dtype not in checks.KERNEL_DTYPES:
         reasons.append(f"rel_pos_table dtype {rel_pos_table.dtype} is not float32/float16/bfloat16")
@@ -48,6 +63,10 @@ def _kernel_refusals(backend: str, qkv: Tensor, rel_pos_table: Tensor, head_dim:
     n_windows = math.ceil(qkv.shape[1] / window) * math.ceil(qkv.shape[2] / window)
     if n_windows > 65535:
         reasons.append(f"{n_windows} windows per image > 65535 (the grid's second axis)")
+    if backend == "cuda" and not reasons and qkv.is_cuda:
+        backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (qkv, rel_pos_table, pad_qkv))
+        refusal = cuda_shared_memory_refusal(qkv.device.index, window, head_dim, backward)
+        reasons += [refusal] if refusal else []
     return reasons
 
 
@@ -167,7 +186,8 @@ def window_attention(qkv: Tensor, rel_pos_table: Tensor, num_heads: int, window_
     head_dim = qkv.shape[-1] // (3 * num_heads)
     scale = float(head_dim ** -0.5 if scale is None else scale)
     window, shift = reference.effective_window(qkv.shape[1], qkv.shape[2], window_size, shift_size)
-    chosen = dispatcher.choose(qkv.device, backend, qkv=qkv, rel_pos_table=rel_pos_table, head_dim=head_dim, window=window)
+    chosen = dispatcher.choose(qkv.device, backend, qkv=qkv, rel_pos_table=rel_pos_table, head_dim=head_dim, window=window,
+                               pad_qkv=pad_qkv)
     if chosen == "reference":
         return reference.window_attention(qkv, rel_pos_table, num_heads, window_size, shift_size, scale,
                                           mask_value, pad_qkv, pad_first)
