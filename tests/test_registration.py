@@ -71,3 +71,27 @@ def test_differentiated_backward_raises_like_the_op(device):
     (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="no autograd formula"):
         dx.sum().backward()
+
+
+def test_unused_outputs_get_no_zero_gradients(device):
+    """The MLP's hidden activations are outputs saved for its backward: their gradients stay None
+    rather than two (tokens, hidden) zero tensors per backward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    tokens, dim, hidden = 6, 16, 40
+    x = torch.randn(tokens, dim, device=device, requires_grad=True)
+    params = [torch.randn(shape, device=device, requires_grad=True) for shape in ((hidden, dim), (hidden,), (dim, hidden), (dim,))]
+    out = vtkernels.mlp(x, *params, backend="triton")
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        out.sum().backward()
+    zeroed = [e.input_shapes for e in prof.events() if e.name in ("aten::zero_", "aten::zeros_like", "aten::fill_")]
+    assert [tokens, hidden] not in [shapes[0] for shapes in zeroed if shapes]
+    assert x.grad is not None and all(p.grad is not None for p in params)
+
+
+def test_norm_backward_when_only_the_residual_sum_is_used(device):
+    x, residual = (torch.randn(4, 64, device=device, requires_grad=True) for _ in range(2))
+    _, h = vtkernels.layer_norm(x, torch.randn(64, device=device), residual=residual, backend="triton")
+    (3 * h).sum().backward()  # y unused: its gradient is None
+    torch.testing.assert_close(x.grad, torch.full_like(x, 3.0))
+    torch.testing.assert_close(residual.grad, torch.full_like(x, 3.0))

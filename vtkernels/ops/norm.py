@@ -83,7 +83,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dh, _dmean, _drstd):
     h, weight, mean, rstd = ctx.saved_tensors
     dh = dh if ctx.has_residual else None
-    dx, dw, db = call_norm_bwd(dy.contiguous(), None if dh is None else dh.contiguous(), h, weight, mean, rstd,
+    dy = torch.zeros_like(h) if dy is None else dy.contiguous()  # None: only the residual sum h was used
+    dx, dw, db = call_norm_bwd(dy, None if dh is None else dh.contiguous(), h, weight, mean, rstd,
                                ctx.rms, ctx.has_bias, ctx.backend)
     return (dx, dx if ctx.has_residual else None, dw if weight is not None else None,
             db if ctx.has_bias else None, None, None, None)
