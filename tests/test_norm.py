@@ -118,6 +118,26 @@ def test_triton_non_contiguous_input(device):
                  torch.float32)
 
 
+def check_strided_weight_and_bias(rms, device, backend):
+    """Weight / bias views with a non-unit stride (w[::2]): the kernels read them with unit
+    stride, so the op copies them (before, Triton read the wrong elements)."""
+    x = torch.randn(5, 64, device=device, requires_grad=True)
+    bases = [torch.randn(128, device=device, requires_grad=True) for _ in range(2)]
+    weight, bias = bases[0][::2], None if rms else bases[1][::2]
+    out = run_norm(x, weight, bias, None, rms, backend)
+    inputs = [x, bases[0]] + ([] if rms else [bases[1]])
+    ref_inputs = upcast(*inputs)
+    expected = run_norm(ref_inputs[0], ref_inputs[1][::2], None if rms else ref_inputs[2][::2], None, rms, "reference")
+    cot = torch.randn_like(out)
+    assert_close(out, expected, torch.float32)
+    assert_close(grads(out, inputs, cot), grads(expected, ref_inputs, cot), torch.float32)
+
+
+@pytest.mark.parametrize("rms", [False, True])
+def test_triton_strided_weight_and_bias(rms, device):
+    check_strided_weight_and_bias(rms, device, "triton")
+
+
 def test_empty_batch_gives_empty_output(device):
     x = torch.randn(0, 7, 64, device=device, requires_grad=True)
     w = torch.randn(64, device=device, requires_grad=True)
@@ -161,6 +181,12 @@ def test_gpu_weight_grad_is_deterministic(backend):
         dw, db = torch.autograd.grad(vtkernels.layer_norm(x, w, b, backend=backend), [w, b], dy)
         results.append((dw, db))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_strided_weight_and_bias(backend):
+    check_strided_weight_and_bias(False, torch.device("cuda"), backend)
 
 
 @pytest.mark.gpu

@@ -65,6 +65,22 @@ def test_triton_without_affine_and_non_contiguous(device):
                             transform=lambda t: t.transpose(1, 2).contiguous().transpose(1, 2))
 
 
+def check_strided_weight_and_bias(device, backend):
+    """Weight / bias views with a non-unit stride: copied by the op (Triton read them wrongly)."""
+    x = torch.randn(2, 6, 7, 8, device=device, requires_grad=True)
+    bases = [torch.randn(64, device=device, requires_grad=True) for _ in range(2)]
+    out = vtkernels.patch_merging_norm(x, bases[0][::2], bases[1][::2], 1e-5, backend=backend)
+    inputs = upcast(x, *bases)
+    expected = vtkernels.patch_merging_norm(inputs[0], inputs[1][::2], inputs[2][::2], 1e-5, backend="reference")
+    cot = torch.randn_like(out)
+    assert_close(out, expected, torch.float32)
+    assert_close(grads(out, [x, *bases], cot), grads(expected, inputs, cot), torch.float32)
+
+
+def test_triton_strided_weight_and_bias(device):
+    check_strided_weight_and_bias(device, "triton")
+
+
 def test_empty_batch(device):
     x, w, b = make_inputs((0, 6, 6, 16), torch.float32, device)
     out = vtkernels.patch_merging_norm(x, w, b, backend="triton")
@@ -97,6 +113,12 @@ def test_gpu_without_affine_and_non_contiguous(dtype, backend):
                             transform=lambda t: t.transpose(1, 2).contiguous().transpose(1, 2))
     # Channels 1..64 of a 66-channel buffer: pixels start off 16-byte alignment (the CUDA scalar path).
     check_against_reference((2, 6, 7, 66), dtype, cuda, backend, affine=False, transform=lambda t: t[..., 1:65])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_strided_weight_and_bias(backend):
+    check_strided_weight_and_bias(torch.device("cuda"), backend)
 
 
 @pytest.mark.gpu

@@ -32,10 +32,12 @@ __global__ void __launch_bounds__(32 * WPR * kRowsPerBlock<WPR>) norm_fwd_kernel
   if (p.residual) {
     Tile r;
     r.load(static_cast<const T*>(p.residual) + row * p.residual_stride, p.cols, lane);
+    // h is stored in T, and the statistics are those of the stored h: the reference's
+    // norm(x + residual) and what the backward rebuilds from h.
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c)
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) x.v[c][i] += r.v[c][i];
+      for (int i = 0; i < VEC; ++i) x.v[c][i] = to_float(from_float<T>(x.v[c][i] + r.v[c][i]));
     x.store(static_cast<T*>(p.h) + row * p.h_stride, p.cols, lane);
   }
 

@@ -108,7 +108,8 @@ def patch_merging_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optiona
     chosen = dispatcher.choose(x.device, backend, x=x)
     if chosen == "reference":
         return reference.patch_merging_norm(x, weight, bias, eps)
-    x = x if x.stride(-1) == 1 else x.contiguous()
+    # (the kernels read every operand with unit channel stride: strided views, e.g. w[::2], are copied)
+    x, weight, bias = (t if t is None or t.stride(-1) == 1 else t.contiguous() for t in (x, weight, bias))
     return call_patch_merging_norm_fwd(x, weight, bias, float(eps), chosen)[0]
 
 

@@ -103,8 +103,9 @@ def norm_fwd_kernel(
 
     x = tl.load(X + rows * stride_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        x += tl.load(R + rows * stride_r + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        tl.store(H + rows * stride_h + cols[None, :], x.to(H.dtype.element_ty), mask=ok)
+        h = (x + tl.load(R + rows * stride_r + cols[None, :], mask=ok, other=0.0).to(tl.float32)).to(H.dtype.element_ty)
+        tl.store(H + rows * stride_h + cols[None, :], h, mask=ok)
+        x = h.to(tl.float32)  # the statistics of the stored h: the reference's, and what the backward rebuilds
     centered, mean, rstd = row_statistics(x, ok, n_cols, eps, IS_RMS)
     if not IS_RMS:
         tl.store(Mean + row_ids, mean, mask=row_ok)
