@@ -1,6 +1,7 @@
 // Validation shared by every op's bindings: each failure names the argument.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -28,7 +29,14 @@ inline void check_operand(const at::Tensor& t, const char* name, const at::Tenso
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " has dtype ", t.scalar_type(), " but the input has ",
               like.scalar_type());
   TORCH_CHECK(t.dim() == dims, name, " must have ", dims, " dimensions, got ", t.sizes());
-  TORCH_CHECK(t.numel() == 0 || t.stride(-1) == 1, name, " must have unit stride in its last dimension");
+  // (A last dimension of size 1 has any stride: .contiguous() leaves it so.)
+  TORCH_CHECK(t.numel() == 0 || t.size(-1) == 1 || t.stride(-1) == 1, name,
+              " must have unit stride in its last dimension");
+}
+
+// Row-wise kernels launch up to one block per row on the grid's x axis (at most 2^31 - 1).
+inline void check_grid_rows(int64_t rows, const char* name) {
+  TORCH_CHECK(rows <= INT32_MAX, name, " has ", rows, " rows; the CUDA kernels take at most 2^31 - 1");
 }
 
 inline void check_optional(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& like, int64_t dims) {

@@ -172,6 +172,25 @@ def test_double_backward_matches_reference(device):
     assert_close(second_order("triton"), second_order("reference"), torch.float32)
 
 
+def check_relu_nan_like_torch(backend, dtype, device):
+    """relu(NaN) is NaN with gradient 1 in torch (threshold_backward passes it): a NaN in x makes
+    its row of the output NaN, and its row of d x stays finite."""
+    inputs = make_inputs((5,), 16, 32, 8, dtype, device)
+    with torch.no_grad():
+        inputs[0][2, 3] = float("nan")
+    out = vtkernels.mlp(*inputs, "relu", backend=backend)
+    upcast_inputs = upcast(*inputs)
+    expected = vtkernels.mlp(*upcast_inputs, "relu", backend="reference")
+    cot = torch.randn_like(out)
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 5e-2, "rtol": 5e-2}
+    for ours, ref in zip([out, *grads(out, inputs, cot)], [expected, *grads(expected, upcast_inputs, cot)]):
+        torch.testing.assert_close(ours.double(), ref, equal_nan=True, **tol)
+
+
+def test_relu_nan_like_torch(device):
+    check_relu_nan_like_torch("triton", torch.float32, device)
+
+
 def test_empty_input(device):
     x, w1, b1, w2, b2 = make_inputs((0,), 16, 32, 8, torch.float32, device)
     out = vtkernels.mlp(x, w1, b1, w2, b2, backend="triton")
@@ -343,6 +362,12 @@ def test_gpu_triton_both_gemm_kernels(tma, dtype, kernel_spy):
     check_against_reference((3, 197), 768, 3072, 768, "gelu", dtype, torch.device("cuda"), "triton")
     expected = "gemm_act_tma_kernel" if tma and torch.cuda.get_device_capability()[0] >= 9 else "gemm_act_kernel"
     assert ran == [expected, expected]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_relu_nan_like_torch(backend):
+    check_relu_nan_like_torch(backend, torch.float16, torch.device("cuda"))
 
 
 @pytest.mark.gpu

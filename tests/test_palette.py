@@ -132,6 +132,15 @@ def test_bad_inputs_name_the_argument():
         palette_quantize(image, clusters, backend="cuda")
 
 
+def test_kernels_refuse_batches_beyond_the_grid(device):
+    """Both kernel backends launch one grid row per image: past 65535 images the reference runs."""
+    from vtkernels.ops.palette import dispatcher
+
+    clusters = random_clusters(8, device)
+    assert not dispatcher.refusals("triton", clusters.device, clusters=clusters, batch=65535)
+    assert "65535" in " ".join(dispatcher.refusals("triton", clusters.device, clusters=clusters, batch=65536))
+
+
 @pytest.mark.interpreter
 def test_opcheck():
     clusters = random_clusters(40)

@@ -21,6 +21,7 @@ std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const OptTensor& residual,
   check_optional(bias, "bias", x, 1);
   const int64_t rows = x.size(0), cols = x.size(1);
   TORCH_CHECK(cols > 0 && cols <= vtk::kNormMaxCols, "x: normalized size must be in [1, ", vtk::kNormMaxCols, "], got ", cols);
+  check_grid_rows(rows, "x");
   TORCH_CHECK(eps > 0, "eps must be > 0, got ", eps);
   if (residual) TORCH_CHECK(residual->sizes() == x.sizes(), "residual must have shape ", x.sizes(), ", got ", residual->sizes());
   check_row_length(weight, "weight", cols);

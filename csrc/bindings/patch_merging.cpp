@@ -44,6 +44,7 @@ std::vector<at::Tensor> patch_merging_fwd(const at::Tensor& x, const OptTensor& 
 
   DeviceGuard guard(x);
   const int64_t rows = vtk::patch_merging_rows(shape);
+  check_grid_rows(rows, "x (merged)");
   at::Tensor y = at::empty({shape.batch, (shape.height + 1) / 2, (shape.width + 1) / 2, cols}, x.options());
   const auto stats = x.options().dtype(at::kFloat);
   at::Tensor mean = at::empty({rows}, stats);

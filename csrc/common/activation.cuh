@@ -27,7 +27,7 @@ __device__ __forceinline__ float activate(float x) {
   } else if constexpr (A == Activation::kQuickGelu) {
     return x * sigmoid(kQuickGeluAlpha * x);
   } else {
-    return fmaxf(x, 0.f);
+    return x < 0.f ? 0.f : x;  // NaN stays NaN, as in torch (fmaxf would drop it)
   }
 }
 
@@ -43,7 +43,7 @@ __device__ __forceinline__ float activation_grad(float x) {
     const float s = sigmoid(kQuickGeluAlpha * x);
     return s + kQuickGeluAlpha * x * s * (1.f - s);
   } else {
-    return x > 0.f ? 1.f : 0.f;
+    return x <= 0.f ? 0.f : 1.f;  // 1 at NaN, as torch's threshold_backward
   }
 }
 

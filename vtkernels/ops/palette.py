@@ -27,8 +27,15 @@ LAYOUTS = ("nchw", "nhwc")
 TOKEN_DTYPES = (torch.int64, torch.int32)
 
 
+def _kernel_refusals(backend: str, batch: int, **_) -> list[str]:
+    if batch > 65535:  # both backends launch (pixel blocks, images)
+        return [f"batch {batch} > 65535 (one grid row per image)"]
+    return []
+
+
 # CUDA first without a measurement: its ids equal the fp32 reference bit for bit (no FMA contraction).
-dispatcher = OpDispatcher("palette", gpu_preference=("cuda", "triton"), dtype_of="clusters")
+dispatcher = OpDispatcher("palette", gpu_preference=("cuda", "triton"), dtype_of="clusters",
+                          refusals=_kernel_refusals)
 
 
 @torch.library.custom_op("vtkernels::palette_quantize", mutates_args=())
@@ -94,7 +101,7 @@ def palette_quantize(image: Tensor, clusters: Tensor, layout: str = "nchw", back
                          f"got shape {tuple(image.shape)}")
     _check_clusters(clusters, image, "image")
     pixels = image.flatten(2).transpose(1, 2) if layout == "nchw" else image.flatten(1, 2)  # (B, N, 3)
-    chosen = dispatcher.choose(image.device, backend, clusters=clusters)
+    chosen = dispatcher.choose(image.device, backend, clusters=clusters, batch=image.shape[0])
     if chosen == "reference":
         return reference_palette.palette_quantize(pixels, clusters)
     return call_palette_quantize(pixels, clusters.contiguous(), chosen)
@@ -112,7 +119,7 @@ def palette_dequantize(tokens: Tensor, clusters: Tensor, image_size: tuple[int, 
                          f"needs {height * width}")
     checks.check_index_range("tokens", tokens, clusters.shape[0])  # one id per cluster
     batch = tokens.shape[0]
-    chosen = dispatcher.choose(tokens.device, backend, clusters=clusters)
+    chosen = dispatcher.choose(tokens.device, backend, clusters=clusters, batch=batch)
     if chosen == "reference":
         pixels = reference_palette.palette_dequantize(tokens, clusters)  # (B, N, 3)
         if layout == "nchw":

@@ -40,7 +40,7 @@ def activate(x, ACT: tl.constexpr):
     elif ACT == QUICK_GELU:
         y = x * tl.sigmoid(ALPHA * x)
     else:
-        y = tl.maximum(x, 0.0)
+        y = tl.where(x < 0.0, 0.0, x)  # NaN stays NaN, as in torch (max.f32 would drop it)
     return y
 
 
@@ -56,7 +56,7 @@ def activation_grad(x, ACT: tl.constexpr):
         s = tl.sigmoid(ALPHA * x)
         g = s + ALPHA * x * s * (1.0 - s)
     else:
-        g = tl.where(x > 0.0, 1.0, 0.0)
+        g = tl.where(x <= 0.0, 0.0, 1.0)  # 1 at NaN, as torch's threshold_backward
     return g
 
 
