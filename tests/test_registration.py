@@ -95,3 +95,19 @@ def test_norm_backward_when_only_the_residual_sum_is_used(device):
     (3 * h).sum().backward()  # y unused: its gradient is None
     torch.testing.assert_close(x.grad, torch.full_like(x, 3.0))
     torch.testing.assert_close(residual.grad, torch.full_like(x, 3.0))
+
+
+@pytest.mark.parametrize("op, argument", [("mlp", "x"), ("patch_embed", "weight")])
+def test_cuda_refusals_trace_under_torch_compile(op, argument):
+    """The backend choice runs while Dynamo traces: a refusal that asks the extension (whose import
+    Dynamo cannot trace) must be a compile-time constant, or fullgraph fails."""
+    import importlib
+
+    refusals = importlib.import_module(f"vtkernels.ops.{op}")._kernel_refusals
+
+    def shifted(t):
+        return t + len(refusals("cuda", **{argument: t}))
+
+    torch._dynamo.reset()
+    t = torch.zeros(2, 4, dtype=torch.float16)
+    torch.testing.assert_close(torch.compile(shifted, fullgraph=True)(t), shifted(t))

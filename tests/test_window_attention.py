@@ -2,6 +2,7 @@
 float64 reference (forward, d qkv, d bias table, d pad_qkv), custom ops, torch.compile, modules,
 dispatch and bad input. Patch merging lives in test_patch_merging.py."""
 
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -250,6 +251,27 @@ def test_gpu_cuda_refuses_big_windows_with_a_reason():
         vtkernels.window_attention(qkv, table, 1, 13, 6, backend="cuda")
 
 
+def test_shared_memory_refusal_is_a_compile_time_constant(monkeypatch):
+    """torch.compile runs the refusal's extension query once while tracing, as a constant: Dynamo
+    cannot trace the pybind function (faked by one that calls a builtin Dynamo skips)."""
+    from vtkernels.ops import window_attention as op
+
+    def query(window, head_dim, backward, device):
+        sys.getrefcount(query)  # untraceable, as the extension's function is
+        return 162_880, 101_376
+
+    monkeypatch.setattr(op, "load_extension", lambda: SimpleNamespace(window_attention_shared_memory=query))
+    op.cuda_shared_memory.cache_clear()
+    try:
+        def refused(x):
+            return x + (1 if op.cuda_shared_memory_refusal(0, 12, 64, True) else 0)
+
+        torch._dynamo.reset()
+        assert torch.compile(refused, fullgraph=True)(torch.zeros(1)).item() == 1
+    finally:
+        op.cuda_shared_memory.cache_clear()
+
+
 @pytest.mark.gpu
 def test_gpu_cuda_refuses_blocks_beyond_the_gpus_shared_memory(monkeypatch):
     from vtkernels._extension import load_extension
@@ -263,7 +285,7 @@ def test_gpu_cuda_refuses_blocks_beyond_the_gpus_shared_memory(monkeypatch):
     fake = SimpleNamespace(window_attention_shared_memory=lambda w, d, bwd, dev: (needed if bwd else inference_needs,
                                                                                   99 * 1024))
     monkeypatch.setattr(op, "load_extension", lambda: fake)
-    op.cuda_shared_memory_refusal.cache_clear()
+    op.cuda_shared_memory.cache_clear()
     try:
         qkv, table, _ = make_inputs(1, 24, 24, 2, 64, 12, False, torch.float16, torch.device("cuda"))
         with pytest.raises(vtkernels.BackendError, match=f"needs {needed} B of shared memory"):
@@ -274,7 +296,7 @@ def test_gpu_cuda_refuses_blocks_beyond_the_gpus_shared_memory(monkeypatch):
         assert op.dispatcher.choose(qkv.device, qkv=qkv, rel_pos_table=table, head_dim=64, window=12,
                                     pad_qkv=None) == "triton"  # the automatic choice falls back
     finally:
-        op.cuda_shared_memory_refusal.cache_clear()
+        op.cuda_shared_memory.cache_clear()
 
 
 @pytest.mark.gpu

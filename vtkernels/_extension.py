@@ -51,6 +51,14 @@ def load_extension():
     return importlib.import_module("vtkernels._C")
 
 
+# A constant to torch.compile: the dispatch code that asks runs while Dynamo traces, and Dynamo
+# cannot trace the import behind it.
+@torch.compiler.assume_constant_result
+def extension_has(function: str) -> bool:
+    """Whether the built extension has ``function`` (False without one, or one built before it)."""
+    return extension_failure() is None and hasattr(load_extension(), function)
+
+
 def kernel_functions(backend: str, *, triton_module: str, triton: Sequence[str],
                      cuda: Sequence[str]) -> tuple[Callable, ...]:
     """An op's kernel entry points on ``backend``, in the order named: the functions ``triton``

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vtkernels._extension import kernel_functions, load_extension
+from vtkernels._extension import extension_has, kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.ops.registration import backward_call, forward_call
@@ -32,7 +32,7 @@ from vtkernels.reference.activation import ACTIVATIONS
 
 
 def _kernel_refusals(backend: str, x: Tensor, **_) -> list[str]:
-    if backend == "cuda" and not hasattr(load_extension(), "mlp_linear_act"):  # the extension imports here
+    if backend == "cuda" and not extension_has("mlp_linear_act"):
         return ["vtkernels._C was built without mlp; rebuild it (pip install -e .)"]
     if backend == "cuda" and x.dtype == torch.float32:
         return ["the CUDA MLP GEMMs run fp16 / bf16 tensor-core MMAs only; float32 runs on Triton"]

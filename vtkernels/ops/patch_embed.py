@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vtkernels._extension import kernel_functions, load_extension
+from vtkernels._extension import extension_has, kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.ops.registration import backward_call, forward_call
@@ -24,7 +24,7 @@ IMAGE_DTYPES = checks.FLOAT_DTYPES + (torch.uint8,)
 
 
 def _kernel_refusals(backend: str, weight: Tensor, **_) -> list[str]:
-    if backend == "cuda" and not hasattr(load_extension(), "patch_embed_fwd"):  # the extension imports here
+    if backend == "cuda" and not extension_has("patch_embed_fwd"):
         return ["vtkernels._C was built without patch_embed; rebuild it (pip install -e .)"]
     if backend == "cuda" and weight.dtype == torch.float32:
         return ["the CUDA patch embedding runs fp16 / bf16 tensor-core MMAs only; float32 runs on Triton"]

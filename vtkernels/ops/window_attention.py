@@ -34,13 +34,19 @@ def _geometry(qkv: Tensor, num_heads: int, window: int, table_window: int, shift
     return Geometry(qkv.shape[1], qkv.shape[2], window, table_window, shift, num_heads, head_dim)
 
 
-@torch.compiler.assume_constant_result
 @functools.lru_cache(maxsize=None)
+def cuda_shared_memory(device_index: int, window: int, head_dim: int, backward: bool) -> tuple[int, int]:
+    """(bytes one CUDA block needs, bytes a block may have on the GPU)."""
+    return tuple(load_extension().window_attention_shared_memory(window, head_dim, backward, device_index))
+
+
+# (The cache sits inside: Dynamo traces an lru_cache wrapper's function, constant mark or not.)
+@torch.compiler.assume_constant_result
 def cuda_shared_memory_refusal(device_index: int, window: int, head_dim: int, backward: bool) -> Optional[str]:
     """Why the CUDA kernel's block cannot have the shared memory it needs on this GPU, or None:
     the backward of 12x12 windows at head_dim 64 takes ~163 KB, more than the 99 KB of sm_86 /
     sm_89 parts (sm_80 and sm_90 allow 163 / 227 KB)."""
-    needed, available = load_extension().window_attention_shared_memory(window, head_dim, backward, device_index)
+    needed, available = cuda_shared_memory(device_index, window, head_dim, backward)
     if needed <= available:
         return None
     return (f"the CUDA {'backward' if backward else 'forward'} of {window}x{window} windows at head_dim {head_dim} "
