@@ -147,6 +147,13 @@ def test_empty_batch_gives_empty_output(device):
     assert x.grad.shape == x.shape and torch.all(w.grad == 0)
 
 
+def test_one_dimensional_input(device):
+    x, weight = torch.randn(8, device=device), torch.randn(8, device=device)
+    for rms in (False, True):
+        assert_close(run_norm(x, weight, None, None, rms, "triton"), run_norm(x.double(), weight.double(), None, None, rms,
+                                                                             "reference"), torch.float32)
+
+
 def test_batch_of_one(device):
     check_against_reference((1, 1, 64), torch.float32, device, "triton")
 

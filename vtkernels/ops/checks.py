@@ -65,3 +65,9 @@ def check_index_range(name: str, t: torch.Tensor, upper: int) -> None:
     low, high = int(t.min()), int(t.max())
     if low < 0 or high >= upper:
         raise ValueError(f"{name} must lie in [0, {upper}), got values in [{low}, {high}]")
+
+
+def unit_stride(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``t`` with unit stride in its last dimension, as the kernels read 1-D operands (weights,
+    biases): a strided view such as ``w[::2]`` is copied, anything else passes as it is."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()

@@ -109,13 +109,13 @@ def _validate(x, residual, weight, bias, eps):
 
 
 def _rows(t: Optional[Tensor], cols: int) -> Optional[Tensor]:
-    """(..., cols) -> (rows, cols) with unit column stride, a view where strides allow; (cols,)
-    stays (cols,)."""
+    """(..., cols) -> (rows, cols) with unit column stride, a view where strides allow."""
     if t is None:
         return None
     if t.stride(-1) != 1:
         t = t.contiguous()
-    return t if t.dim() == 1 else t.reshape(-1, cols)
+    return t.reshape(-1, cols)
+
 
 
 def _norm(x, weight, bias, eps, residual, rms, backend):
@@ -126,9 +126,8 @@ def _norm(x, weight, bias, eps, residual, rms, backend):
             return reference_norm.rms_norm(x, weight, eps, residual)
         return reference_norm.layer_norm(x, weight, bias, eps, residual)
     cols = x.shape[-1]
-    # (the kernels read weight and bias with unit stride: a strided view, e.g. w[::2], is copied)
-    y, h, _, _ = call_norm_fwd(_rows(x, cols), _rows(residual, cols), _rows(weight, cols), _rows(bias, cols), float(eps),
-                               rms, chosen)
+    y, h, _, _ = call_norm_fwd(_rows(x, cols), _rows(residual, cols), checks.unit_stride(weight), checks.unit_stride(bias),
+                               float(eps), rms, chosen)
     y = y.view(x.shape)
     return y if residual is None else (y, h.view(x.shape))
 

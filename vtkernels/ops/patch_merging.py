@@ -108,8 +108,7 @@ def patch_merging_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optiona
     chosen = dispatcher.choose(x.device, backend, x=x)
     if chosen == "reference":
         return reference.patch_merging_norm(x, weight, bias, eps)
-    # (the kernels read every operand with unit channel stride: strided views, e.g. w[::2], are copied)
-    x, weight, bias = (t if t is None or t.stride(-1) == 1 else t.contiguous() for t in (x, weight, bias))
+    x, weight, bias = checks.unit_stride(x), checks.unit_stride(weight), checks.unit_stride(bias)
     return call_patch_merging_norm_fwd(x, weight, bias, float(eps), chosen)[0]
 
 
