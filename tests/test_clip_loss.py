@@ -171,6 +171,17 @@ def test_triton_non_contiguous_inputs(device):
     assert_close([out.loss] + ours, [out64.loss] + theirs, torch.float32)
 
 
+def test_accuracy_counts_ties_as_hits(device):
+    """Image 1 / text 1 duplicate image 0 / text 0: their logits tie with the positive, a hit in
+    the reference (the spec) and the kernels alike (an argmax would take the first index: 0.8)."""
+    image = torch.randn(5, 16, device=device)
+    image[1] = image[0]
+    for backend in ("reference", "triton"):
+        out = vtkernels.clip_loss(image, image.clone(), torch.tensor(2.0, device=device), return_stats=True,
+                                  backend=backend)
+        assert out.image_to_text_accuracy.item() == out.text_to_image_accuracy.item() == 1.0
+
+
 def test_empty_batch(device):
     image, text, scale = make_inputs(0, 32, torch.float32, device)
     loss = vtkernels.clip_loss(image, text, scale, backend="triton")

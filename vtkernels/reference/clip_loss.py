@@ -17,8 +17,8 @@ import torch.nn.functional as F
 class ClipLossOutput(NamedTuple):
     """``clip_loss(..., return_stats=True)``: the loss and detached statistics.
 
-    ``image_to_text_accuracy``: fraction of images whose highest logit is their own text (row
-    argmax); ``text_to_image_accuracy`` the same over columns; ``image_logsumexp`` (n,) the
+    ``image_to_text_accuracy``: fraction of images whose own text has the highest logit of the
+    row (a tie with another text counts as a hit); ``text_to_image_accuracy`` the same over columns; ``image_logsumexp`` (n,) the
     logsumexp of each logits row, ``text_logsumexp`` (n,) of each column.
     """
 
@@ -52,7 +52,8 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
     if not return_stats:
         return loss
-    with torch.no_grad():
-        acc_i2t = (logits.argmax(1) == labels).float().mean() if len(labels) else logits.new_tensor(float("nan"))
-        acc_t2i = (logits.argmax(0) == labels).float().mean() if len(labels) else logits.new_tensor(float("nan"))
+    with torch.no_grad():  # a hit: the positive's logit is a maximum of its row / column (ties count)
+        positive = logits.diagonal()
+        acc_i2t = (positive >= logits.amax(1)).float().mean() if len(labels) else logits.new_tensor(float("nan"))
+        acc_t2i = (positive >= logits.amax(0)).float().mean() if len(labels) else logits.new_tensor(float("nan"))
         return ClipLossOutput(loss, acc_i2t, acc_t2i, logits.logsumexp(1), logits.logsumexp(0))
