@@ -111,3 +111,46 @@ def test_cuda_refusals_trace_under_torch_compile(op, argument):
     torch._dynamo.reset()
     t = torch.zeros(2, 4, dtype=torch.float16)
     torch.testing.assert_close(torch.compile(shifted, fullgraph=True)(t), shifted(t))
+
+
+@pytest.mark.interpreter
+def test_automatic_gpu_choice_traces_under_torch_compile(monkeypatch):
+    """On a GPU the automatic choice walks each op's preference order and evaluates the refusals
+    while Dynamo traces (on the CPU it returns the reference at once). Here every dispatcher takes
+    that GPU path for CPU tensors (the Triton interpreter runs the kernels; the extension is
+    refused as unavailable): CLIP's loss with its gradients and a two-stage Swin compile whole."""
+    from vtkernels.backend import OpDispatcher
+    from vtkernels.models.clip import CLIP, CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+    from vtkernels.models.swin import Swin, SwinConfig
+
+    choose = OpDispatcher.choose
+    chosen = []
+
+    def gpu_choice(self, device, backend=None, **call):
+        chosen.append(choose(self, torch.device("cuda"), backend, **call))
+        return chosen[-1]
+
+    monkeypatch.setattr(OpDispatcher, "choose", gpu_choice)
+    monkeypatch.delenv("VTKERNELS_BACKEND", raising=False)
+    torch.manual_seed(0)
+    clip = CLIP(CLIPConfig(16, CLIPVisionConfig(image_size=16, patch_size=8, width=64, layers=1, heads=2),
+                           CLIPTextConfig(vocab_size=32, context_length=6, width=64, layers=1, heads=2)))
+    images, ids = torch.randn(2, 3, 16, 16), torch.randint(0, 32, (2, 6))
+    swin = Swin(SwinConfig(img_size=32, embed_dim=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
+                           num_classes=10)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    expected_loss = clip.loss(images, ids)
+    expected_grads = torch.autograd.grad(expected_loss, list(clip.parameters()), allow_unused=True)
+    with torch.no_grad():
+        expected_swin = swin(x)
+    assert "triton" in chosen and "reference" not in chosen
+    torch._dynamo.reset()
+    loss = torch.compile(clip.loss, backend="aot_eager", fullgraph=True)(images, ids)
+    grads = torch.autograd.grad(loss, list(clip.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss, expected_loss)
+    for got, want in zip(grads, expected_grads):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(swin, backend="aot_eager", fullgraph=True)(x), expected_swin)
