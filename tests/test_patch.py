@@ -67,6 +67,44 @@ def test_hf_clip(fused_calls, attn_implementation, padding, device):
 
 
 @needs_transformers_5
+def test_hf_mask_is_read_once_per_forward(monkeypatch, device):
+    """HF hands every text layer the same padding mask: it is read (one host sync) once."""
+    from vtkernels.patch import common
+
+    analysed = []
+    original = common._analyse_mask
+    monkeypatch.setattr(common, "_analyse_mask", lambda *args: analysed.append(args[0]) or original(*args))
+    hf = hf_clip(attn_implementation="sdpa").to(device)
+    fused, _ = _optimized(hf)
+    ids, mask = (t.to(device) for t in token_ids(3))
+    with torch.no_grad():
+        fused.get_text_features(input_ids=ids, attention_mask=mask)
+    assert len(analysed) == 1 and DEPTH > 1
+
+
+def test_mask_reading_is_cached_while_the_mask_is_unchanged(monkeypatch):
+    from vtkernels.patch import common
+
+    analysed = []
+    original = common._analyse_mask
+    monkeypatch.setattr(common, "_analyse_mask", lambda *args: analysed.append(args[0]) or original(*args))
+    mask = torch.zeros(2, 1, 1, 5)
+    mask[1, ..., 3:] = torch.finfo(torch.float32).min
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    for _ in range(2):
+        assert torch.equal(common.key_padding_mask_for(mask, 5, 5, False, False), padding)
+    assert len(analysed) == 1
+    mask[1, ..., 3:] = 0  # an in-place write: read again
+    assert common.key_padding_mask_for(mask, 5, 5, False, False) is None and len(analysed) == 2
+    assert common.key_padding_mask_for(mask, 4, 5, False, False) is None and len(analysed) == 3  # another call
+    with torch.inference_mode():  # no version counter: never cached
+        frozen = mask.clone()
+        for _ in range(2):
+            common.key_padding_mask_for(frozen, 5, 5, False, False)
+    assert len(analysed) == 5
+
+
+@needs_transformers_5
 def test_mask_the_op_cannot_express_falls_back(fused_calls, device):
     hf = hf_clip(attn_implementation="eager").to(device)
     fused, _ = _optimized(hf)

@@ -4,6 +4,7 @@ masks read as key padding, the projected attention of HF's q/k/v/o modules."""
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import Optional
 
 import torch
@@ -76,7 +77,7 @@ UNSUPPORTED = object()  # a mask the op cannot express: the caller falls back
 
 
 def key_padding_mask_for(mask: Optional[torch.Tensor], n_q: int, n_kv: int, mask_causal: bool, causal: bool):
-    """The ``key_padding_mask`` (a tensor or None) with which :func:`vtkernels.attention`
+    """The (B, N_kv) bool key-padding mask (True = padded) with which attention with the causal rule
     (``causal``) computes what HF's attention computes with ``mask``, or UNSUPPORTED.
 
     HF masks are None or 4-D (B, 1|H, Nq, Nkv) (query axis 1 when the mask is padding only), bool
@@ -86,22 +87,51 @@ def key_padding_mask_for(mask: Optional[torch.Tensor], n_q: int, n_kv: int, mask
     rebuilt and compared, so a mask of any other form is refused rather than misread. Refused too:
     padding that leaves a query row without a key (HF's softmax over large negative scores then
     averages the padded keys, where the op returns zeros).
+
+    The answer takes one host sync. HF hands the same mask tensor to every layer of a forward, so
+    it is kept for the last mask seen (while that tensor lives and is not modified in place).
     """
     if mask is None:
         return None
+    global _last_analysis
+    key = _analysis_key(mask, n_q, n_kv, mask_causal, causal)
+    cached_mask, cached_key, result = _last_analysis
+    if key is not None and cached_key == key and cached_mask() is mask:
+        return result
+    result = _analyse_mask(mask, n_q, n_kv, mask_causal, causal)
+    if key is not None:
+        _last_analysis = (weakref.ref(mask), key, result)
+    return result
+
+
+_last_analysis = (lambda: None, None, None)  # (weak reference to the mask, its key, the answer)
+
+
+def _analysis_key(mask: torch.Tensor, *call) -> Optional[tuple]:
+    """What must match for a cached answer to hold, or None (no caching: while compiling, or for
+    an inference tensor, whose in-place writes no version counter records)."""
+    if torch.compiler.is_compiling() or mask.is_inference():
+        return None
+    return (mask._version, *call)
+
+
+def _analyse_mask(mask: torch.Tensor, n_q: int, n_kv: int, mask_causal: bool, causal: bool):
     rows = mask.shape[-2] if mask.dim() == 4 else -1
     if mask.dim() != 4 or mask.shape[-1] != n_kv or rows not in ((n_q,) if mask_causal else (1, n_q)):
         return UNSUPPORTED
     allowed = mask if mask.dtype == torch.bool else mask == 0
     key_padding_mask = ~allowed[:, 0, -1, :]
     expected = allowed_keys(rows, n_kv, mask_causal, key_padding_mask, mask.device)
-    if not torch.equal(allowed, expected.expand_as(allowed)):
-        return UNSUPPORTED
-    if not key_padding_mask.any():
-        return None
     # The first query row sees the fewest keys: [0, n_kv - n_q] under the (bottom-right) causal rule.
     first_row_keys = key_padding_mask[:, :max(n_kv - n_q + 1, 0)] if causal else key_padding_mask
-    return UNSUPPORTED if first_row_keys.all(dim=-1).any() else key_padding_mask
+    # One host sync for the three answers: another form of mask, any padding, a row without keys.
+    misread, padded, keyless = torch.stack([(allowed != expected).any(), key_padding_mask.any(),
+                                            first_row_keys.all(dim=-1).any()]).tolist()
+    if misread:
+        return UNSUPPORTED
+    if not padded:
+        return None
+    return UNSUPPORTED if keyless else key_padding_mask
 
 
 def other_tensors(kwargs: dict) -> bool:
