@@ -120,6 +120,23 @@ def test_compiled_decode_step_writes_the_cache_in_place(hf_lm):
     assert torch.equal(cache.pos, torch.ones(1, dtype=torch.long)) and cache.keys[:, :, 0].abs().sum() > 0
 
 
+def test_decode_step_writes_each_layers_key_and_value_in_one_copy(hf_lm):
+    """One cache write per layer per step (the key and the value together): each is a kernel launch
+    inside the sampler's CUDA graph, where the step time is launch overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ours = ImageGPT.from_hf(hf_lm)
+    ours.set_backend("reference")
+    cache = ours.new_cache(2)
+    token = torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        ours.prefill(token[:, None], cache)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            ours.decode_step(token, cache)
+    copies = [e for e in prof.events() if e.name == "aten::index_copy_"]
+    assert len(copies) == ours.config.depth
+
+
 def test_top_k_gumbel_samples_the_top_k_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 3.0]]).expand(20000, -1)
     picks = top_k_gumbel(logits, torch.rand(20000, 5), top_k=3, temperature=1.0)

@@ -62,16 +62,18 @@ SIZES = {  # openai/imagegpt-{small,medium,large}
 
 
 class KVCache:
-    """Preallocated keys and values for every layer: (depth, B, n_positions, heads, head_dim) each.
+    """Preallocated keys and values for every layer in one tensor, ``kv`` (depth, 2, B,
+    n_positions, heads, head_dim), so that a layer's new key and value are written by one copy;
+    ``keys`` / ``values`` are its (depth, B, n_positions, heads, head_dim) halves.
 
     ``pos`` (a 1-element int64 device tensor) is the position the next decode step writes.
     """
 
     def __init__(self, config: ImageGPTConfig, batch: int, device, dtype):
         head_dim = config.dim // config.num_heads
-        shape = (config.depth, batch, config.n_positions, config.num_heads, head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (config.depth, 2, batch, config.n_positions, config.num_heads, head_dim)
+        self.kv = torch.zeros(shape, device=device, dtype=dtype)
+        self.keys, self.values = self.kv[:, 0], self.kv[:, 1]
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.slots = torch.arange(config.n_positions, device=device)
 
@@ -80,18 +82,22 @@ class KVCache:
         return (self.slots > self.pos).expand(self.keys.shape[1], -1)
 
 
-@torch.library.custom_op("vtkernels::kv_cache_write", mutates_args=("keys", "values"))
-def kv_cache_write(keys: torch.Tensor, values: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   pos: torch.Tensor) -> None:
-    """keys[:, pos] = k and values[:, pos] = v (keys, values: one layer's (B, n_positions, H, d)
-    cache; k, v (B, 1, H, d); pos a 1-element device tensor). An op that declares its writes, so
-    that torch.compile updates the cache in place: traced as two ``index_copy_``, Inductor copied
-    every layer's whole cache on each decode step and wrote it back."""
-    keys.index_copy_(1, pos, k)
-    values.index_copy_(1, pos, v)
+@torch.library.custom_op("vtkernels::kv_cache_write", mutates_args=("kv",))
+def kv_cache_write(kv: torch.Tensor, kv_new: torch.Tensor, pos: torch.Tensor) -> None:
+    """kv[:, :, pos] = kv_new: one layer's cache (2, B, n_positions, H, d) gets the new key and
+    value (2, B, 1, H, d; any strides: the qkv projection's output read in place) in one copy; pos
+    a 1-element device tensor. An op that declares its write, so that torch.compile updates the
+    cache in place: traced as ``index_copy_``, Inductor copied every layer's whole cache on each
+    decode step and wrote it back."""
+    kv.index_copy_(2, pos, kv_new)
 
 
 call_kv_cache_write = forward_call(kv_cache_write)
+
+
+def _new_keys_values(qkv: torch.Tensor) -> torch.Tensor:
+    """The keys and values of a packed (B, N, 3, H, d) projection as a (2, B, N, H, d) view."""
+    return qkv[:, :, 1:].permute(2, 0, 1, 3, 4)
 
 
 class CausalSelfAttention(nn.Module):
@@ -112,17 +118,16 @@ class CausalSelfAttention(nn.Module):
         """Full causal attention over ``x`` (B, N, D); with ``cache``, also stores k, v in slots [0, N)."""
         qkv = self._packed(x)
         if cache is not None:
-            cache.keys[layer, :, : x.shape[1]] = qkv[:, :, 1]
-            cache.values[layer, :, : x.shape[1]] = qkv[:, :, 2]
+            cache.kv[layer, :, :, : x.shape[1]] = _new_keys_values(qkv)
         out = vtkernels.attention_qkv(qkv, causal=True, scale=self.scale, backend=self.backend)
         return self.proj(out.flatten(2))
 
     def decode(self, x: torch.Tensor, cache: KVCache, layer: int, mask: torch.Tensor) -> torch.Tensor:
         """One new token per sequence, x (B, 1, D): write k, v at ``cache.pos``, attend the cache."""
-        q, k, v = self._packed(x).unbind(2)
-        keys, values = cache.keys[layer], cache.values[layer]
-        call_kv_cache_write(keys, values, k, v, cache.pos)
-        out = vtkernels.attention(q, keys, values, key_padding_mask=mask, scale=self.scale, layout="bnhd",
+        qkv = self._packed(x)
+        kv = cache.kv[layer]
+        call_kv_cache_write(kv, _new_keys_values(qkv), cache.pos)
+        out = vtkernels.attention(qkv[:, :, 0], kv[0], kv[1], key_padding_mask=mask, scale=self.scale, layout="bnhd",
                                   backend=self.backend)
         return self.proj(out.flatten(2))
 
