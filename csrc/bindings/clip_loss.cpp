@@ -2,6 +2,8 @@
 // vtkernels/triton/clip_loss.py): validation, allocation, the strip loop of the backward.
 #include "bindings/clip_loss.h"
 
+#include <algorithm>
+
 #include "clip_loss/clip_loss.h"
 #include "cuda_context.h"
 #include "torch_checks.h"
@@ -102,11 +104,31 @@ std::vector<at::Tensor> logit_stats(const at::Tensor& image, const at::Tensor& t
   return {row_lse, col_lse, diag, row_max, col_max};
 }
 
+// K splits for a GEMM of `tiles` output tiles over k: enough blocks to fill the GPU twice over
+// (dT = dS_strip^T @ I has W x d outputs and K = all rows: 96 tiles at W = 512, d = 768 against
+// 132 SMs), each split keeping at least 4 K steps. 1 when the tiles alone fill the GPU.
+int64_t k_splits(int64_t tiles, int64_t k, int sms) {
+  const int64_t wanted = (2 * int64_t(std::max(sms, 1)) + tiles - 1) / tiles;  // tiles >= 1
+  const int64_t most = std::max<int64_t>(1, k / (4 * vtk::kClipTileK));
+  return std::min({wanted, most, int64_t(65535)});
+}
+
+// C (+)= alpha * A @ B (C fp32 with unit column stride). Without accumulate, a GEMM with few
+// output tiles runs split-K into fp32 partials summed into C (fixed order: deterministic).
 void strip_gemm(const at::Tensor& a, int64_t a_stride_m, int64_t a_stride_k, const at::Tensor& b, at::Tensor& c,
                 int64_t m, int64_t n, int64_t k, float alpha, bool accumulate, cudaStream_t stream) {
-  vtk::ClipGemmParams p{a.data_ptr(), b.data_ptr(), c.data_ptr<float>(), m, n, k, a_stride_m, a_stride_k,
-                        b.stride(0), 1, c.stride(0), alpha, accumulate, kernel_dtype(a, "strip")};
+  if (m == 0 || n == 0) return;
+  const int64_t tiles = (m + vtk::kClipTileM - 1) / vtk::kClipTileM * ((n + vtk::kClipTileN - 1) / vtk::kClipTileN);
+  const int64_t splits = accumulate ? 1 : k_splits(tiles, k, sm_count(a));
+  // Split length a whole number of K steps; the split count then follows from it.
+  const int64_t step = vtk::kClipTileK, per_split = ((k + splits - 1) / splits + step - 1) / step * step;
+  const bool split = splits > 1 && per_split < k;
+  at::Tensor partials = split ? at::empty({(k + per_split - 1) / per_split, m, n}, c.options()) : c;
+  vtk::ClipGemmParams p{a.data_ptr(), b.data_ptr(), partials.data_ptr<float>(), m, n, k, a_stride_m, a_stride_k,
+                        b.stride(0), 1, split ? n : c.stride(0), alpha, accumulate, kernel_dtype(a, "strip"),
+                        split ? per_split : std::max<int64_t>(k, 1), split ? m * n : 0};
   check_launch(vtk::clip_strip_gemm(p, stream), "clip_strip_gemm");
+  if (split) at::sum_out(c, partials, at::IntArrayRef{0});
 }
 
 at::Tensor finish_grad(const at::Tensor& acc, const at::Tensor& x, const at::Tensor& coef, bool normalize) {

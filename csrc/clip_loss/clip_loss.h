@@ -7,7 +7,8 @@
 //   clip_merge_lse        partial logsumexps (and maxima) -> final per row / per column
 //   clip_dlogits          backward: one column strip of dS = (P_row + P_col) / 2 - delta, in the
 //                         feature dtype, plus per-block partial sums for d logit_scale
-//   clip_strip_gemm       C (fp32) (+)= alpha * A @ B with arbitrary strides (the two products)
+//   clip_strip_gemm       C (fp32) (+)= alpha * A @ B with arbitrary strides (the two products),
+//                         optionally split along K into fp32 partials (dT: few tiles, K = all rows)
 //   clip_finish_grad      scale + normalization backward -> gradient of the raw features
 // Tensor-core tiles (mma.sync m16n8k16) take fp16 / bf16 only; fp32 goes to Triton.
 #pragma once
@@ -21,6 +22,7 @@ namespace vtk {
 
 constexpr int kClipTileM = 64;  // rows of an S tile / a GEMM output tile
 constexpr int kClipTileN = 64;  // columns of an S tile / a GEMM output tile
+constexpr int kClipTileK = 32;  // depth of one K step of a tile's product
 constexpr float kClipNormEps = 1e-12f;  // torch.nn.functional.normalize's default
 
 struct ClipNormalizeParams {
@@ -85,6 +87,9 @@ struct ClipGemmParams {
   float alpha;  // C (+)= alpha * A @ B
   bool accumulate;
   DType dtype;
+  // Split-K: blockIdx.z computes the K range [z * k_per_split, (z + 1) * k_per_split) into its own
+  // C at c + z * c_split_stride (fp32 partials the caller sums). k_per_split = k: no split.
+  int64_t k_per_split, c_split_stride;
 };
 
 struct ClipFinishParams {

@@ -80,9 +80,12 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) strip_gemm_kernel(const ClipGemmParams p) {
   __shared__ clip::TileSmem<T> smem;
   const int64_t row0 = int64_t(blockIdx.x) * kBM, col0 = int64_t(blockIdx.y) * kBN;
+  // This split's K range: operands shifted to its first k and cut to its length.
+  const int64_t k0 = int64_t(blockIdx.z) * p.k_per_split, k_len = min(p.k - k0, p.k_per_split);
   // B^T as a (n, k) operand: element (n, k) at b + n * b_stride_n + k * b_stride_k.
-  const clip::Operand<T> a{static_cast<const T*>(p.a), p.a_stride_m, p.a_stride_k, p.m, p.k};
-  const clip::Operand<T> bt{static_cast<const T*>(p.b), p.b_stride_n, p.b_stride_k, p.n, p.k};
+  const clip::Operand<T> a{static_cast<const T*>(p.a) + k0 * p.a_stride_k, p.a_stride_m, p.a_stride_k, p.m, k_len};
+  const clip::Operand<T> bt{static_cast<const T*>(p.b) + k0 * p.b_stride_k, p.b_stride_n, p.b_stride_k, p.n, k_len};
+  float* const c = p.c + int64_t(blockIdx.z) * p.c_split_stride;
   clip::Acc acc;
   clip::tile_matmul(acc, smem, a, bt, row0, col0);
 #pragma unroll
@@ -93,7 +96,7 @@ __global__ void __launch_bounds__(kThreads) strip_gemm_kernel(const ClipGemmPara
       for (int e = 0; e < 4; ++e) {
         const int64_t row = row0 + clip::Acc::row(mi, e), col = col0 + clip::Acc::col(ni, e);
         if (row >= p.m || col >= p.n) continue;
-        float* dst = p.c + row * p.c_stride + col;
+        float* dst = c + row * p.c_stride + col;
         const float value = p.alpha * acc.v[mi][ni][e];
         *dst = p.accumulate ? *dst + value : value;
       }
@@ -158,7 +161,7 @@ cudaError_t clip_dlogits(const ClipDlogitsParams& p, cudaStream_t stream) {
 
 cudaError_t clip_strip_gemm(const ClipGemmParams& p, cudaStream_t stream) {
   if (p.m == 0 || p.n == 0) return cudaSuccess;
-  const dim3 grid(ceil_div(p.m, kBM), ceil_div(p.n, kBN));
+  const dim3 grid(ceil_div(p.m, kBM), ceil_div(p.n, kBN), p.k > 0 ? ceil_div(p.k, p.k_per_split) : 1);
   return launch_16bit<StripGemm>(p, grid, kThreads, stream);
 }
 

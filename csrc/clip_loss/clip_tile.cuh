@@ -18,7 +18,7 @@ namespace vtk {
 namespace clip {
 
 constexpr int kThreads = 128;
-constexpr int kBM = kClipTileM, kBN = kClipTileN, kBK = 32;
+constexpr int kBM = kClipTileM, kBN = kClipTileN, kBK = kClipTileK;
 constexpr int kPad = 8;
 
 template <typename T>
