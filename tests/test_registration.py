@@ -154,3 +154,22 @@ def test_automatic_gpu_choice_traces_under_torch_compile(monkeypatch):
             torch.testing.assert_close(got, want)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(swin, backend="aot_eager", fullgraph=True)(x), expected_swin)
+
+
+def test_a_none_gradient_from_downstream_reaches_no_backward(device):
+    """A custom Function after our op may return None for its input's gradient: the op's
+    backward, handed no gradient at all, returns none (it crashed on None before)."""
+    class Detach(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, y, other):
+            return y + other
+
+        @staticmethod
+        def backward(ctx, grad):
+            return None, grad
+
+    x = torch.randn(4, 16, device=device, requires_grad=True)
+    params = [torch.randn(shape, device=device, requires_grad=True) for shape in ((32, 16), (32,), (16, 32), (16,))]
+    other = torch.randn(4, 16, device=device, requires_grad=True)
+    Detach.apply(vtkernels.mlp(x, *params, backend="triton"), other).sum().backward()
+    assert x.grad is None and other.grad is not None

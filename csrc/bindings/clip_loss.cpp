@@ -106,7 +106,7 @@ std::vector<at::Tensor> logit_stats(const at::Tensor& image, const at::Tensor& t
 
 // K splits for a GEMM of `tiles` output tiles over k: enough blocks to fill the GPU twice over
 // (dT = dS_strip^T @ I has W x d outputs and K = all rows: 96 tiles at W = 512, d = 768 against
-// 132 SMs), each split keeping at least 4 K steps. 1 when the tiles alone fill the GPU.
+// 132 SMs), each split keeping at least 4 K steps. 1 from 2 x SMs tiles up.
 int64_t k_splits(int64_t tiles, int64_t k, int sms) {
   const int64_t wanted = (2 * int64_t(std::max(sms, 1)) + tiles - 1) / tiles;  // tiles >= 1
   const int64_t most = std::max<int64_t>(1, k / (4 * vtk::kClipTileK));
@@ -126,7 +126,7 @@ void strip_gemm(const at::Tensor& a, int64_t a_stride_m, int64_t a_stride_k, con
   at::Tensor partials = split ? at::empty({(k + per_split - 1) / per_split, m, n}, c.options()) : c;
   vtk::ClipGemmParams p{a.data_ptr(), b.data_ptr(), partials.data_ptr<float>(), m, n, k, a_stride_m, a_stride_k,
                         b.stride(0), 1, split ? n : c.stride(0), alpha, accumulate, kernel_dtype(a, "strip"),
-                        split ? per_split : std::max<int64_t>(k, 1), split ? m * n : 0};
+                        split ? per_split : 0, split ? m * n : 0};
   check_launch(vtk::clip_strip_gemm(p, stream), "clip_strip_gemm");
   if (split) at::sum_out(c, partials, at::IntArrayRef{0});
 }

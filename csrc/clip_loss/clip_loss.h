@@ -88,8 +88,8 @@ struct ClipGemmParams {
   bool accumulate;
   DType dtype;
   // Split-K: blockIdx.z computes the K range [z * k_per_split, (z + 1) * k_per_split) into its own
-  // C at c + z * c_split_stride (fp32 partials the caller sums). k_per_split = k: no split.
-  int64_t k_per_split, c_split_stride;
+  // C at c + z * c_split_stride (fp32 partials the caller sums). k_per_split <= 0: no split.
+  int64_t k_per_split = 0, c_split_stride = 0;
 };
 
 struct ClipFinishParams {

@@ -6,6 +6,7 @@
 // (every row of dS_row = P_row - delta and column of dS_col sums to zero, so the terms are
 // P log P, not P * S: no cancellation at scale 100). One float per block goes to dt_part.
 
+#include <algorithm>
 #include <cmath>
 
 #include "clip_loss/clip_loss.h"
@@ -159,9 +160,11 @@ cudaError_t clip_dlogits(const ClipDlogitsParams& p, cudaStream_t stream) {
   return launch_16bit<Dlogits>(p, grid, kThreads, stream);
 }
 
-cudaError_t clip_strip_gemm(const ClipGemmParams& p, cudaStream_t stream) {
-  if (p.m == 0 || p.n == 0) return cudaSuccess;
-  const dim3 grid(ceil_div(p.m, kBM), ceil_div(p.n, kBN), p.k > 0 ? ceil_div(p.k, p.k_per_split) : 1);
+cudaError_t clip_strip_gemm(const ClipGemmParams& params, cudaStream_t stream) {
+  if (params.m == 0 || params.n == 0) return cudaSuccess;
+  ClipGemmParams p = params;
+  if (p.k_per_split <= 0 || p.k_per_split > p.k) p.k_per_split = std::max<int64_t>(p.k, 1);  // one range
+  const dim3 grid(ceil_div(p.m, kBM), ceil_div(p.n, kBN), ceil_div(std::max<int64_t>(p.k, 1), p.k_per_split));
   return launch_16bit<StripGemm>(p, grid, kThreads, stream);
 }
 

@@ -68,7 +68,7 @@ def _lse_shape(q: Tensor, layout: str) -> tuple[int, int, int]:
 def _kernel_forward(q, k, v, key_padding_mask, causal, scale, layout, backend) -> tuple[Tensor, Tensor]:
     forward, _ = _kernels(backend)
     # Inputs come in with unit head_dim stride; a compiled graph may relayout them, so check again.
-    q, k, v, key_padding_mask = (_unit_last_stride(t) for t in (q, k, v, key_padding_mask))
+    q, k, v, key_padding_mask = (checks.unit_stride(t) for t in (q, k, v, key_padding_mask))
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(_lse_shape(q, layout), dtype=torch.float32, device=q.device)
     forward(_bhnd(q, layout), _bhnd(k, layout), _bhnd(v, layout), key_padding_mask, _bhnd(out, layout), lse,
@@ -79,7 +79,7 @@ def _kernel_forward(q, k, v, key_padding_mask, causal, scale, layout, backend) -
 def _kernel_backward(dout, q, k, v, out, lse, key_padding_mask, causal, scale, layout, backend, dq, dk, dv) -> None:
     """Writes dq, dk, dv (views in ``layout``, any strides with unit head_dim stride)."""
     _, backward = _kernels(backend)
-    dout, q, k, v, out, key_padding_mask = (_unit_last_stride(t) for t in (dout, q, k, v, out, key_padding_mask))
+    dout, q, k, v, out, key_padding_mask = (checks.unit_stride(t) for t in (dout, q, k, v, out, key_padding_mask))
     bhnd = [_bhnd(t, layout) for t in (dout, q, k, v)]
     backward(*bhnd, key_padding_mask, _bhnd(out, layout), lse, _bhnd(dq, layout), _bhnd(dk, layout),
              _bhnd(dv, layout), causal, scale)
@@ -130,7 +130,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-    dq, dk, dv = call_attention_bwd(_unit_last_stride(dout), q, k, v, out, lse, key_padding_mask, ctx.causal,
+    dq, dk, dv = call_attention_bwd(checks.unit_stride(dout), q, k, v, out, lse, key_padding_mask, ctx.causal,
                                     ctx.scale, ctx.layout, ctx.backend)
     return dq, dk, dv, None, None, None, None, None
 
@@ -179,20 +179,12 @@ def _setup_context_qkv(ctx, inputs, output):
 
 def _backward_qkv(ctx, dout, _dlse):
     qkv, out, lse, key_padding_mask = ctx.saved_tensors
-    dqkv = call_attention_qkv_bwd(_unit_last_stride(dout), qkv, out, lse, key_padding_mask, ctx.causal, ctx.scale,
+    dqkv = call_attention_qkv_bwd(checks.unit_stride(dout), qkv, out, lse, key_padding_mask, ctx.causal, ctx.scale,
                                   ctx.backend)
     return dqkv, None, None, None, None
 
 
 call_attention_qkv_fwd = forward_call(attention_qkv_fwd, _backward_qkv, _setup_context_qkv)
-
-
-def _unit_last_stride(t: Optional[Tensor]) -> Optional[Tensor]:
-    # The kernels take any batch / head / sequence strides but read head_dim (and the mask's
-    # keys) contiguously.
-    if t is None or t.numel() == 0 or t.stride(-1) == 1:
-        return t
-    return t.contiguous()
 
 
 def _validate(q, k, v, causal, key_padding_mask, scale, layout) -> None:
@@ -251,7 +243,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
     scale, chosen = _scale_and_backend(q, k, v, causal, key_padding_mask, scale, layout, backend)
     if chosen == "reference":
         return reference_attention.attention(q, k, v, causal, key_padding_mask, scale, layout)
-    q, k, v, key_padding_mask = (_unit_last_stride(t) for t in (q, k, v, key_padding_mask))
+    q, k, v, key_padding_mask = (checks.unit_stride(t) for t in (q, k, v, key_padding_mask))
     out, _ = call_attention_fwd(q, k, v, key_padding_mask, causal, scale, layout, chosen)
     return out
 
@@ -273,7 +265,7 @@ def attention_qkv(qkv: Tensor, causal: bool = False, key_padding_mask: Optional[
     scale, chosen = _scale_and_backend(q, k, v, causal, key_padding_mask, scale, "bnhd", backend)
     if chosen == "reference":
         return reference_attention.attention(q, k, v, causal, key_padding_mask, scale, "bnhd")
-    out, _ = call_attention_qkv_fwd(_unit_last_stride(qkv), _unit_last_stride(key_padding_mask), causal, scale, chosen)
+    out, _ = call_attention_qkv_fwd(checks.unit_stride(qkv), checks.unit_stride(key_padding_mask), causal, scale, chosen)
     return out
 
 

@@ -68,6 +68,7 @@ def check_index_range(name: str, t: torch.Tensor, upper: int) -> None:
 
 
 def unit_stride(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """``t`` with unit stride in its last dimension, as the kernels read 1-D operands (weights,
-    biases): a strided view such as ``w[::2]`` is copied, anything else passes as it is."""
+    """``t`` with unit stride in its last dimension, which the kernels read contiguously (rows,
+    head_dim, weights, biases): a view such as ``w[::2]`` is copied, anything else (None too)
+    passes as it is."""
     return t if t is None or t.stride(-1) == 1 else t.contiguous()

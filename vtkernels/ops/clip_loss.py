@@ -210,10 +210,6 @@ def _validate(image, text, logit_scale, max_scale):
     checks.check_positive("max_scale", max_scale)
 
 
-def _unit_column_stride(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, normalize: bool = True,
               max_scale: float = 100.0, return_stats: bool = False, backend: Optional[str] = None,
               distributed: Optional[bool] = None, group=None):
@@ -244,8 +240,8 @@ def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor
                          (comm.rank + 1) * out.image_logsumexp.shape[0] // comm.world)
             out = out._replace(image_logsumexp=out.image_logsumexp[rows], text_logsumexp=out.text_logsumexp[rows])
         return out
-    image = _unit_column_stride(image_features)
-    text = _unit_column_stride(text_features)
+    image = checks.unit_stride(image_features)
+    text = checks.unit_stride(text_features)
     if comm:
         out = _DataParallelClipLoss.apply(image, text, logit_scale, normalize, float(max_scale), return_stats,
                                           chosen, comm)

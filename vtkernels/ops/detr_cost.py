@@ -46,10 +46,6 @@ def _(logits, pred_boxes, target_labels, target_boxes, class_weight, bbox_weight
 call_detr_match_cost = forward_call(detr_match_cost_op)
 
 
-def _unit_last_stride(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def detr_match_cost(logits: Tensor, pred_boxes: Tensor, target_labels: Tensor, target_boxes: Tensor,
                     class_weight: float = 1.0, bbox_weight: float = 1.0, giou_weight: float = 1.0,
                     backend: Optional[str] = None) -> Tensor:
@@ -80,6 +76,6 @@ def detr_match_cost(logits: Tensor, pred_boxes: Tensor, target_labels: Tensor, t
         if chosen == "reference":
             return reference_detr_cost.detr_match_cost(logits, pred_boxes, target_labels, target_boxes, class_weight,
                                                        bbox_weight, giou_weight)
-        return call_detr_match_cost(_unit_last_stride(logits.detach()), _unit_last_stride(pred_boxes.detach()),
-                                    target_labels.long().contiguous(), _unit_last_stride(target_boxes.detach()),
+        return call_detr_match_cost(checks.unit_stride(logits.detach()), checks.unit_stride(pred_boxes.detach()),
+                                    target_labels.long().contiguous(), checks.unit_stride(target_boxes.detach()),
                                     float(class_weight), float(bbox_weight), float(giou_weight), chosen)

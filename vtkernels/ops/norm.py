@@ -20,11 +20,14 @@ from vtkernels.ops.registration import backward_call, forward_call
 from vtkernels.reference import norm as reference_norm
 
 MAX_COLS = 8192
+MAX_CUDA_ROWS = 2**31 - 1  # the CUDA grid's x axis (csrc/torch_checks.h, check_grid_rows)
 
 
 def _kernel_refusals(backend: str, x: Tensor, **_) -> list[str]:
     if x.shape[-1] > MAX_COLS:
         return [f"normalized size {x.shape[-1]} > {MAX_COLS} (one row must fit on chip)"]
+    if backend == "cuda" and x.numel() // max(x.shape[-1], 1) > MAX_CUDA_ROWS:
+        return [f"{x.numel() // x.shape[-1]} rows > {MAX_CUDA_ROWS} (one CUDA block per row at most)"]
     return []
 
 
@@ -117,7 +120,6 @@ def _rows(t: Optional[Tensor], cols: int) -> Optional[Tensor]:
     return t.reshape(-1, cols)
 
 
-
 def _norm(x, weight, bias, eps, residual, rms, backend):
     _validate(x, residual, weight, bias, eps)
     chosen = dispatcher.choose(x.device, backend, x=x)
@@ -146,8 +148,6 @@ def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-5,
              residual: Optional[Tensor] = None, backend: Optional[str] = None):
     """RMSNorm (iGPT): ``x / sqrt(mean(x^2) + eps) * weight``; ``residual`` as in :func:`layer_norm`."""
     return _norm(x, weight, None, eps, residual, True, backend)
-
-
 
 
 def selfcheck_cases():

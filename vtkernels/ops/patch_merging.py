@@ -15,7 +15,7 @@ from vtkernels._extension import kernel_functions
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.ops.registration import backward_call, forward_call
-from vtkernels.ops.norm import MAX_COLS
+from vtkernels.ops.norm import MAX_COLS, MAX_CUDA_ROWS
 from vtkernels.reference import window_attention as reference
 
 
@@ -23,6 +23,9 @@ def _kernel_refusals(backend: str, x: Tensor, **_) -> list[str]:
     reasons = []
     if 4 * x.shape[-1] > MAX_COLS:
         reasons.append(f"merged row of 4 * {x.shape[-1]} channels > {MAX_COLS} (one row must fit on chip)")
+    rows = x.shape[0] * -(-x.shape[1] // 2) * -(-x.shape[2] // 2)
+    if backend == "cuda" and rows > MAX_CUDA_ROWS:
+        reasons.append(f"{rows} merged rows > {MAX_CUDA_ROWS} (one CUDA block per row at most)")
     return reasons
 
 

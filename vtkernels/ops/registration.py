@@ -15,11 +15,13 @@ calls: in plain eager mode (real tensors, no dispatch mode, tracer or torch.func
 implementation (or the implementation alone when nothing needs a gradient); otherwise, and
 under torch.compile, the custom op itself (FakeTensorMode, make_fx, jit.trace and compiled
 autograd need its fake implementation and dispatch). The eager Function passes None, not a zero
-tensor, as the gradient of an output nothing used (``set_materialize_grads(False)``), so backward
-functions accept None for any output. Backward functions call their backward op through :func:`backward_call`: the implementation when the backward runs from that eager
-Function, the op when AOTAutograd traces the registered one. That choice is a flag set by the
-eager Function, not ``torch.compiler.is_compiling()`` alone, so it does not depend on whether
-torch holds the compiling flag while AOTAutograd traces a backward.
+tensor, as the gradient of an output nothing used (``set_materialize_grads(False)``): a backward
+sees None for the outputs saved for it (activations, statistics) and, where an op returns two
+(the norm's residual sum), for either; with no gradient at all it is not called. Backward
+functions call their backward op through :func:`backward_call`: the implementation when the
+backward runs from that eager Function, the op when AOTAutograd traces the registered one. That
+choice is a flag set by the eager Function, not ``torch.compiler.is_compiling()`` alone, so it
+does not depend on whether torch holds the compiling flag while AOTAutograd traces a backward.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def forward_call(op, backward: Optional[Callable] = None, setup_context: Optiona
         op.register_autograd(backward, setup_context=setup_context)
 
         def function_backward(ctx, *grads):
+            if all(g is None for g in grads):  # (e.g. a custom Function downstream returned None)
+                return (None,) * len(ctx.needs_input_grad)
             token = _eager_backward.set(True)
             try:
                 return backward(ctx, *grads)

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vtkernels._extension import device_guarded, load_extension
+from vtkernels._extension import device_guarded, extension_has, load_extension
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.ops.registration import backward_call, forward_call
@@ -46,6 +46,8 @@ def cuda_shared_memory_refusal(device_index: int, window: int, head_dim: int, ba
     """Why the CUDA kernel's block cannot have the shared memory it needs on this GPU, or None:
     the backward of 12x12 windows at head_dim 64 takes ~163 KB, more than the 99 KB of sm_86 /
     sm_89 parts (sm_80 and sm_90 allow 163 / 227 KB)."""
+    if not extension_has("window_attention_shared_memory"):
+        return "vtkernels._C was built before window attention's shared-memory query; rebuild it (pip install -e .)"
     needed, available = cuda_shared_memory(device_index, window, head_dim, backward)
     if needed <= available:
         return None
@@ -54,7 +56,7 @@ def cuda_shared_memory_refusal(device_index: int, window: int, head_dim: int, ba
 
 
 def _kernel_refusals(backend: str, qkv: Tensor, rel_pos_table: Tensor, head_dim: int, window: int,
-                     pad_qkv: Optional[Tensor], **_) -> list[str]:
+                     pad_qkv: Optional[Tensor] = None, **_) -> list[str]:
     reasons = []
     if rel_pos_table.dtype not in checks.KERNEL_DTYPES:
         reasons.append(f"rel_pos_table dtype {rel_pos_table.dtype} is not float32/float16/bfloat16")
