@@ -60,10 +60,18 @@ class Record:
 
 
 def environment() -> dict:
+    import importlib.metadata
+
     import triton
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-           "cuda": torch.version.cuda or "none"}
+           "cuda": torch.version.cuda or "none", "cudnn": str(torch.backends.cudnn.version()),
+           "date": dt.date.today().isoformat()}
+    for peer in ("timm", "transformers"):
+        try:
+            env[peer] = importlib.metadata.version(peer)
+        except importlib.metadata.PackageNotFoundError:
+            env[peer] = "not installed"
     env["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return env
 
@@ -147,11 +155,35 @@ def progress(i: int, total: int, label: str) -> None:
     sys.stderr.flush()
 
 
+def gpu_usable() -> bool:
+    """False after a sticky CUDA error (an illegal address, a device assert): every later call
+    fails, so the run must stop. True without a GPU (the harness's CPU tests)."""
+    if not torch.cuda.is_available():
+        return True
+    try:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        return True
+    except Exception:  # noqa: BLE001 - any failure here means the context is gone
+        return False
+
+
+def _release(grads) -> bool:
+    """Frees what a finished case holds; returns :func:`gpu_usable`."""
+    if isinstance(grads, list):
+        grads.clear()  # the case's input holder: its tensors and gradients go now, not at the end of the run
+    # Each case compiles its own callables, and Dynamo's recompile limit (8 per function) is shared
+    # by every torch.compile wrapper of one function: past it, calls silently run eager.
+    torch._dynamo.reset()
+    return gpu_usable()
+
+
 def run_cases(cases: list[BenchCase], ceilings: dict, env: dict, budget_s: Optional[float] = None,
               log_path: Optional[str] = None) -> list[Record]:
     """Times every case. With ``budget_s``, stops starting cases once that many seconds have
     passed (the rest are reported as not run); with ``log_path``, appends each record as one JSON
-    line the moment it is measured, so a run killed at a time limit still leaves its numbers."""
+    line the moment it is measured, so a run killed at a time limit still leaves its numbers
+    (:func:`read_records`). Stops at a sticky CUDA error."""
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
     records = []
@@ -164,6 +196,7 @@ def run_cases(cases: list[BenchCase], ceilings: dict, env: dict, budget_s: Optio
         rec = Record(case.op, case.provider, case.mode, case.shape, case.dtype, "ms", None, None, None,
                      baseline=case.baseline, extra=dict(case.extra), gpu=env["gpu"],
                      versions={k: v for k, v in env.items() if k != "gpu"}, timestamp=stamp)
+        fn = grads = None
         try:
             fn = case.make()
             grads = case.grad_to_none() if case.grad_to_none else None
@@ -174,7 +207,7 @@ def run_cases(cases: list[BenchCase], ceilings: dict, env: dict, budget_s: Optio
             rec.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         finally:
             fn = None
-            torch.cuda.empty_cache()
+            usable = _release(grads)
         if rec.median:
             seconds = rec.median * 1e-3
             floors = []
@@ -190,16 +223,43 @@ def run_cases(cases: list[BenchCase], ceilings: dict, env: dict, budget_s: Optio
         if log_path:
             with open(log_path, "a") as f:
                 f.write(json.dumps(dataclasses.asdict(rec)) + "\n")
+        if not usable:
+            sys.stderr.write(f"\nthe GPU is unusable after {case.op} {case.shape} {case.mode} {case.provider} "
+                             f"({rec.error or 'a sticky CUDA error'}): {len(cases) - i - 1} cases not run\n")
+            break
     progress(len(records), len(cases), "done")
     _fill_ratios(records)
     return records
 
 
+def read_records(log_path: str) -> list[Record]:
+    """The records a run appended to ``log_path`` (one JSON line each), ratios filled in: what an
+    interrupted run measured."""
+    records = []
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            records = [Record(**json.loads(line)) for line in f if line.strip()]
+    _fill_ratios(records)
+    return records
+
+
+# A baseline named BEST + prefix is the fastest provider whose name starts with the prefix, per
+# (op, shape, mode): "best:sdpa-" is the best SDPA backend of each attention case.
+BEST = "best:"
+
+
 def _fill_ratios(records: list[Record]) -> None:
     """ratio_vs_baseline = baseline time / this time (> 1: faster than the baseline)."""
-    times = {(r.op, r.shape, r.mode, r.provider): r.median for r in records if r.median}
+    times: dict[tuple, dict[str, float]] = {}
     for r in records:
-        base = times.get((r.op, r.shape, r.mode, r.baseline))
+        if r.median:
+            times.setdefault((r.op, r.shape, r.mode), {})[r.provider] = r.median
+    for r in records:
+        by_provider = times.get((r.op, r.shape, r.mode), {})
+        if r.baseline.startswith(BEST):
+            base = min((t for p, t in by_provider.items() if p.startswith(r.baseline[len(BEST):])), default=None)
+        else:
+            base = by_provider.get(r.baseline)
         if r.median and base:
             r.ratio_vs_baseline = base / r.median
 
@@ -219,8 +279,9 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
 
 
 def markdown_table(records: list[Record], ceilings: dict, env: dict) -> str:
-    lines = [f"# Benchmark results: {env['gpu']}", "",
-             f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
+    lines = [f"# Benchmark results: {env['gpu']}, {env.get('date', '')}", "",
+             f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, cuDNN {env.get('cudnn', '')}, "
+             f"timm {env.get('timm', '')}, transformers {env.get('transformers', '')}, "
              f"measured copy bandwidth {ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
              f"bf16 matmul {ceilings['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s", "",
              "| op | shape | mode | provider | median ms | p20 | p80 | host ms | TB/s | TFLOP/s | % of floor | "

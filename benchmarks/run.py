@@ -14,10 +14,14 @@ import math
 import os
 import pkgutil
 import re
+import signal
 import sys
+import time
 from typing import Optional
 
-import torch
+STARTED = time.monotonic()  # --budget-s counts from here: imports and the ceilings take their share
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -80,6 +84,10 @@ def collect_cases(ops: Optional[str], quick: bool, match: Optional[str]) -> list
     return cases
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", help="comma-separated module names (default: all)")
@@ -87,7 +95,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="output folder (default benchmarks/results/<date>_<gpu>)")
     parser.add_argument("--match", help="regular expression: run only cases whose 'op shape mode provider' matches")
     parser.add_argument("--budget-s", type=float,
-                        help="start no case after this many seconds (for machines with a per-call time limit)")
+                        help="start no case after this many seconds from the start (for machines with a per-call "
+                             "time limit); a SIGTERM still writes what was measured")
     parser.add_argument("--update-preferences", action="store_true",
                         help="write the measured fastest kernel backend per op to vtkernels/preferences.json")
     args = parser.parse_args(argv)
@@ -102,8 +111,16 @@ def main(argv=None) -> int:
     cases = collect_cases(args.ops, args.quick, args.match)
     out = args.out or harness.default_out_dir(env)
     os.makedirs(out, exist_ok=True)
-    records = harness.run_cases(cases, ceilings, env, budget_s=args.budget_s,
-                                log_path=os.path.join(out, "records.jsonl"))
+    log_path = os.path.join(out, "records.jsonl")
+    if os.path.exists(log_path):
+        os.remove(log_path)
+    budget = None if args.budget_s is None else args.budget_s - (time.monotonic() - STARTED)
+    signal.signal(signal.SIGTERM, _interrupt)  # a time limit's kill: keep what was measured
+    try:
+        records = harness.run_cases(cases, ceilings, env, budget_s=budget, log_path=log_path)
+    except KeyboardInterrupt:
+        print("\ninterrupted: writing the records measured so far")
+        records = harness.read_records(log_path)
     harness.write_results(records, ceilings, env, out)
     print(harness.markdown_table(records, ceilings, env))
     print(f"results written to {out}")

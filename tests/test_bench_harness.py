@@ -28,7 +28,11 @@ def test_every_case_enumerates_and_has_its_baseline(quick):
     assert len(keys) == len(cases), "two cases share op, shape, mode and provider"
     for case in cases:
         assert case.mode in MODES and callable(case.make)
-        assert (case.op, case.shape, case.mode, case.baseline) in keys, f"no baseline for {case}"
+        if case.baseline.startswith(harness.BEST):  # the fastest provider of a family: one must exist
+            prefix = case.baseline[len(harness.BEST):]
+            assert any(k[:3] == (case.op, case.shape, case.mode) and k[3].startswith(prefix) for k in keys), case
+        else:
+            assert (case.op, case.shape, case.mode, case.baseline) in keys, f"no baseline for {case}"
         assert case.bytes or case.flops or case.op.startswith(("vit", "clip", "swin", "igpt", "detr")), case
 
 
@@ -86,6 +90,41 @@ def test_records_ratios_errors_and_log(tmp_path, monkeypatch):
     harness.write_results(records, CEILINGS, ENV, str(tmp_path))
     assert len(json.loads((tmp_path / "results.json").read_text())["records"]) == 3
     assert "ours" in (tmp_path / "results.md").read_text()
+
+
+def test_best_of_a_family_as_baseline():
+    def record(provider, median):
+        return harness.Record("attention", provider, "fwd", "S", "bf16", "ms", median, None, None,
+                              baseline="best:sdpa-")
+    records = [record("sdpa-flash", 2.0), record("sdpa-cudnn", 1.0), record("ours", 0.8), record("flex", 0.5)]
+    harness._fill_ratios(records)
+    assert [r.ratio_vs_baseline for r in records] == [0.5, 1.0, 1.25, 2.0]
+
+
+def test_an_interrupted_run_keeps_its_records(tmp_path, monkeypatch):
+    _fake_time(monkeypatch)
+
+    def interrupted():
+        raise KeyboardInterrupt  # as the SIGTERM handler of benchmarks/run.py raises it
+
+    cases = [_case("torch"), _case("ours"), harness.BenchCase("op", "S", "fwd", "late", lambda: interrupted)]
+    log = tmp_path / "records.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        harness.run_cases(cases, CEILINGS, ENV, log_path=str(log))
+    records = harness.read_records(str(log))
+    assert [r.provider for r in records] == ["torch", "ours"] and records[1].ratio_vs_baseline == 1.0
+
+
+def test_case_inputs_are_released_and_a_dead_gpu_stops_the_run(monkeypatch):
+    _fake_time(monkeypatch)
+    holders = [[torch.zeros(1)] for _ in range(3)]
+    cases = [harness.BenchCase("op", "S", "fwd", f"p{i}", lambda: (lambda: None), bytes=1.0,
+                               grad_to_none=lambda holder=holder: holder) for i, holder in enumerate(holders)]
+    usable = iter([True, False, True])
+    monkeypatch.setattr(harness, "gpu_usable", lambda: next(usable))
+    records = harness.run_cases(cases, CEILINGS, ENV)
+    assert [r.provider for r in records] == ["p0", "p1"]  # p1 left the GPU unusable: p2 never starts
+    assert holders[0] == [] and holders[1] == [] and len(holders[2]) == 1
 
 
 def test_time_budget_stops_before_the_next_case(monkeypatch):

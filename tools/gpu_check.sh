@@ -76,7 +76,9 @@ fi
 step info info.log python3 -m vtkernels info
 TEST_PARALLEL=()
 python3 -c "import xdist" 2>/dev/null && TEST_PARALLEL=(-n "${TEST_WORKERS:-$(nproc)}")
-eval "TEST_EXTRA=(${TEST_ARGS:-})"  # (eval: keeps a quoted -k expression one argument)
+# (eval: a quoted argument such as -k 'not cuda' or --match 'a (b|c)' stays one argument)
+eval "TEST_EXTRA=(${TEST_ARGS:-})" "BENCH_EXTRA=(${BENCH_ARGS:-})" "TUNE_EXTRA=(${TUNE_ARGS:-})"
+eval "PROFILE_EXTRA=(${PROFILE_ARGS:---ops vit_clip,swin_igpt_detr --quick --match 'vtkernels\$'})"
 step tests tests.log python3 -m pytest tests -q -rfE --maxfail="${MAX_FAIL:-30}" --durations=15 "${TEST_PARALLEL[@]}" \
   --junitxml="$OUT_DIR/tests.xml" -p no:cacheprovider "${TEST_EXTRA[@]}"
 sanitize() {  # both tools, whatever the first finds; fails if either does
@@ -94,12 +96,12 @@ step sanitizer sanitizer.log bash -c sanitize
 # the case in flight and the writing of the results.
 BENCH_BUDGET=()
 [[ "${BENCH_ARGS:-}" == *--budget-s* ]] || BENCH_BUDGET=(--budget-s $((DEADLINE_S - SECONDS - 90)))
-step bench bench.log python3 benchmarks/run.py --update-preferences --out "$OUT_DIR/bench" "${BENCH_BUDGET[@]}" ${BENCH_ARGS:-}
+step bench bench.log python3 benchmarks/run.py --update-preferences --out "$OUT_DIR/bench" "${BENCH_BUDGET[@]}" \
+  "${BENCH_EXTRA[@]}"
 cp vtkernels/preferences.json "$OUT_DIR/bench/" 2>/dev/null  # commit it back: the measured backend order
 # The sweep writes tuning.json as it goes: killed at the deadline, it still returns what it measured.
-step tune tune.log python3 tools/tune.py --out "$OUT_DIR/tuning.json" ${TUNE_ARGS:-}
-step profile profile.log python3 benchmarks/kernel_profile.py --out "$OUT_DIR/bench" \
-  ${PROFILE_ARGS:---ops vit_clip,swin_igpt_detr --quick --match vtkernels$}
+step tune tune.log python3 tools/tune.py --out "$OUT_DIR/tuning.json" "${TUNE_EXTRA[@]}"
+step profile profile.log python3 benchmarks/kernel_profile.py --out "$OUT_DIR/bench" "${PROFILE_EXTRA[@]}"
 
 summary() {
   echo "| step | status | seconds |"

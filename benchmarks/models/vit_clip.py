@@ -203,8 +203,8 @@ def _clip_providers(preset: str) -> dict:
         if optimize:
             vtkernels.optimize(model)
         wrap = _compiled if compile_ else (lambda f: f)
-        image = wrap(lambda x: model.get_image_features(pixel_values=x).pooler_output)
-        text = wrap(lambda ids: model.get_text_features(input_ids=ids).pooler_output)
+        image = wrap(lambda x: _pooled(model.get_image_features(pixel_values=x)))
+        text = wrap(lambda ids: _pooled(model.get_text_features(input_ids=ids)))
         loss = wrap(lambda x, ids: model(input_ids=ids, pixel_values=x, return_loss=True).loss)
         return model, image, text, loss
 
@@ -237,6 +237,11 @@ def _clip_case(build, batch: int, what: str, vocab: int, length: int):
     return make
 
 
+def _pooled(output) -> torch.Tensor:
+    """HF get_image/text_features: a tensor in transformers 4.x, an output object in 5.x."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
 def _no_grad(fn, *args):
     with torch.no_grad():
         return fn(*args)
@@ -252,7 +257,7 @@ def cases(quick: bool = False):
                             flops=flops, baseline="timm", extra={"images": batch})
             if quick:
                 continue
-            train_batch = batch // 2
+            train_batch = batch  # issue 7: training at the inference batch (ViT-B/16: 256)
             yield BenchCase("vit", label + f" bs{train_batch}", "train", provider,
                             _vit_case(build, train_batch, True), flops=3 * flops * train_batch / batch,
                             baseline="timm", extra={"images": train_batch})

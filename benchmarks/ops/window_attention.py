@@ -1,7 +1,9 @@
 """Swin window attention benchmark: every Swin-T and Swin-B stage (224 px, window 7, shifted
 blocks) at B=64 and B=256, forward and forward+backward, from the qkv Linear's output to the
-proj Linear's input. Peers: timm-style eager (roll, partition, bias gather, dense mask, softmax,
-reverse, roll back), the same under torch.compile, SDPA with the dense bias+mask, FlexAttention
+proj Linear's input. Peers, each given timm's buffers (the relative-position index and the shift
+mask, built once per case as timm registers them): timm-style eager in the activation dtype (roll,
+partition, bias gather, dense mask, softmax, reverse, roll back: timm's WindowAttention without
+fused attention), the same under torch.compile, SDPA with the dense bias + mask, FlexAttention
 with the bias and mask as a score_mod over the partitioned windows.
 
 Also Swin patch merging (2x2 gather + LayerNorm(4C)) at the three merges of Swin-T and Swin-B,
@@ -36,21 +38,47 @@ def _unwindows(o, b, h, w, window, shift):
     return torch.roll(o, (shift, shift), (1, 2)) if shift else o
 
 
-def _dense_bias_mask(table, heads, h, w, window, shift):
-    """(nW or 1, heads, N, N) additive bias + shift mask, as timm builds it per call."""
-    n = window * window
-    bias = table[ref.relative_position_index(window).to(table.device).view(-1)].view(n, n, heads).permute(2, 0, 1)
-    if not shift:
-        return bias[None]
-    return bias[None] + ref.shift_mask(h, w, window, shift, device=table.device, dtype=table.dtype)[:, None]
+def _buffers(size, window, shift):
+    """timm's registered buffers: the (N, N) relative-position index and the (nW, N, N) shift mask
+    (None unshifted) in the activation dtype."""
+    index = ref.relative_position_index(window).cuda()
+    mask = ref.shift_mask(size, size, window, shift, device="cuda", dtype=DTYPE) if shift else None
+    return index, mask
 
 
-def _sdpa(qkv, table, heads, window, shift):
+def _heads(qkv, heads, window, shift):
+    """q, k, v (B * nW, heads, N, d) of the rolled, partitioned map."""
     b, h, w, c3 = qkv.shape
-    x = _windows(qkv, window, shift).view(-1, window * window, 3, heads, c3 // 3 // heads).permute(2, 0, 3, 1, 4)
-    mask = _dense_bias_mask(table, heads, h, w, window, shift)
-    mask = mask.repeat(b, 1, 1, 1) if mask.shape[0] > 1 else mask
-    o = torch.nn.functional.scaled_dot_product_attention(x[0], x[1], x[2], attn_mask=mask.to(qkv.dtype))
+    x = _windows(qkv, window, shift).view(-1, window * window, 3, heads, c3 // 3 // heads)
+    return x.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _bias(table, index, heads, dtype):
+    """(heads, N, N) relative-position bias gathered from the table, as timm does per call."""
+    n = index.shape[0]
+    return table[index.view(-1)].view(n, n, heads).permute(2, 0, 1).to(dtype)
+
+
+def _timm_style(qkv, table, heads, window, shift, buffers):
+    index, mask = buffers
+    b, h, w, c3 = qkv.shape
+    q, k, v = _heads(qkv, heads, window, shift)
+    attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + _bias(table, index, heads, qkv.dtype)[None]
+    if mask is not None:
+        n = attn.shape[-1]
+        attn = (attn.view(-1, mask.shape[0], heads, n, n) + mask[None, :, None]).view(-1, heads, n, n)
+    o = attn.softmax(-1) @ v
+    return _unwindows(o.transpose(1, 2).flatten(2), b, h, w, window, shift)
+
+
+def _sdpa(qkv, table, heads, window, shift, buffers):
+    index, mask = buffers
+    b, h, w, c3 = qkv.shape
+    q, k, v = _heads(qkv, heads, window, shift)
+    dense = _bias(table, index, heads, qkv.dtype)[None]
+    if mask is not None:  # (B * nW, heads, N, N): the shift mask repeated per image
+        dense = (dense + mask[:, None]).repeat(b, 1, 1, 1)
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense)
     return _unwindows(o.transpose(1, 2).flatten(2), b, h, w, window, shift)
 
 
@@ -59,29 +87,36 @@ def _flex():
 
     compiled = torch.compile(flex_attention, dynamic=False)
 
-    def run(qkv, table, heads, window, shift):
+    def run(qkv, table, heads, window, shift, buffers):
+        index, mask = buffers
         b, h, w, c3 = qkv.shape
-        x = _windows(qkv, window, shift).view(-1, window * window, 3, heads, c3 // 3 // heads).permute(2, 0, 3, 1, 4)
-        index = ref.relative_position_index(window).to(qkv.device)
-        mask = (ref.shift_mask(h, w, window, shift, device=qkv.device) if shift
-                else torch.zeros(1, window * window, window * window, device=qkv.device))
-        n_win = mask.shape[0]
+        q, k, v = _heads(qkv, heads, window, shift)
+        if mask is None:
+            def score_mod(score, batch, head, qi, ki):
+                return score + table[index[qi, ki], head]
+        else:
+            n_win = mask.shape[0]
 
-        def score_mod(score, batch, head, q, kv):
-            return score + table[index[q, kv], head] + mask[batch % n_win, q, kv]
+            def score_mod(score, batch, head, qi, ki):
+                return score + table[index[qi, ki], head] + mask[batch % n_win, qi, ki]
 
-        o = compiled(x[0], x[1], x[2], score_mod=score_mod)
+        o = compiled(q, k, v, score_mod=score_mod)
         return _unwindows(o.transpose(1, 2).flatten(2), b, h, w, window, shift)
     return run
 
 
+def _vtkernels(backend):
+    def run(qkv, table, heads, window, shift, buffers):
+        return vtkernels.window_attention(qkv, table, heads, window, shift, backend=backend)
+    return run
+
+
 def _providers():
-    eager = lambda qkv, t, heads, m, s: ref.window_attention(qkv, t, heads, m, s)  # noqa: E731
     providers = {
-        "vtkernels-triton": lambda qkv, t, heads, m, s: vtkernels.window_attention(qkv, t, heads, m, s, backend="triton"),
-        "vtkernels-cuda": lambda qkv, t, heads, m, s: vtkernels.window_attention(qkv, t, heads, m, s, backend="cuda"),
-        "timm-eager": eager,
-        "timm-eager.compile": torch.compile(eager, dynamic=False),
+        "vtkernels-triton": _vtkernels("triton"),
+        "vtkernels-cuda": _vtkernels("cuda"),
+        "timm-eager": _timm_style,
+        "timm-eager.compile": torch.compile(_timm_style, dynamic=False),
         "sdpa-dense-mask": _sdpa,
     }
     try:
@@ -95,11 +130,12 @@ def _make(fn, batch, size, channels, heads, shift, backward, holder):
     def make():
         qkv = torch.randn(batch, size, size, 3 * channels, device="cuda", dtype=DTYPE, requires_grad=backward)
         table = torch.randn((2 * WINDOW - 1) ** 2, heads, device="cuda", dtype=torch.float32, requires_grad=backward)
+        buffers = _buffers(size, WINDOW, shift)
         if not backward:
-            return lambda: fn(qkv, table, heads, WINDOW, shift)
+            return lambda: fn(qkv, table, heads, WINDOW, shift, buffers)
         dout = torch.randn(batch, size, size, channels, device="cuda", dtype=DTYPE)
         holder[:] = [qkv, table]
-        return lambda: fn(qkv, table, heads, WINDOW, shift).backward(dout)
+        return lambda: fn(qkv, table, heads, WINDOW, shift, buffers).backward(dout)
     return make
 
 
