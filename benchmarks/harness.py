@@ -168,7 +168,7 @@ def gpu_usable() -> bool:
         return False
 
 
-def _release(grads) -> bool:
+def release_case(grads) -> bool:
     """Frees what a finished case holds; returns :func:`gpu_usable`."""
     if isinstance(grads, list):
         grads.clear()  # the case's input holder: its tensors and gradients go now, not at the end of the run
@@ -207,7 +207,7 @@ def run_cases(cases: list[BenchCase], ceilings: dict, env: dict, budget_s: Optio
             rec.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         finally:
             fn = None
-            usable = _release(grads)
+            usable = release_case(grads)
         if rec.median:
             seconds = rec.median * 1e-3
             floors = []

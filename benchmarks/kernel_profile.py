@@ -155,7 +155,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         except Exception as exc:  # noqa: BLE001 - a failing case is a line in the report, not a crash
             result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         results.append(result)
-        torch.cuda.empty_cache()
+        if not harness.release_case(None):
+            print(f"\nthe GPU is unusable after {label}: the remaining cases are not profiled")
+            break
     harness.progress(len(cases), len(cases), "done")
     out = args.out or harness.default_out_dir(env)
     os.makedirs(out, exist_ok=True)
