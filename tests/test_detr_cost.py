@@ -134,7 +134,11 @@ def test_gpu_kernels_match_reference(backend, dtype):
     same = detr_match_cost(*problem, 1.0, 5.0, 2.0, backend="reference")
     out = detr_match_cost(*problem, 1.0, 5.0, 2.0, backend=backend)
     assert (out[0, 3] == torch.finfo(torch.float32).max).all()
-    assert_close(out, ref, dtype if dtype != torch.float32 else torch.float32, same_dtype_ref=same)
+    # The rest without that row: its 3.4e38 entries would dominate a relative error and hide any
+    # mismatch elsewhere.
+    keep = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
+    keep[0, 3] = False
+    assert_close(out[keep], ref[keep], dtype, same_dtype_ref=same[keep])
     labels, boxes = problem[2], problem[3]
     empty = detr_match_cost(problem[0], problem[1], labels[:, :0], boxes[:, :0], backend=backend)
     assert empty.shape == (3, 100, 0)

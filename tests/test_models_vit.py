@@ -165,7 +165,7 @@ def test_fused_bf16_on_gpu():
 
 @pytest.mark.gpu
 def test_cuda_backend_inference_bf16():
-    """The CUDA kernels (attention is forward-only there) run a whole ViT for inference."""
+    """The CUDA kernels run a whole ViT for inference."""
     reason = vtkernels.backend.extension_failure()
     if reason:
         pytest.skip(reason)

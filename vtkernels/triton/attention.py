@@ -337,18 +337,21 @@ def aot_configs():
 
 
 def _aot_decode(head_dim: int, name: str, base: dict, ptrs: dict, values: dict):
-    """Decoding (causal): one query of 64 (batch, head) pairs against a cache of 1025 keys, split
-    in key ranges (fp32 partial outputs) and merged, as on an H100 (132 SMs)."""
+    """iGPT decoding: one query of 64 (batch, head) pairs against the 1024-slot cache, the slots
+    not yet written hidden by a key-padding mask broadcast over the batch (stride 0; no causal
+    rule), split in key ranges (fp32 partial outputs) and merged, as on an H100 (132 SMs)."""
+    n_kv = 1024
     cfg = launch_config(head_dim, torch.bfloat16, "fwd", n=1)
-    cfg["TAIL_N"] = key_tail_block(1025, cfg["BLOCK_N"], causal=True)
+    cfg["TAIL_N"] = key_tail_block(n_kv, cfg["BLOCK_N"], causal=False)
     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
     pairs, heads = 64, values["n_heads"]
-    splits, split_keys = key_splits(pairs, 1025, cfg["BLOCK_N"], 2 * 132)
+    splits, split_keys = key_splits(pairs, n_kv, cfg["BLOCK_N"], 2 * 132)
     rows = {"stride_ob": heads * head_dim, "stride_oh": head_dim, "stride_on": head_dim}  # (B, H, 1, d)
-    decode = {**values, **rows, "n_q": 1, "n_kv": 1025, "first_row": 0, "split_keys": split_keys,
+    decode = {**values, **rows, "n_q": 1, "n_kv": n_kv, "stride_mb": 0, "first_row": 0, "split_keys": split_keys,
               "stride_out_split": pairs * head_dim, "stride_lse_split": pairs, "out_rows": 1}
+    flags = {**base, "CAUSAL": False, "HAS_PAD_MASK": True}
     for sig, constexprs in _tma_variants("fwd", _FWD_ARGS, cfg, name, head_dim, {**ptrs, "Out": "*fp32"}):
-        yield attention_fwd_kernel, sig, {**base, **constexprs}, options, decode
+        yield attention_fwd_kernel, sig, {**flags, **constexprs}, options, decode
     cfg = launch_config(head_dim, torch.bfloat16, "combine")
     sig = _signature(_COMBINE_ARGS, {"Part": "*fp32", "PartLse": "*fp32", "Out": f"*{name}", "Lse": "*fp32"})
     partials = {"stride_ps": pairs * head_dim, "stride_pb": heads * head_dim, "stride_ph": head_dim,
