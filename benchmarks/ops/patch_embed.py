@@ -54,7 +54,9 @@ def _providers():
     }
 
 
-def _inputs(shape, requires_grad):
+def _inputs(shape, requires_grad, channels_last=False):
+    """Images (in channels_last memory for that peer: a data loader can deliver them so, and the
+    conversion is no part of the convolution), weight, bias, cls token, position embedding."""
     batch, side, patch, dim, with_tokens = shape
     num_patches = (side // patch) ** 2
 
@@ -62,6 +64,7 @@ def _inputs(shape, requires_grad):
         return (torch.randn(*s, device="cuda") * 0.02).to(DTYPE).requires_grad_(requires_grad)
 
     x = torch.randn(batch, 3, side, side, device="cuda", dtype=DTYPE)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     cls = param(1, 1, dim) if with_tokens else None
     pos = param(1, num_patches + 1, dim) if with_tokens else None
     return x, param(dim, 3, patch, patch), param(dim), cls, pos
@@ -76,16 +79,16 @@ def _flops_bytes(shape):
     return flops, bytes_moved
 
 
-def _forward_case(fn, shape):
+def _forward_case(fn, shape, channels_last):
     def make():
-        x, w, b, cls, pos = _inputs(shape, False)
+        x, w, b, cls, pos = _inputs(shape, False, channels_last)
         return lambda: fn(x, w, b, cls, pos, shape[2])
     return make
 
 
-def _train_case(fn, shape, holder):
+def _train_case(fn, shape, holder, channels_last):
     def make():
-        x, w, b, cls, pos = _inputs(shape, True)
+        x, w, b, cls, pos = _inputs(shape, True, channels_last)
         dy = torch.randn_like(fn(x, w, b, cls, pos, shape[2]))
         holder[:] = [t for t in (w, b, cls, pos) if t is not None]
         return lambda: fn(x, w, b, cls, pos, shape[2]).backward(dy)
@@ -124,10 +127,11 @@ def cases(quick: bool = False):
     for label, shape in shapes.items():
         flops, bytes_moved = _flops_bytes(shape)
         for provider, fn in _providers().items():
-            yield BenchCase("patch_embed", label, "fwd", provider, _forward_case(fn, shape), flops=flops,
+            channels_last = "channels_last" in provider
+            yield BenchCase("patch_embed", label, "fwd", provider, _forward_case(fn, shape, channels_last), flops=flops,
                             bytes=bytes_moved)
             holder: list = []
             # forward + d weight (the images need no gradient when training): 2x the forward FLOPs
-            yield BenchCase("patch_embed", label, "fwd+bwd", provider, _train_case(fn, shape, holder),
+            yield BenchCase("patch_embed", label, "fwd+bwd", provider, _train_case(fn, shape, holder, channels_last),
                             flops=2 * flops, grad_to_none=lambda holder=holder: holder)
         yield from _uint8_cases(label, shape)
