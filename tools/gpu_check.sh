@@ -22,7 +22,8 @@
 #
 # A session's device time (15 minutes, the machine's start included) holds one full call. The
 # first one on a new machine should favour the Triton kernels, which the automatic choice and
-# the targets count, over the CUDA build:
+# the targets count, over the CUDA build (the tests are capped at MAX_S_TESTS = 300 s there, so
+# the benchmarks get the rest):
 #   STEPS=info,tests,bench TEST_ARGS="-k 'not cuda'" BENCH_ARGS="--ops norm,attention,mlp" \
 #     bash tools/gpu_check.sh $OUT
 set -uo pipefail
@@ -42,11 +43,15 @@ fi
 
 # Every step ends by DEADLINE_S seconds after the start (default 570: the device tool's calls
 # stop at 600), killed if it must be, so that the results are always packed and returned.
+# A step may also be capped on its own by MAX_S_<NAME> (e.g. MAX_S_TESTS=300): with the
+# benchmarks in the same call the tests get at most 300 s by default, so that the suite still runs.
 DEADLINE_S=${DEADLINE_S:-570}
+[[ ",$STEPS," == *",bench,"* ]] && : "${MAX_S_TESTS:=300}"
 step() {  # step NAME LOG COMMAND...
   local name=$1 log=$2; shift 2
   [[ ",$STEPS," == *",$name,"* ]] || { STATUS[$name]="skipped"; return; }
-  local start=$SECONDS left=$((DEADLINE_S - SECONDS - 15))
+  local start=$SECONDS left=$((DEADLINE_S - SECONDS - 15)) cap_var="MAX_S_${name^^}"
+  [[ -n "${!cap_var:-}" ]] && (( ${!cap_var} < left )) && left=${!cap_var}
   (( left > 10 )) || { STATUS[$name]="not run (deadline)"; return; }
   echo "== $name (at most ${left} s): $*"
   timeout --kill-after=10 "$left" "$@" >"$OUT_DIR/$log" 2>&1
@@ -79,7 +84,8 @@ python3 -c "import xdist" 2>/dev/null && TEST_PARALLEL=(-n "${TEST_WORKERS:-$(np
 # (eval: a quoted argument such as -k 'not cuda' or --match 'a (b|c)' stays one argument)
 eval "TEST_EXTRA=(${TEST_ARGS:-})" "BENCH_EXTRA=(${BENCH_ARGS:-})" "TUNE_EXTRA=(${TUNE_ARGS:-})"
 eval "PROFILE_EXTRA=(${PROFILE_ARGS:---ops vit_clip,swin_igpt_detr --quick --match 'vtkernels\$'})"
-step tests tests.log python3 -m pytest tests -q -rfE --maxfail="${MAX_FAIL:-30}" --durations=15 "${TEST_PARALLEL[@]}" \
+# -v: every result is logged as it comes, so a run killed at its cap still says what failed.
+step tests tests.log python3 -m pytest tests -v -rfE --maxfail="${MAX_FAIL:-30}" --durations=15 "${TEST_PARALLEL[@]}" \
   --junitxml="$OUT_DIR/tests.xml" -p no:cacheprovider "${TEST_EXTRA[@]}"
 sanitize() {  # both tools, whatever the first finds; fails if either does
   local tool rc=0
@@ -110,7 +116,8 @@ summary() {
     echo "| $name | ${STATUS[$name]} | ${SECONDS_TAKEN[$name]:-} |"
   done
   grep -E "passed|failed" "$OUT_DIR/tests.log" 2>/dev/null | tail -n 1
-  grep -E "^(FAILED|ERROR) " "$OUT_DIR/tests.log" 2>/dev/null | head -n 40
+  grep -oE "(PASSED|FAILED|ERROR|SKIPPED) tests/" "$OUT_DIR/tests.log" 2>/dev/null | sort | uniq -c
+  grep -oE "(FAILED|ERROR) tests/[^ ]+" "$OUT_DIR/tests.log" 2>/dev/null | sort -u | head -n 40
   grep -E "ERROR SUMMARY" "$OUT_DIR/sanitizer.log" 2>/dev/null
 }
 summary >"$OUT_DIR/summary.md"
