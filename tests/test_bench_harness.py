@@ -174,3 +174,19 @@ def test_kernel_profile_tables_and_kinds():
     assert kernel_profile.kernel_kind("void at::native::vectorized_elementwise_kernel<4, ...>") == "pytorch"
     text = kernel_profile.markdown([{"case": "op S fwd p", "kernels": rows}, {"case": "x", "error": "E: no"}], top=2)
     assert "## op S fwd p" in text and text.count("| `") == 2 and "failed: E: no" in text
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+def test_window_attention_peers_compute_the_reference(shift):
+    """The timm-style and SDPA peers (given timm's buffers, on CPU tensors) compute what the op
+    computes: their ratios compare equal work."""
+    from benchmarks.ops import window_attention as bench
+    from vtkernels.reference import window_attention as ref
+
+    batch, size, channels, heads, window = 2, 14, 64, 2, 7
+    qkv = torch.randn(batch, size, size, 3 * channels)
+    table = torch.randn((2 * window - 1) ** 2, heads)
+    buffers = (ref.relative_position_index(window), ref.shift_mask(size, size, window, shift) if shift else None)
+    expected = ref.window_attention(qkv.double(), table.double(), heads, window, shift).float()
+    for peer in (bench._timm_style, bench._sdpa):
+        torch.testing.assert_close(peer(qkv, table, heads, window, shift, buffers), expected, atol=1e-5, rtol=1e-5)
