@@ -168,13 +168,15 @@ def gpu_usable() -> bool:
         return False
 
 
-def release_case(grads) -> bool:
-    """Frees what a finished case holds; returns :func:`gpu_usable`."""
+def release_case(grads, reset_dynamo: bool = True) -> bool:
+    """Frees what a finished case holds; returns :func:`gpu_usable`. Dynamo's recompile limit (8
+    per function) is shared by every torch.compile wrapper of one function: past it, calls
+    silently run eager. Resetting Dynamo between shapes keeps each shape's compiles within it; the
+    cases of one shape (forward, then forward + backward) share theirs."""
     if isinstance(grads, list):
         grads.clear()  # the case's input holder: its tensors and gradients go now, not at the end of the run
-    # Each case compiles its own callables, and Dynamo's recompile limit (8 per function) is shared
-    # by every torch.compile wrapper of one function: past it, calls silently run eager.
-    torch._dynamo.reset()
+    if reset_dynamo:
+        torch._dynamo.reset()
     return gpu_usable()
 
 
@@ -207,7 +209,8 @@ def run_cases(cases: list[BenchCase], ceilings: dict, env: dict, budget_s: Optio
             rec.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         finally:
             fn = None
-            usable = release_case(grads)
+            next_shape = (cases[i + 1].op, cases[i + 1].shape) if i + 1 < len(cases) else None
+            usable = release_case(grads, reset_dynamo=next_shape != (case.op, case.shape))
         if rec.median:
             seconds = rec.median * 1e-3
             floors = []

@@ -190,3 +190,15 @@ def test_window_attention_peers_compute_the_reference(shift):
     expected = ref.window_attention(qkv.double(), table.double(), heads, window, shift).float()
     for peer in (bench._timm_style, bench._sdpa):
         torch.testing.assert_close(peer(qkv, table, heads, window, shift, buffers), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dynamo_is_reset_between_shapes_not_within_one(monkeypatch):
+    """Compiled peers recompile per shape; past Dynamo's recompile limit they would run eager. The
+    harness resets Dynamo when the shape changes, so the cases of one shape share their compiles."""
+    _fake_time(monkeypatch)
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(len(resets)))
+    cases = [harness.BenchCase("op", shape, mode, "p", lambda: (lambda: None), bytes=1.0)
+             for shape, mode in (("S1", "fwd"), ("S1", "fwd+bwd"), ("S2", "fwd"))]
+    records = harness.run_cases(cases, CEILINGS, ENV)
+    assert len(records) == 3 and len(resets) == 2  # after S1's last case and after S2's
