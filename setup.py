@@ -12,6 +12,13 @@ import shutil
 from setuptools import find_packages, setup
 
 
+# torch guesses CUDA_HOME from `which nvcc` (two folders up) when it is unset, which is wrong where
+# nvcc is a wrapper outside the toolkit (e.g. /usr/local/bin/nvcc): the toolkit's usual place
+# wins. Set before torch.utils.cpp_extension is imported, which reads it once.
+if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/include/cuda_runtime.h"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
 def _cuda_build_reason():
     """(build?, why) for the extension."""
     if os.environ.get("SKIP_CUDA") == "1":
@@ -25,7 +32,8 @@ def _cuda_build_reason():
         return False, "torch is not installed at build time"
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} has no CUDA"
-    if CUDA_HOME is None and shutil.which("nvcc") is None:
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else None
+    if not (nvcc and os.path.exists(nvcc)) and shutil.which("nvcc") is None:
         return False, "nvcc not found"
     return True, f"torch {torch.__version__} with CUDA {torch.version.cuda}"
 
