@@ -66,10 +66,6 @@ step() {  # step NAME LOG COMMAND...
 }
 
 nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1
-# torch guesses CUDA_HOME from `which nvcc`, wrong where nvcc is a wrapper outside the toolkit.
-if [[ -z "${CUDA_HOME:-}" && -f /usr/local/cuda/include/cuda_runtime.h ]]; then
-  export CUDA_HOME=/usr/local/cuda
-fi
 step build build.log env FORCE_CUDA=1 python3 setup.py build_ext --inplace
 # The built extension comes back with the results, stripped of debug info (70 MB -> 16 MB for
 # sm_90: the device tool returns files up to 16 MiB): a later call on a fresh machine can carry

@@ -31,18 +31,17 @@ from vtkernels.reference import attention as reference_attention
 
 LAYOUTS = ("bhnd", "bnhd")
 HEAD_DIMS = (32, 64, 80, 96, 128)
-MAX_GRID_Y = 65535  # CUDA's grid y / z limit: Triton puts batch * heads there, the extension heads and batch
 
 
 def _kernel_refusals(backend: str, q: Tensor, layout: str, **_) -> list[str]:
     reasons = []
     if q.shape[-1] not in HEAD_DIMS:
         reasons.append(f"head_dim {q.shape[-1]} is not one of {HEAD_DIMS}")
-    batch, heads = q.shape[0], q.shape[2 if layout == "bnhd" else 1]
-    if backend == "triton" and batch * heads > MAX_GRID_Y:
-        reasons.append(f"batch * heads must be <= {MAX_GRID_Y} (one grid row per (batch, head))")
-    if backend == "cuda" and max(batch, heads) > MAX_GRID_Y:
-        reasons.append(f"batch and heads must each be <= {MAX_GRID_Y} (grid dimensions)")
+    batch, heads = q.shape[0], q.shape[2 if layout == "bnhd" else 1]  # Triton's grid y: batch * heads
+    if backend == "triton" and batch * heads > checks.MAX_GRID_Y:
+        reasons.append(f"batch * heads must be <= {checks.MAX_GRID_Y} (one grid row per (batch, head))")
+    if backend == "cuda" and max(batch, heads) > checks.MAX_GRID_Y:
+        reasons.append(f"batch and heads must each be <= {checks.MAX_GRID_Y} (grid dimensions)")
     return reasons
 
 

@@ -11,6 +11,9 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FLOAT_DTYPES = KERNEL_DTYPES + (torch.float64,)
 # Dtypes the Triton interpreter on the CPU computes correctly (bf16 is broken there).
 INTERPRETER_DTYPES = (torch.float32, torch.float16)
+# CUDA's limit on a launch grid's y and z dimensions (x allows 2^31 - 1): the kernels put batch,
+# heads or windows there.
+MAX_GRID_Y = 65535
 
 
 def check_tensor(name: str, t: torch.Tensor, *, dtypes: Iterable[torch.dtype] = FLOAT_DTYPES, ndim: Optional[int] = None) -> None:

@@ -21,8 +21,8 @@ from vtkernels.reference import detr_cost as reference_detr_cost
 
 
 def _kernel_refusals(backend: str, logits: Tensor, **_) -> list[str]:
-    if backend == "cuda" and logits.shape[0] > 65535:
-        return [f"batch {logits.shape[0]} > 65535 (one grid row per image)"]
+    if backend == "cuda" and logits.shape[0] > checks.MAX_GRID_Y:
+        return [f"batch {logits.shape[0]} > {checks.MAX_GRID_Y} (one grid row per image)"]
     return []
 
 

@@ -26,8 +26,9 @@ MAX_CUDA_ROWS = 2**31 - 1  # the CUDA grid's x axis (csrc/torch_checks.h, check_
 def _kernel_refusals(backend: str, x: Tensor, **_) -> list[str]:
     if x.shape[-1] > MAX_COLS:
         return [f"normalized size {x.shape[-1]} > {MAX_COLS} (one row must fit on chip)"]
-    if backend == "cuda" and x.numel() // max(x.shape[-1], 1) > MAX_CUDA_ROWS:
-        return [f"{x.numel() // x.shape[-1]} rows > {MAX_CUDA_ROWS} (one CUDA block per row at most)"]
+    rows = x.numel() // max(x.shape[-1], 1)
+    if backend == "cuda" and rows > MAX_CUDA_ROWS:
+        return [f"{rows} rows > {MAX_CUDA_ROWS} (one CUDA block per row at most)"]
     return []
 
 
@@ -113,11 +114,7 @@ def _validate(x, residual, weight, bias, eps):
 
 def _rows(t: Optional[Tensor], cols: int) -> Optional[Tensor]:
     """(..., cols) -> (rows, cols) with unit column stride, a view where strides allow."""
-    if t is None:
-        return None
-    if t.stride(-1) != 1:
-        t = t.contiguous()
-    return t.reshape(-1, cols)
+    return None if t is None else checks.unit_stride(t).reshape(-1, cols)
 
 
 def _norm(x, weight, bias, eps, residual, rms, backend):

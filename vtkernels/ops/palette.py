@@ -28,8 +28,8 @@ TOKEN_DTYPES = (torch.int64, torch.int32)
 
 
 def _kernel_refusals(backend: str, batch: int, **_) -> list[str]:
-    if batch > 65535:  # both backends launch (pixel blocks, images)
-        return [f"batch {batch} > 65535 (one grid row per image)"]
+    if batch > checks.MAX_GRID_Y:  # both backends launch (pixel blocks, images)
+        return [f"batch {batch} > {checks.MAX_GRID_Y} (one grid row per image)"]
     return []
 
 

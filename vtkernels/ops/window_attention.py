@@ -69,8 +69,8 @@ def _kernel_refusals(backend: str, qkv: Tensor, rel_pos_table: Tensor, head_dim:
     if head_dim > max_dim:
         reasons.append(f"head_dim {head_dim} > {max_dim}")
     n_windows = math.ceil(qkv.shape[1] / window) * math.ceil(qkv.shape[2] / window)
-    if n_windows > 65535:
-        reasons.append(f"{n_windows} windows per image > 65535 (the grid's second axis)")
+    if n_windows > checks.MAX_GRID_Y:
+        reasons.append(f"{n_windows} windows per image > {checks.MAX_GRID_Y} (the grid's second axis)")
     if backend == "cuda" and not reasons and qkv.is_cuda:
         backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (qkv, rel_pos_table, pad_qkv))
         refusal = cuda_shared_memory_refusal(qkv.device.index, window, head_dim, backward)
@@ -201,7 +201,7 @@ def window_attention(qkv: Tensor, rel_pos_table: Tensor, num_heads: int, window_
                                           mask_value, pad_qkv, pad_first)
     if qkv.shape[1] % window == 0 and qkv.shape[2] % window == 0:
         pad_qkv = None  # no padding tokens: nothing reads it and its gradient is zero
-    qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
+    qkv = checks.unit_stride(qkv)
     return call_window_attention_fwd(qkv, rel_pos_table.contiguous(), None if pad_qkv is None else pad_qkv.contiguous(),
                                      num_heads, window, window_size, shift, scale, float(mask_value), pad_first, chosen)
 
