@@ -128,6 +128,29 @@ def test_triton_tma_falls_back_where_tma_cannot_address(kernel_spy):
     assert not tma_usable(torch.zeros(1, 16, dtype=torch.float16).expand(4, 16))  # a broadcast row
 
 
+def test_descriptor_equals_tritons_own():
+    """vtkernels.triton.tma.descriptor sets TensorDescriptor's fields without its constructor (whose
+    checks tma_usable made): the same type and fields as the constructor's, for the operand kinds
+    the kernels use (a (B, H, N, d) view of a fused qkv, a matrix, a column slice of one)."""
+    import dataclasses
+
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from vtkernels.triton.tma import descriptor, tma_usable
+
+    qkv = torch.zeros(2, 77, 3, 8, 64, dtype=torch.float16)
+    for t, block in ((qkv[:, :, 1].transpose(1, 2), (1, 1, 64, 64)), (torch.zeros(48, 32, dtype=torch.bfloat16), (16, 32)),
+                     (torch.zeros(32, 48, dtype=torch.float16)[:, :40], (32, 16))):
+        assert tma_usable(t)
+        ours, theirs = descriptor(t, *block), TensorDescriptor(t, list(t.shape), list(t.stride()), list(block))
+        assert type(ours) is TensorDescriptor
+        for field in dataclasses.fields(TensorDescriptor):
+            if field.name == "base":
+                assert ours.base is theirs.base
+            else:
+                assert getattr(ours, field.name) == getattr(theirs, field.name), field.name
+
+
 @pytest.mark.interpreter
 def test_vtkernels_tma_0_turns_tma_off(kernel_spy, monkeypatch):
     force, ran = kernel_spy

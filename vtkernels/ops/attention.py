@@ -53,6 +53,12 @@ def _bhnd(t: Tensor, layout: str) -> Tensor:
     return t.transpose(1, 2) if layout == "bnhd" else t
 
 
+def _bhnd_shape(t: Tensor, layout: str) -> tuple[int, int, int, int]:
+    """The (B, H, N, d) shape of a tensor in ``layout`` (shape arithmetic: a view costs ~1 us)."""
+    a, b, c, d = t.shape
+    return (a, c, b, d) if layout == "bnhd" else (a, b, c, d)
+
+
 def _kernels(backend: str):
     """The backend's (forward, backward)."""
     return kernel_functions(backend, triton_module="vtkernels.triton.attention", triton=("forward", "backward"),
@@ -60,7 +66,7 @@ def _kernels(backend: str):
 
 
 def _lse_shape(q: Tensor, layout: str) -> tuple[int, int, int]:
-    batch, heads, n_q, _ = _bhnd(q, layout).shape
+    batch, heads, n_q, _ = _bhnd_shape(q, layout)
     return batch, heads, n_q
 
 
@@ -198,10 +204,9 @@ def _validate(q, k, v, causal, key_padding_mask, scale, layout) -> None:
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise ValueError(f"scale must be a finite float or None, got {scale!r}")
     names = "(B, H, N, head_dim)" if layout == "bhnd" else "(B, N, H, head_dim)"
-    qb, kb = _bhnd(q, layout), _bhnd(k, layout)
-    batch, heads, _, head_dim = qb.shape
-    n_kv = kb.shape[2]
-    if kb.shape[0] != batch or kb.shape[1] != heads or kb.shape[3] != head_dim:
+    batch, heads, _, head_dim = _bhnd_shape(q, layout)
+    k_batch, k_heads, n_kv, k_head_dim = _bhnd_shape(k, layout)
+    if (k_batch, k_heads, k_head_dim) != (batch, heads, head_dim):
         raise ValueError(f"k must match q in batch, heads and head_dim (layout {layout!r}: {names}); "
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}")
     checks.check_shape("v", v, tuple(k.shape))

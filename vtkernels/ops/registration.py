@@ -11,8 +11,9 @@ adds up for models whose GPU time per op is short (CLIP text, DETR at batch 8).
 
 :func:`forward_call` registers the op's autograd and returns the function the public code
 calls: in plain eager mode (real tensors, no dispatch mode, tracer or torch.func transform) an
-``autograd.Function`` with the same ``setup_context`` and ``backward`` over the op's
-implementation (or the implementation alone when nothing needs a gradient); otherwise, and
+``autograd.Function`` whose forward runs the op's implementation and then the same
+``setup_context``, with the same ``backward`` (or the implementation alone when nothing needs a
+gradient); otherwise, and
 under torch.compile, the custom op itself (FakeTensorMode, make_fx, jit.trace and compiled
 autograd need its fake implementation and dispatch). The eager Function passes None, not a zero
 tensor, as the gradient of an output nothing used (``set_materialize_grads(False)``): a backward
@@ -77,16 +78,20 @@ def forward_call(op, backward: Optional[Callable] = None, setup_context: Optiona
             finally:
                 _eager_backward.reset(token)
 
-        def function_setup_context(ctx, inputs, output):
+        def function_forward(ctx, *inputs):
+            output = implementation(*inputs)
             # Outputs that are saved for the backward, not used (the MLP's hidden activations,
             # attention's logsumexp, the norm's statistics), get None, not a zero tensor each:
             # for ViT-B's MLP at batch 256 that was 2 x 310 MB written per layer per backward.
             ctx.set_materialize_grads(False)
             setup_context(ctx, inputs, output)
+            return output
 
+        # forward(ctx, *inputs) calling setup_context itself, not a separate setup_context
+        # staticmethod: with one, Function.apply binds the arguments through inspect.signature on
+        # every call (~20 us of host time; the calls here are positional, nothing to bind).
         name = "Eager" + "".join(part.title() for part in getattr(implementation, "__name__", "op").split("_"))
-        function = type(name, (torch.autograd.Function,), {"forward": staticmethod(implementation),
-                                                           "setup_context": staticmethod(function_setup_context),
+        function = type(name, (torch.autograd.Function,), {"forward": staticmethod(function_forward),
                                                            "backward": staticmethod(function_backward)})
 
         def eager(*args):

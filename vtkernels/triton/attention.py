@@ -8,6 +8,7 @@ so the (B, N, H, d) layout of a fused qkv projection is read in place (the op pa
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -104,28 +105,38 @@ def key_tail_block(n_kv: int, block_n: int, causal: bool) -> int:
     return min(block_n, max(16, next_power_of_2(leftover)))
 
 
-def program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int) -> list[tuple[int, int, dict]]:
+def program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int) -> tuple[tuple[int, int, dict], ...]:
     """How the rows of ``kernel``'s program axis (queries of "fwd" / "dq", keys of "dkdv"; n of
     them) split into launches: [(first row, rows, launch config)]. Tiles of T rows waste up to
     T - 1 rows per (batch, head), a large share at ViT's 197 tokens (256 computed with 128-row
     tiles). The rows that fill whole tiles run in one launch and the leftover rows in a second one
     with the smallest tile that holds them; the tile (the default or 64 rows) that computes the
     fewest rows wins, ties to one launch: 197 -> 3 x 64 + 16, 257 -> 2 x 128 + 16,
-    577 -> 9 x 64 + 16, 1024 -> 8 x 128."""
+    577 -> 9 x 64 + 16, 1024 -> 8 x 128.
+
+    Cached (these heuristics took ~10 us of host time per call), so the configs are shared: copy
+    one before changing it."""
+    return _program_launches(head_dim, dtype, kernel, n, launch_config, triton_interpreter_enabled())
+
+
+@functools.lru_cache(maxsize=4096)
+def _program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int, config, _interpreted: bool):
+    # Keyed on ``config``, the module's launch_config when called (tests replace it), and on the
+    # interpreter setting, which launch_config's TMA default reads.
     tile = PROGRAM_TILE[kernel]
-    default = launch_config(head_dim, dtype, kernel, n)
+    default = config(head_dim, dtype, kernel, n)
     candidates = [default]
     if default[tile] > 64 and dtype != torch.float32:
-        candidates.append(launch_config(head_dim, dtype, kernel, 64))
+        candidates.append(config(head_dim, dtype, kernel, 64))
     best, best_rows = None, None
     for cfg in candidates:
         size = cfg[tile]
         full_rows, leftover = n // size * size, n % size
-        tail = launch_config(head_dim, dtype, kernel, leftover) if leftover else None
+        tail = config(head_dim, dtype, kernel, leftover) if leftover else None
         if tail is None or tail[tile] >= size or full_rows == 0:  # one launch covers it
-            launches, rows = [(0, n, cfg)], cdiv(n, size) * size
+            launches, rows = ((0, n, cfg),), cdiv(n, size) * size
         else:
-            launches, rows = [(0, full_rows, cfg), (full_rows, leftover, tail)], full_rows + tail[tile]
+            launches, rows = ((0, full_rows, cfg), (full_rows, leftover, tail)), full_rows + tail[tile]
         if best is None or rows < best_rows:
             best, best_rows = launches, rows
     return best
@@ -156,7 +167,7 @@ def key_splits(programs: int, n_kv: int, block_n: int, slots: int) -> tuple[int,
 
 
 def _bhn_strides(t: torch.Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
+    return t.stride()[:3]
 
 
 def _pad_mask_args(key_padding_mask: Optional[torch.Tensor]):
@@ -167,9 +178,15 @@ def _pad_mask_args(key_padding_mask: Optional[torch.Tensor]):
 
 
 def _common_constexprs(q: torch.Tensor, causal: bool, key_padding_mask) -> dict:
-    d_main, d_rest = head_chunks(q.shape[-1])
-    return {"CAUSAL": causal, "HAS_PAD_MASK": key_padding_mask is not None, "D_MAIN": d_main, "D_REST": d_rest,
-            "PRECISION": _precision(q.dtype)}
+    return _constexprs(q.shape[-1], q.dtype, causal, key_padding_mask is not None)
+
+
+@functools.lru_cache(maxsize=None)
+def _constexprs(head_dim: int, dtype: torch.dtype, causal: bool, has_pad_mask: bool) -> dict:
+    """Shared: callers pass it as ``**`` keyword arguments and never change it."""
+    d_main, d_rest = head_chunks(head_dim)
+    return {"CAUSAL": causal, "HAS_PAD_MASK": has_pad_mask, "D_MAIN": d_main, "D_REST": d_rest,
+            "PRECISION": _precision(dtype)}
 
 
 def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> None:
@@ -186,17 +203,18 @@ def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> 
         descriptors, tma = _descriptors("fwd", cfg, head_dim, q=q, k=k, v=v)
         grid = (cdiv(rows, cfg["BLOCK_M"]), batch * heads)
         splits, split_keys = key_splits(grid[0] * grid[1], n_kv, cfg["BLOCK_N"], split_slots(q.device))
-        if splits == 1:
-            target, target_lse, out_first_row, out_rows = out[None], lse[None], 0, n_q
+        if splits == 1:  # straight into out / lse
+            target, target_lse, split_strides, target_strides = out, lse, (0, 0), _bhn_strides(out)
+            out_first_row, out_rows = 0, n_q
         else:  # fp32 partials of this launch's rows (attention_fwd.py's docstring), merged below
             target = torch.empty((splits, batch, heads, rows, head_dim), device=q.device, dtype=torch.float32)
             target_lse = torch.empty((splits, batch, heads, rows), device=q.device, dtype=torch.float32)
+            split_strides, target_strides = (target.stride(0), target_lse.stride(0)), target.stride()[1:4]
             out_first_row, out_rows = first_row, rows
         attention_fwd_kernel[(*grid, splits)](
             q, k, v, *descriptors, mask, target, target_lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v),
-            *_bhn_strides(target[0]), stride_mb, heads, n_q, n_kv, first_row, scale * LOG2E,
-            split_keys, target.stride(0), target_lse.stride(0), out_first_row, out_rows,
-            **constexprs, TAIL_N=tail_n, TMA=tma, **cfg,
+            *target_strides, stride_mb, heads, n_q, n_kv, first_row, scale * LOG2E, split_keys, *split_strides,
+            out_first_row, out_rows, **constexprs, TAIL_N=tail_n, TMA=tma, **cfg,
         )
         if splits > 1:
             _combine(target, target_lse, out, lse, first_row, rows)
@@ -207,7 +225,7 @@ def _combine(part, part_lse, out, lse, first_row: int, rows: int) -> None:
     batch, heads, n_q, head_dim = out.shape
     cfg = launch_config(head_dim, out.dtype, "combine")
     attention_combine_kernel[(cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
-        part, part_lse, out, lse, part.stride(0), *_bhn_strides(part[0]), *_bhn_strides(out), part_lse.stride(0),
+        part, part_lse, out, lse, *part.stride()[:4], *_bhn_strides(out), part_lse.stride(0),
         heads, n_q, first_row, first_row + rows, part.shape[0], HEAD_DIM=head_dim,
         D_POW2=next_power_of_2(head_dim), **cfg,
     )

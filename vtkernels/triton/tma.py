@@ -23,15 +23,20 @@ TMA_DTYPES = (torch.float16, torch.bfloat16)
 def tma_usable(*tensors: torch.Tensor) -> bool:
     """Whether TMA can address these operands (2-D to 5-D): 16-bit, unit last stride,
     16-byte-aligned base and other strides, no empty dimension, no broadcast (zero-stride)
-    dimension; on CUDA, a GPU with TMA (sm_90+); not with VTKERNELS_TMA=0."""
+    dimension; on CUDA, a GPU with TMA (sm_90+); not with VTKERNELS_TMA=0. Every
+    :func:`descriptor` is built from operands this accepted."""
     if os.environ.get("VTKERNELS_TMA", "1") == "0":
         return False
     for t in tensors:
-        if t.dtype not in TMA_DTYPES or not 2 <= t.dim() <= 5 or 0 in t.shape or t.stride(-1) != 1:
+        strides = t.stride()
+        if t.dtype not in TMA_DTYPES or not 2 <= len(strides) <= 5 or strides[-1] != 1 or 0 in t.shape:
             return False
-        strides = t.stride()[:-1]
-        if t.data_ptr() % 16 or any(stride == 0 or (stride * t.element_size()) % 16 for stride in strides):
+        if t.data_ptr() % 16:
             return False
+        element_size = t.element_size()
+        for stride in strides[:-1]:
+            if stride == 0 or stride * element_size % 16:
+                return False
     device = tensors[0].device
     return device.type != "cuda" or _has_tma(device.index if device.index is not None else torch.cuda.current_device())
 
@@ -42,5 +47,11 @@ def _has_tma(device_index: int) -> bool:
 
 
 def descriptor(t: torch.Tensor, *block: int) -> TensorDescriptor:
-    """The descriptor of ``t`` loading / storing boxes of shape ``block`` (one size per dimension)."""
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), list(block))
+    """The descriptor of ``t`` loading / storing boxes of shape ``block`` (one size per dimension,
+    powers of two). ``t`` is an operand :func:`tma_usable` accepted, which checked what
+    TensorDescriptor's constructor would check again (alignment, strides, shape): the fields are
+    set directly, ~0.6 us instead of ~2 us, several descriptors per launch."""
+    desc = object.__new__(TensorDescriptor)
+    desc.base, desc.shape, desc.strides, desc.block_shape, desc.padding = (
+        t, list(t.shape), list(t.stride()), list(block), "zero")
+    return desc
