@@ -79,6 +79,7 @@ def _cases() -> dict:
 
     block = Block(64, 2, 256, backend="triton").half()  # a ViT block: 2 norms, qkv, attention, proj, MLP
     tokens_in = leaf(2, 8, 64)
+    window_qkv, table = leaf(1, 14, 14, 3 * 96), leaf(13 * 13, 3)  # Swin-T stage 1's window 7, 3 heads
 
     def backward(fn, *leaves):
         grad = torch.ones_like(fn().detach())  # made once: the timed calls hold only the op's own work
@@ -99,6 +100,7 @@ def _cases() -> dict:
     causal_qkv = lambda: vtkernels.attention_qkv(qkv, causal=True, **tri)  # noqa: E731
     mlp = lambda: vtkernels.mlp(tokens, fc1_w, fc1_b, fc2_w, fc2_b, **tri)  # noqa: E731
     vit_block = lambda: block(tokens_in)  # noqa: E731
+    shifted_window = lambda: vtkernels.window_attention(window_qkv, table, 3, 7, 3, **tri)  # noqa: E731
     return {
         "layer_norm": forward(layer_norm),
         "layer_norm_residual": forward(layer_norm_res),
@@ -106,11 +108,13 @@ def _cases() -> dict:
         "attention_qkv_causal": forward(causal_qkv),
         "mlp": forward(mlp),
         "vit_block": forward(vit_block),
+        "window_attention": forward(shifted_window),
         "layer_norm+bwd": backward(layer_norm, x, w, b),
         "attention_detr_cross+bwd": backward(cross, q, k, v),
         "attention_qkv_causal+bwd": backward(causal_qkv, qkv),
         "mlp+bwd": backward(mlp, tokens, fc1_w, fc1_b, fc2_w, fc2_b),
         "vit_block+bwd": backward(vit_block, tokens_in, *block.parameters()),
+        "window_attention+bwd": backward(shifted_window, window_qkv, table),
     }
 
 

@@ -146,8 +146,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout):
     qkv, table, pad_qkv = ctx.saved_tensors
-    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-    dqkv, dtable, dpad = call_window_attention_bwd(dout, qkv, table, pad_qkv, *ctx.config)
+    dqkv, dtable, dpad = call_window_attention_bwd(checks.unit_stride(dout), qkv, table, pad_qkv, *ctx.config)
     return (dqkv, dtable, dpad if pad_qkv is not None else None) + (None,) * len(ctx.config)
 
 
