@@ -12,7 +12,8 @@ import vtkernels
 from vtkernels.testing import assert_close, grads, rel_error
 
 from model_configs import exact_fp32  # noqa: F401 - autouse fixture
-from model_configs import DEPTH, IMAGE, PATCH, hf_clip, hf_vit, needs_transformers_5, perturb_, token_ids
+from model_configs import (DEPTH, IMAGE, PATCH, hf_clip, hf_vit, hf_vit_family, needs_transformers_5, perturb_,
+                           token_ids)
 
 
 def _optimized(model, **kwargs):
@@ -64,6 +65,44 @@ def test_hf_clip(fused_calls, attn_implementation, padding, device):
     assert_close([out.logits_per_image, out.text_model_output.last_hidden_state],
                  [expected.logits_per_image, expected.text_model_output.last_hidden_state], torch.float32,
                  names=["logits_per_image", "text last_hidden_state"])
+
+
+# (family, report, fused calls): ViT's layers in DeiT, ViT-MSN, I-JEPA and ViT-MAE (norms: 2 per
+# layer + the final one; the attention residual added in the second norm); DINOv2's attention and
+# MLP (its layers add a layer scale: not fused); SigLIP: CLIP's layers in both towers, plus the MLP
+# and norm of the image tower's attention-pooling head.
+VIT_LAYERS = ({"LayerNorm": 2 * DEPTH + 1, "AddNorm": DEPTH, "Attention": DEPTH, "Mlp": DEPTH},
+              {"attention": DEPTH, "mlp": DEPTH})
+VIT_FAMILIES = [
+    *((name, *VIT_LAYERS) for name in ("DeiT", "ViTMSN", "IJepa", "ViTMAE")),
+    *((name, {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "Mlp": DEPTH}, {"attention": DEPTH, "mlp": DEPTH})
+      for name in ("Dinov2", "Dinov2WithRegisters")),
+    ("Siglip", {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH + 1},
+     {"attention": 2 * DEPTH, "mlp": 2 * DEPTH + 1}),
+]
+
+
+@needs_transformers_5
+@pytest.mark.parametrize("name, replaced, calls", VIT_FAMILIES, ids=[case[0] for case in VIT_FAMILIES])
+def test_hf_vit_and_clip_families(name, replaced, calls, fused_calls, device):
+    """HF models whose modules are ViT's or CLIP's under other names get the same patches, with
+    outputs and parameter gradients within tolerance of the original model."""
+    hf, inputs = hf_vit_family(name)
+    hf, inputs = hf.to(device), {key: value.to(device) for key, value in inputs.items()}
+    fused, report = _optimized(hf)
+    assert report.replaced == replaced
+    outputs = [o for o in fused(**inputs).values() if isinstance(o, torch.Tensor) and o.is_floating_point()]
+    assert {key: fused_calls[key] for key in calls} == calls
+    expected = [o for o in hf(**inputs).values() if isinstance(o, torch.Tensor) and o.is_floating_point()]
+    assert_close(outputs, expected, torch.float32)
+    differentiable = [i for i, o in enumerate(outputs) if o.requires_grad]  # (not ViT-MAE's patch mask)
+    cotangents = [torch.randn_like(outputs[i]) for i in differentiable]
+    ours = grads([outputs[i] for i in differentiable], list(fused.parameters()), cotangents)
+    theirs = grads([expected[i] for i in differentiable], list(hf.parameters()), cotangents)
+    names = [name for name, _ in hf.named_parameters()]
+    kept = [i for i, n in enumerate(names) if not n.endswith("k_proj.bias") and theirs[i] is not None]
+    assert_close([ours[i] for i in kept], [theirs[i] for i in kept], torch.float32, tol=2e-5,
+                 names=[names[i] for i in kept])
 
 
 @needs_transformers_5

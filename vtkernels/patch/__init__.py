@@ -6,8 +6,10 @@ Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on a
   with the same weights (ViT, CLIP, Swin, DETR, ...; timm's channels-first ``LayerNorm2d`` is left
   alone), HF iGPT's ``ImageGPTLayerNorm`` becomes :class:`vtkernels.nn.RMSNorm`; HF ``ViTLayer`` /
   ``CLIPEncoderLayer`` add their attention residual inside the second norm (one pass);
-* the self-attention of HF ``ViTAttention`` / ``CLIPAttention`` and of timm's ``Attention`` gets a
-  forward that projects q, k, v straight into the (B, N, H, d) layout and calls
+* the self-attention of HF ``ViTAttention`` / ``CLIPAttention`` (and of the families built from
+  them under other names: DeiT, ViT-MSN, I-JEPA, ViT-MAE, DINOv2, SigLIP; vision.py) and of
+  timm's ``Attention`` gets a forward that projects q, k, v straight into the (B, N, H, d) layout
+  and calls
   :func:`vtkernels.attention` (causal where HF asks for it, as in the CLIP text tower); so do HF
   DETR's self- and cross-attention (positions added to queries and keys) and HF iGPT's causal
   self-attention (its KV cache kept: detr_igpt.py);

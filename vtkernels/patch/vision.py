@@ -18,9 +18,17 @@ from vtkernels.patch.common import (add_and_norm, forward_takes, from_package, i
                                     projected_attention, square_patch)
 from vtkernels.reference.window_attention import effective_window
 
-HF_ATTENTION_CLASSES = ("ViTAttention", "CLIPAttention")
+# Families whose modules are ViT's or CLIP's under another name (transformers keeps them "Copied
+# from" ViT / CLIP): DeiT, ViT-MSN, I-JEPA, ViT-MAE and DINOv2 (with registers) have ViT's
+# attention (DINOv2's MLP too; its layers add a layer scale, so they are not fused as ViT's are),
+# SigLIP has CLIP's attention, MLP and encoder layer. Their embeddings differ (distillation token,
+# registers, no class token) and stay as they are.
+_VIT_LIKE = ("ViT", "DeiT", "ViTMSN", "IJepa", "ViTMAE")
+HF_ATTENTION_CLASSES = (*(f"{name}Attention" for name in (*_VIT_LIKE, "Dinov2", "Dinov2WithRegisters")),
+                        "CLIPAttention", "SiglipAttention")
 HF_EMBEDDING_CLASSES = ("ViTEmbeddings", "CLIPVisionEmbeddings")
-HF_MLP_CLASSES = ("CLIPMLP", "ViTMLP", "SwinMLP", "DetrMLP")
+HF_MLP_CLASSES = (*(f"{name}MLP" for name in (*_VIT_LIKE, "Dinov2", "Dinov2WithRegisters")),
+                  "CLIPMLP", "SiglipMLP", "SwinMLP", "DetrMLP")
 
 
 # --- detection --------------------------------------------------------------------------------
@@ -41,8 +49,9 @@ def _is_hf_swin_layer(module: nn.Module) -> bool:
 
 
 # HF pre-norm encoder layers: class -> (first norm, attention, second norm) attribute names (and an mlp).
-HF_ENCODER_LAYERS = {"ViTLayer": ("layernorm_before", "attention", "layernorm_after"),
-                     "CLIPEncoderLayer": ("layer_norm1", "self_attn", "layer_norm2")}
+HF_ENCODER_LAYERS = {**{f"{name}Layer": ("layernorm_before", "attention", "layernorm_after") for name in _VIT_LIKE},
+                     **{name: ("layer_norm1", "self_attn", "layer_norm2")
+                        for name in ("CLIPEncoderLayer", "SiglipEncoderLayer")}}
 
 
 def _is_hf_encoder_layer(module: nn.Module) -> bool:
