@@ -69,7 +69,7 @@ def hf_vit(classifier: bool = True, pooler: bool = False, **overrides) -> nn.Mod
     return perturb_(model).eval()
 
 
-def hf_vit_family(name: str) -> tuple[nn.Module, dict]:
+def hf_vit_family(name: str, **overrides) -> tuple[nn.Module, dict]:
     """(model, forward inputs) of one of the HF families optimize() treats as ViT or CLIP under
     another name, at the tiny ViT / CLIP sizes: DeiT, ViT-MSN, I-JEPA, ViT-MAE (fixed masking
     noise), DINOv2 (with registers) and SigLIP (image and text towers, padded text)."""
@@ -80,11 +80,12 @@ def hf_vit_family(name: str) -> tuple[nn.Module, dict]:
                   num_attention_heads=HEADS)
     inputs = {"pixel_values": images}
     if name in ("DeiT", "ViTMSN", "IJepa", "ViTMAE"):
-        config = getattr(transformers, f"{name}Config")(**vision, intermediate_size=MLP)
+        config = getattr(transformers, f"{name}Config")(**vision, intermediate_size=MLP, **overrides)
         if name == "ViTMAE":
             inputs["noise"] = torch.rand(2, (IMAGE // PATCH) ** 2)  # which patches are kept
     elif name in ("Dinov2", "Dinov2WithRegisters"):
-        config = getattr(transformers, f"{name}Config")(**vision, mlp_ratio=2)  # (an int in transformers 5)
+        # (mlp_ratio is an int in transformers 5)
+        config = getattr(transformers, f"{name}Config")(**vision, mlp_ratio=2, **overrides)
     elif name == "Siglip":
         text = dict(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=MLP, num_hidden_layers=DEPTH,
                     num_attention_heads=HEADS, max_position_embeddings=CONTEXT, bos_token_id=0, eos_token_id=2,

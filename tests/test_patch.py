@@ -67,16 +67,14 @@ def test_hf_clip(fused_calls, attn_implementation, padding, device):
                  names=["logits_per_image", "text last_hidden_state"])
 
 
-# (family, report, fused calls): ViT's layers in DeiT, ViT-MSN, I-JEPA and ViT-MAE (norms: 2 per
-# layer + the final one; the attention residual added in the second norm); DINOv2's attention and
-# MLP (its layers add a layer scale: not fused); SigLIP: CLIP's layers in both towers, plus the MLP
-# and norm of the image tower's attention-pooling head.
+# (family, report, fused calls): ViT's layers in DeiT, ViT-MSN, I-JEPA, ViT-MAE and DINOv2 (norms: 2
+# per layer + the final one; the attention residual added in the second norm, after DINOv2's layer
+# scale); SigLIP: CLIP's layers in both towers, plus the MLP and norm of the image tower's
+# attention-pooling head.
 VIT_LAYERS = ({"LayerNorm": 2 * DEPTH + 1, "AddNorm": DEPTH, "Attention": DEPTH, "Mlp": DEPTH},
               {"attention": DEPTH, "mlp": DEPTH})
 VIT_FAMILIES = [
-    *((name, *VIT_LAYERS) for name in ("DeiT", "ViTMSN", "IJepa", "ViTMAE")),
-    *((name, {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "Mlp": DEPTH}, {"attention": DEPTH, "mlp": DEPTH})
-      for name in ("Dinov2", "Dinov2WithRegisters")),
+    *((name, *VIT_LAYERS) for name in ("DeiT", "ViTMSN", "IJepa", "ViTMAE", "Dinov2", "Dinov2WithRegisters")),
     ("Siglip", {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH + 1},
      {"attention": 2 * DEPTH, "mlp": 2 * DEPTH + 1}),
 ]
@@ -103,6 +101,21 @@ def test_hf_vit_and_clip_families(name, replaced, calls, fused_calls, device):
     kept = [i for i, n in enumerate(names) if not n.endswith("k_proj.bias") and theirs[i] is not None]
     assert_close([ours[i] for i in kept], [theirs[i] for i in kept], torch.float32, tol=2e-5,
                  names=[names[i] for i in kept])
+
+
+@needs_transformers_5
+def test_hf_dinov2_drop_path_in_training_takes_hf_layer(device):
+    """Stochastic depth is HF's: a training DINOv2 layer with drop path runs its own forward (same
+    random draws as the original model under the same seed), its attention and MLP still fused."""
+    hf, inputs = hf_vit_family("Dinov2", drop_path_rate=0.5)
+    hf, inputs = hf.to(device).train(), {key: value.to(device) for key, value in inputs.items()}
+    fused, report = _optimized(hf)
+    assert report.replaced["AddNorm"] == DEPTH
+    outputs = []
+    for model in (fused, hf):
+        torch.manual_seed(7)
+        outputs.append(model(**inputs).last_hidden_state)
+    assert_close(outputs[0], outputs[1], torch.float32)
 
 
 @needs_transformers_5

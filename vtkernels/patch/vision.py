@@ -20,14 +20,13 @@ from vtkernels.reference.window_attention import effective_window
 
 # Families whose modules are ViT's or CLIP's under another name (transformers keeps them "Copied
 # from" ViT / CLIP): DeiT, ViT-MSN, I-JEPA, ViT-MAE and DINOv2 (with registers) have ViT's
-# attention (DINOv2's MLP too; its layers add a layer scale, so they are not fused as ViT's are),
-# SigLIP has CLIP's attention, MLP and encoder layer. Their embeddings differ (distillation token,
-# registers, no class token) and stay as they are.
+# attention and MLP, SigLIP has CLIP's attention, MLP and encoder layer. Their embeddings differ
+# (distillation token, registers, no class token) and stay as they are.
 _VIT_LIKE = ("ViT", "DeiT", "ViTMSN", "IJepa", "ViTMAE")
-HF_ATTENTION_CLASSES = (*(f"{name}Attention" for name in (*_VIT_LIKE, "Dinov2", "Dinov2WithRegisters")),
-                        "CLIPAttention", "SiglipAttention")
+_DINOV2 = ("Dinov2", "Dinov2WithRegisters")
+HF_ATTENTION_CLASSES = (*(f"{name}Attention" for name in (*_VIT_LIKE, *_DINOV2)), "CLIPAttention", "SiglipAttention")
 HF_EMBEDDING_CLASSES = ("ViTEmbeddings", "CLIPVisionEmbeddings")
-HF_MLP_CLASSES = (*(f"{name}MLP" for name in (*_VIT_LIKE, "Dinov2", "Dinov2WithRegisters")),
+HF_MLP_CLASSES = (*(f"{name}MLP" for name in (*_VIT_LIKE, *_DINOV2)),
                   "CLIPMLP", "SiglipMLP", "SwinMLP", "DetrMLP")
 
 
@@ -48,16 +47,21 @@ def _is_hf_swin_layer(module: nn.Module) -> bool:
             and forward_takes(module, "hidden_states", "input_dimensions", "always_partition"))
 
 
-# HF pre-norm encoder layers: class -> (first norm, attention, second norm) attribute names (and an mlp).
-HF_ENCODER_LAYERS = {**{f"{name}Layer": ("layernorm_before", "attention", "layernorm_after") for name in _VIT_LIKE},
-                     **{name: ("layer_norm1", "self_attn", "layer_norm2")
-                        for name in ("CLIPEncoderLayer", "SiglipEncoderLayer")}}
+# HF pre-norm encoder layers: class -> (first norm, attention, second norm, the layer scales of the
+# attention and MLP branches or None) attribute names (and an mlp). DINOv2 scales each branch
+# (``x * lambda``) before its residual add.
+HF_ENCODER_LAYERS = {**{f"{name}Layer": ("layernorm_before", "attention", "layernorm_after", None)
+                        for name in _VIT_LIKE},
+                     **{name: ("layer_norm1", "self_attn", "layer_norm2", None)
+                        for name in ("CLIPEncoderLayer", "SiglipEncoderLayer")},
+                     **{f"{name}Layer": ("norm1", "attention", "norm2", ("layer_scale1", "layer_scale2"))
+                        for name in _DINOV2}}
 
 
 def _is_hf_encoder_layer(module: nn.Module) -> bool:
     names = HF_ENCODER_LAYERS.get(type(module).__name__)
     return (names is not None and from_package(module, "transformers")
-            and all(hasattr(module, n) for n in (*names, "mlp"))
+            and all(hasattr(module, n) for n in (*names[:3], *(names[3] or ()), "mlp"))
             and forward_takes(module, "hidden_states", "attention_mask"))
 
 
@@ -138,15 +142,22 @@ def _hf_attention_forward(self, hidden_states: torch.Tensor, attention_mask: Opt
 
 def _hf_encoder_layer_forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                               **kwargs):
-    """HF ViT / CLIP encoder layer with the attention residual added inside the second norm (one
-    pass: vtkernels.nn.LayerNorm with ``residual``); dropout in training takes HF's path."""
+    """HF ViT / CLIP / DINOv2 encoder layer with the attention residual added inside the second
+    norm (one pass: vtkernels.nn.LayerNorm with ``residual``); dropout or drop path in training
+    takes HF's path."""
     dropout = getattr(self, "dropout", None)  # ViT's hidden dropout (CLIP has none)
-    if self.training and dropout is not None and dropout.p > 0:
+    drop_path = getattr(self, "drop_path", None)  # DINOv2's stochastic depth (an Identity at rate 0)
+    if self.training and ((dropout is not None and dropout.p > 0)
+                          or (drop_path is not None and not isinstance(drop_path, nn.Identity))):
         return self._vtkernels_original_forward(hidden_states, attention_mask, **kwargs)
-    first_norm, attention, second_norm = (getattr(self, n) for n in HF_ENCODER_LAYERS[type(self).__name__])
+    *modules, scales = HF_ENCODER_LAYERS[type(self).__name__]
+    first_norm, attention, second_norm = (getattr(self, name) for name in modules)
+    scale_attention, scale_mlp = (getattr(self, name) for name in scales) if scales else (None, None)
     branch, _ = attention(first_norm(hidden_states), attention_mask, **kwargs)
+    branch = branch if scale_attention is None else scale_attention(branch)
     normed, hidden_states = add_and_norm(second_norm, branch, hidden_states)
-    return hidden_states + self.mlp(normed)
+    branch = self.mlp(normed)
+    return hidden_states + (branch if scale_mlp is None else scale_mlp(branch))
 
 
 def _timm_attention_forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, **kwargs):
