@@ -277,13 +277,18 @@ def test_compiled_optimized_model(device):
 
 # --- timm (skipped where timm is not importable) -------------------------------------------------
 
-def test_timm_vit(fused_calls, device):
+def _tiny_timm_vit(**kwargs):
     timm = pytest.importorskip("timm")
-    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=IMAGE, patch_size=PATCH,
-                              embed_dim=64, depth=DEPTH, num_heads=2, num_classes=5)
-    model = perturb_(model).eval().to(device)
+    return timm.create_model("vit_base_patch16_224", pretrained=False, img_size=IMAGE, patch_size=PATCH, embed_dim=64,
+                             depth=DEPTH, num_heads=2, num_classes=5, **kwargs)
+
+
+@pytest.mark.parametrize("layer_scale", [None, 0.1])
+def test_timm_vit(layer_scale, fused_calls, device):
+    model = perturb_(_tiny_timm_vit(init_values=layer_scale)).eval().to(device)
     fused, report = _optimized(model)
-    assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1, "Mlp": DEPTH}
+    assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1, "Mlp": DEPTH,
+                               "AddNorm": DEPTH}
     images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
     out = fused(images)
     assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0,
@@ -293,6 +298,20 @@ def test_timm_vit(fused_calls, device):
     cotangent = torch.randn_like(out)
     assert_close(grads(out, list(fused.parameters()), cotangent), grads(expected, list(model.parameters()), cotangent),
                  torch.float32, tol=2e-5)
+
+
+def test_timm_vit_drop_path_in_training_takes_timm_block(device):
+    """Stochastic depth is timm's: a training Block with drop path runs its own forward (the same
+    random draws as the original model under the same seed)."""
+    model = perturb_(_tiny_timm_vit(drop_path_rate=0.5)).train().to(device)
+    fused, report = _optimized(model)
+    assert report.replaced["AddNorm"] == DEPTH
+    images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
+    outputs = []
+    for net in (fused, model):
+        torch.manual_seed(7)
+        outputs.append(net(images))
+    assert_close(outputs[0], outputs[1], torch.float32)
 
 
 def _tiny_timm_swin(img_size):

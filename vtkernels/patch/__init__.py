@@ -5,8 +5,8 @@ Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on a
 * every last-dimension ``LayerNorm`` (torch's, timm's) becomes :class:`vtkernels.nn.LayerNorm`
   with the same weights (ViT, CLIP, Swin, DETR, ...; timm's channels-first ``LayerNorm2d`` is left
   alone), HF iGPT's ``ImageGPTLayerNorm`` becomes :class:`vtkernels.nn.RMSNorm`; HF ``ViTLayer`` /
-  ``CLIPEncoderLayer`` (and DINOv2's layer-scaled ``Dinov2Layer``) add their attention residual
-  inside the second norm (one pass);
+  ``CLIPEncoderLayer`` (and DINOv2's layer-scaled ``Dinov2Layer``) and timm's ViT ``Block`` add
+  their attention residual inside the second norm (one pass);
 * the self-attention of HF ``ViTAttention`` / ``CLIPAttention`` (and of the families built from
   them under other names: DeiT, ViT-MSN, I-JEPA, ViT-MAE, DINOv2, SigLIP; vision.py) and of
   timm's ``Attention`` gets a forward that projects q, k, v straight into the (B, N, H, d) layout

@@ -19,11 +19,13 @@ def from_package(module: nn.Module, package: str) -> bool:
     return type(module).__module__.split(".")[0] == package
 
 
-def forward_takes(module: nn.Module, *names: str) -> bool:
-    """The module's forward has exactly these named parameters (+ **kwargs): the transformers 5.x
-    call convention our patched forwards implement (4.x passes other arguments positionally)."""
+def forward_takes(module: nn.Module, *names: str, optional: tuple[str, ...] = ()) -> bool:
+    """The module's forward has exactly these named parameters (+ **kwargs), then any of
+    ``optional`` (which our patched forwards take through **kwargs): the transformers 5.x call
+    convention our patched forwards implement (4.x passes other arguments positionally)."""
     params = list(inspect.signature(type(module).forward).parameters.values())[1:]
-    return [p.name for p in params if p.kind != p.VAR_KEYWORD] == list(names)
+    taken = [p.name for p in params if p.kind != p.VAR_KEYWORD]
+    return taken[:len(names)] == list(names) and set(taken[len(names):]) <= set(optional)
 
 
 def square_patch(patch_size) -> Optional[int]:

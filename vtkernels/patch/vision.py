@@ -70,6 +70,15 @@ def _is_timm_attention(module: nn.Module) -> bool:
             and all(hasattr(module, n) for n in ("qkv", "proj", "num_heads")))
 
 
+def _is_timm_block(module: nn.Module) -> bool:
+    """timm's pre-norm transformer ``Block`` (ViT, DeiT, CLIP towers, ...): norms, attention, layer
+    scales and drop paths under timm's names, called with ``attn_mask``."""
+    return (type(module).__name__ == "Block" and from_package(module, "timm")
+            and all(hasattr(module, n) for n in ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2",
+                                                 "drop_path2"))
+            and forward_takes(module, "x", "attn_mask", optional=("is_causal",)))  # (is_causal: newer timm)
+
+
 def _is_timm_swin_block(module: nn.Module) -> bool:
     attn = getattr(module, "attn", None)
     return (type(module).__name__ == "SwinTransformerBlock" and from_package(module, "timm")
@@ -158,6 +167,16 @@ def _hf_encoder_layer_forward(self, hidden_states: torch.Tensor, attention_mask:
     normed, hidden_states = add_and_norm(second_norm, branch, hidden_states)
     branch = self.mlp(normed)
     return hidden_states + (branch if scale_mlp is None else scale_mlp(branch))
+
+
+def _timm_block_forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, **kwargs):
+    """timm Block with the (layer-scaled) attention residual added inside norm2 (one pass); drop
+    path in training takes timm's forward."""
+    if self.training and not all(isinstance(path, nn.Identity) for path in (self.drop_path1, self.drop_path2)):
+        return self._vtkernels_original_forward(x, attn_mask=attn_mask, **kwargs)
+    branch = self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, **kwargs))
+    normed, x = add_and_norm(self.norm2, branch, x)
+    return x + self.ls2(self.mlp(normed))
 
 
 def _timm_attention_forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, **kwargs):
@@ -352,6 +371,7 @@ PATCHES = (
     ("attention", _is_hf_swin_layer, "WindowAttention", _hf_swin_layer_forward),
     ("attention", _is_timm_swin_block, "WindowAttention", _timm_swin_block_forward),
     ("norms", _is_hf_encoder_layer, "AddNorm", _hf_encoder_layer_forward),
+    ("norms", _is_timm_block, "AddNorm", _timm_block_forward),
     ("norms", _is_timm_patch_merging, "PatchMerging", _timm_patch_merging_forward),
     ("norms", _is_hf_patch_merging, "PatchMerging", _hf_patch_merging_forward),
     ("patch_embed", _is_hf_embeddings, "PatchEmbed", _hf_embeddings_forward),
