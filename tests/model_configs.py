@@ -72,7 +72,8 @@ def hf_vit(classifier: bool = True, pooler: bool = False, **overrides) -> nn.Mod
 def hf_vit_family(name: str, **overrides) -> tuple[nn.Module, dict]:
     """(model, forward inputs) of one of the HF families optimize() treats as ViT or CLIP under
     another name, at the tiny ViT / CLIP sizes: DeiT, ViT-MSN, I-JEPA, ViT-MAE (fixed masking
-    noise), DINOv2 (with registers) and SigLIP (image and text towers, padded text)."""
+    noise), DINOv2 (with registers), SigLIP, SigLIP 2 and MetaCLIP 2 (image and text towers, padded
+    text; padded patches for SigLIP 2)."""
     import transformers
 
     images = torch.randn(2, 3, IMAGE, IMAGE)
@@ -86,11 +87,21 @@ def hf_vit_family(name: str, **overrides) -> tuple[nn.Module, dict]:
     elif name in ("Dinov2", "Dinov2WithRegisters"):
         # (mlp_ratio is an int in transformers 5)
         config = getattr(transformers, f"{name}Config")(**vision, mlp_ratio=2, **overrides)
-    elif name == "Siglip":
+    elif name in ("Siglip", "Siglip2", "MetaClip2"):
+        # MetaCLIP 2 pools the first eos_token_id (token_ids' EOT); SigLIP the last token
         text = dict(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=MLP, num_hidden_layers=DEPTH,
-                    num_attention_heads=HEADS, max_position_embeddings=CONTEXT, bos_token_id=0, eos_token_id=2,
-                    pad_token_id=1)
-        config = transformers.SiglipConfig(text_config=text, vision_config={**vision, "intermediate_size": MLP})
+                    num_attention_heads=HEADS, max_position_embeddings=CONTEXT, bos_token_id=0,
+                    eos_token_id=VOCAB - 1, pad_token_id=1)
+        vision["intermediate_size"] = MLP
+        if name == "Siglip2":  # patches in, flattened (NaFlex): the second image's last 4 are padding
+            patches = (IMAGE // PATCH) ** 2
+            vision = {**vision, "num_patches": patches}
+            del vision["image_size"]
+            inputs = {"pixel_values": torch.randn(2, patches, 3 * PATCH * PATCH),
+                      "pixel_attention_mask": torch.ones(2, patches, dtype=torch.long),
+                      "spatial_shapes": torch.tensor([[IMAGE // PATCH] * 2] * 2)}
+            inputs["pixel_attention_mask"][1, -4:] = 0
+        config = getattr(transformers, f"{name}Config")(text_config=text, vision_config=vision)
         inputs["input_ids"], inputs["attention_mask"] = token_ids(2)  # padded text: key padding masks
     else:
         raise ValueError(name)

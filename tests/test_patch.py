@@ -69,14 +69,16 @@ def test_hf_clip(fused_calls, attn_implementation, padding, device):
 
 # (family, report, fused calls): ViT's layers in DeiT, ViT-MSN, I-JEPA, ViT-MAE and DINOv2 (norms: 2
 # per layer + the final one; the attention residual added in the second norm, after DINOv2's layer
-# scale); SigLIP: CLIP's layers in both towers, plus the MLP and norm of the image tower's
-# attention-pooling head.
+# scale); SigLIP / SigLIP 2: CLIP's layers in both towers, plus the MLP and norm of the image
+# tower's attention-pooling head; MetaCLIP 2: all of CLIP's patches.
 VIT_LAYERS = ({"LayerNorm": 2 * DEPTH + 1, "AddNorm": DEPTH, "Attention": DEPTH, "Mlp": DEPTH},
               {"attention": DEPTH, "mlp": DEPTH})
 VIT_FAMILIES = [
     *((name, *VIT_LAYERS) for name in ("DeiT", "ViTMSN", "IJepa", "ViTMAE", "Dinov2", "Dinov2WithRegisters")),
-    ("Siglip", {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH + 1},
-     {"attention": 2 * DEPTH, "mlp": 2 * DEPTH + 1}),
+    *((name, {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH + 1},
+       {"attention": 2 * DEPTH, "mlp": 2 * DEPTH + 1}) for name in ("Siglip", "Siglip2")),
+    ("MetaClip2", {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH,
+                   "QuickGELU": 2 * DEPTH, "PatchEmbed": 1}, {"attention": 2 * DEPTH, "mlp": 2 * DEPTH, "patch_embed": 1}),
 ]
 
 

@@ -8,9 +8,9 @@ Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on a
   ``CLIPEncoderLayer`` (and DINOv2's layer-scaled ``Dinov2Layer``) and timm's ViT ``Block`` add
   their attention residual inside the second norm (one pass);
 * the self-attention of HF ``ViTAttention`` / ``CLIPAttention`` (and of the families built from
-  them under other names: DeiT, ViT-MSN, I-JEPA, ViT-MAE, DINOv2, SigLIP; vision.py) and of
-  timm's ``Attention`` gets a forward that projects q, k, v straight into the (B, N, H, d) layout
-  and calls
+  them under other names: DeiT, ViT-MSN, I-JEPA, ViT-MAE, DINOv2, SigLIP (2), MetaCLIP 2;
+  vision.py) and of timm's ``Attention`` gets a forward that projects q, k, v straight into the
+  (B, N, H, d) layout and calls
   :func:`vtkernels.attention` (causal where HF asks for it, as in the CLIP text tower); so do HF
   DETR's self- and cross-attention (positions added to queries and keys) and HF iGPT's causal
   self-attention (its KV cache kept: detr_igpt.py);

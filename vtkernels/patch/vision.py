@@ -20,14 +20,15 @@ from vtkernels.reference.window_attention import effective_window
 
 # Families whose modules are ViT's or CLIP's under another name (transformers keeps them "Copied
 # from" ViT / CLIP): DeiT, ViT-MSN, I-JEPA, ViT-MAE and DINOv2 (with registers) have ViT's
-# attention and MLP, SigLIP has CLIP's attention, MLP and encoder layer. Their embeddings differ
-# (distillation token, registers, no class token) and stay as they are.
+# attention and MLP; SigLIP / SigLIP 2 have CLIP's attention, MLP and encoder layer, MetaCLIP 2 all
+# of CLIP's modules. The other embeddings differ (distillation token, registers, no class token)
+# and stay as they are.
 _VIT_LIKE = ("ViT", "DeiT", "ViTMSN", "IJepa", "ViTMAE")
 _DINOV2 = ("Dinov2", "Dinov2WithRegisters")
-HF_ATTENTION_CLASSES = (*(f"{name}Attention" for name in (*_VIT_LIKE, *_DINOV2)), "CLIPAttention", "SiglipAttention")
-HF_EMBEDDING_CLASSES = ("ViTEmbeddings", "CLIPVisionEmbeddings")
-HF_MLP_CLASSES = (*(f"{name}MLP" for name in (*_VIT_LIKE, *_DINOV2)),
-                  "CLIPMLP", "SiglipMLP", "SwinMLP", "DetrMLP")
+_CLIP_LIKE = ("CLIP", "MetaClip2", "Siglip", "Siglip2")
+HF_ATTENTION_CLASSES = tuple(f"{name}Attention" for name in (*_VIT_LIKE, *_DINOV2, *_CLIP_LIKE))
+HF_EMBEDDING_CLASSES = ("ViTEmbeddings", "CLIPVisionEmbeddings", "MetaClip2VisionEmbeddings")
+HF_MLP_CLASSES = (*(f"{name}MLP" for name in (*_VIT_LIKE, *_DINOV2, *_CLIP_LIKE)), "SwinMLP", "DetrMLP")
 
 
 # --- detection --------------------------------------------------------------------------------
@@ -52,8 +53,8 @@ def _is_hf_swin_layer(module: nn.Module) -> bool:
 # (``x * lambda``) before its residual add.
 HF_ENCODER_LAYERS = {**{f"{name}Layer": ("layernorm_before", "attention", "layernorm_after", None)
                         for name in _VIT_LIKE},
-                     **{name: ("layer_norm1", "self_attn", "layer_norm2", None)
-                        for name in ("CLIPEncoderLayer", "SiglipEncoderLayer")},
+                     **{f"{name}EncoderLayer": ("layer_norm1", "self_attn", "layer_norm2", None)
+                        for name in _CLIP_LIKE},
                      **{f"{name}Layer": ("norm1", "attention", "norm2", ("layer_scale1", "layer_scale2"))
                         for name in _DINOV2}}
 
@@ -312,12 +313,12 @@ def _hf_patch_merging_forward(self, input_feature: torch.Tensor, input_dimension
 # --- patch embedding ------------------------------------------------------------------------
 
 def _hf_embeddings_forward(self, pixel_values: torch.Tensor, *args, **kwargs):
-    """HF ViTEmbeddings / CLIPVisionEmbeddings: conv + cls token + position embedding in one op."""
+    """HF ViTEmbeddings / CLIPVisionEmbeddings (MetaCLIP 2's): conv + cls token + position embedding in one op."""
     if type(self).__name__ == "ViTEmbeddings":
         conv, cls_token, pos_embed = self.patch_embeddings.projection, self.cls_token, self.position_embeddings
         dropout = self.dropout.p if self.training else 0.0
         image_size = tuple(self.image_size)
-    else:  # CLIPVisionEmbeddings
+    else:  # CLIPVisionEmbeddings, MetaClip2VisionEmbeddings
         conv, cls_token, pos_embed = self.patch_embedding, self.class_embedding, self.position_embedding.weight
         dropout = 0.0
         image_size = (self.image_size, self.image_size)
