@@ -16,6 +16,16 @@ from model_configs import (DEPTH, IMAGE, PATCH, hf_clip, hf_vit, hf_vit_family, 
                            token_ids)
 
 
+@pytest.fixture
+def add_norm_calls(monkeypatch):
+    """Counts the fused residual-add + norm calls of patched layers (vision.add_and_norm)."""
+    from vtkernels.patch import vision
+
+    calls, original = [], vision.add_and_norm
+    monkeypatch.setattr(vision, "add_and_norm", lambda *args: calls.append(1) or original(*args))
+    return calls
+
+
 def _optimized(model, **kwargs):
     return vtkernels.optimize(copy.deepcopy(model), backend="triton", return_report=True, **kwargs)
 
@@ -78,13 +88,14 @@ VIT_FAMILIES = [
     *((name, {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH + 1},
        {"attention": 2 * DEPTH, "mlp": 2 * DEPTH + 1}) for name in ("Siglip", "Siglip2")),
     ("MetaClip2", {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH,
-                   "QuickGELU": 2 * DEPTH, "PatchEmbed": 1}, {"attention": 2 * DEPTH, "mlp": 2 * DEPTH, "patch_embed": 1}),
+                   "QuickGELU": 2 * DEPTH, "PatchEmbed": 1},
+     {"attention": 2 * DEPTH, "mlp": 2 * DEPTH, "patch_embed": 1}),
 ]
 
 
 @needs_transformers_5
 @pytest.mark.parametrize("name, replaced, calls", VIT_FAMILIES, ids=[case[0] for case in VIT_FAMILIES])
-def test_hf_vit_and_clip_families(name, replaced, calls, fused_calls, device):
+def test_hf_vit_and_clip_families(name, replaced, calls, fused_calls, add_norm_calls, device):
     """HF models whose modules are ViT's or CLIP's under other names get the same patches, with
     outputs and parameter gradients within tolerance of the original model."""
     hf, inputs = hf_vit_family(name)
@@ -93,6 +104,7 @@ def test_hf_vit_and_clip_families(name, replaced, calls, fused_calls, device):
     assert report.replaced == replaced
     outputs = [o for o in fused(**inputs).values() if isinstance(o, torch.Tensor) and o.is_floating_point()]
     assert {key: fused_calls[key] for key in calls} == calls
+    assert len(add_norm_calls) == replaced["AddNorm"]  # each fused layer ran its own forward
     expected = [o for o in hf(**inputs).values() if isinstance(o, torch.Tensor) and o.is_floating_point()]
     assert_close(outputs, expected, torch.float32)
     differentiable = [i for i, o in enumerate(outputs) if o.requires_grad]  # (not ViT-MAE's patch mask)
@@ -118,6 +130,39 @@ def test_hf_dinov2_drop_path_in_training_takes_hf_layer(device):
         torch.manual_seed(7)
         outputs.append(model(**inputs).last_hidden_state)
     assert_close(outputs[0], outputs[1], torch.float32)
+
+
+@needs_transformers_5
+def test_hf_siglip_attention_ignores_a_passed_causal_flag(device):
+    """SigLIP's attention drops its keyword arguments (is_causal included): bidirectional always."""
+    hf, _ = hf_vit_family("Siglip")
+    attention = hf.vision_model.encoder.layers[0].self_attn.to(device)
+    fused = _optimized(attention)[0]
+    x = torch.randn(2, 5, attention.embed_dim, device=device)
+    with torch.no_grad():
+        assert_close(fused(x, is_causal=True)[0], attention(x, is_causal=True)[0], torch.float32)
+
+
+@needs_transformers_5
+def test_hf_gradient_checkpointing_recomputes_patched_layers(fused_calls, device):
+    """HF checkpoints a layer inside its class's forward, which the patched instance forward
+    bypasses: the patch checkpoints itself, so the backward recomputes each fused layer (its MLP
+    runs twice) and the gradients stay HF's."""
+    hf = hf_vit().to(device).train()
+    hf.gradient_checkpointing_enable()
+    fused, _ = _optimized(hf)
+    images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
+    out = fused(images).logits
+    assert fused_calls["mlp"] == DEPTH
+    cotangent = torch.randn_like(out)
+    ours = grads(out, list(fused.parameters()), cotangent)
+    assert fused_calls["mlp"] == 2 * DEPTH  # recomputed in the backward
+    expected = hf(images).logits
+    theirs = grads(expected, list(hf.parameters()), cotangent)
+    names = [name for name, _ in hf.named_parameters()]
+    kept = [i for i, name in enumerate(names) if not name.endswith("k_proj.bias")]
+    assert_close([ours[i] for i in kept], [theirs[i] for i in kept], torch.float32, tol=2e-5,
+                 names=[names[i] for i in kept])
 
 
 @needs_transformers_5
@@ -286,13 +331,14 @@ def _tiny_timm_vit(**kwargs):
 
 
 @pytest.mark.parametrize("layer_scale", [None, 0.1])
-def test_timm_vit(layer_scale, fused_calls, device):
+def test_timm_vit(layer_scale, fused_calls, add_norm_calls, device):
     model = perturb_(_tiny_timm_vit(init_values=layer_scale)).eval().to(device)
     fused, report = _optimized(model)
     assert report.replaced == {"LayerNorm": 2 * DEPTH + 1, "Attention": DEPTH, "PatchEmbed": 1, "Mlp": DEPTH,
                                "AddNorm": DEPTH}
     images = torch.randn(2, 3, IMAGE, IMAGE, device=device)
     out = fused(images)
+    assert len(add_norm_calls) == DEPTH  # each block ran the fused forward
     assert fused_calls == {"attention": DEPTH, "patch_embed": 1, "window_attention": 0,
                            "patch_merging_norm": 0, "quick_gelu": 0, "mlp": DEPTH}
     expected = model(images)

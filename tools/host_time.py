@@ -48,17 +48,22 @@ def stub_triton_kernels() -> int:
     return stubbed
 
 
-def force_tma() -> None:
+def force_tma() -> list:
     """Turns on attention's TMA choice (off under the interpreter), so that the descriptor set-up
-    which sm_90 launches pay is timed too."""
+    which sm_90 launches pay is timed too; returns the list each descriptor built is counted in."""
     import vtkernels.triton.attention as triton_attention
 
-    original = triton_attention.launch_config
+    original_config, original_descriptor, built = triton_attention.launch_config, triton_attention.descriptor, []
 
     def config(head_dim, dtype, kernel, n=None):
-        cfg = original(head_dim, dtype, kernel, n)
+        cfg = original_config(head_dim, dtype, kernel, n)
         return {**cfg, "TMA": dtype != torch.float32} if "TMA" in cfg else cfg
-    triton_attention.launch_config = config
+
+    def counted_descriptor(*args):
+        built.append(1)
+        return original_descriptor(*args)
+    triton_attention.launch_config, triton_attention.descriptor = config, counted_descriptor
+    return built
 
 
 def _cases() -> dict:
@@ -143,12 +148,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"{stub_triton_kernels()} Triton kernels stubbed; torch {torch.__version__}, {os.cpu_count()} CPUs")
-    if args.tma:
-        force_tma()
+    built = force_tma() if args.tma else None
     cases = _cases()
     for name in (args.only.split(",") if args.only else cases):
         fn, grads = cases[name]
         print(f"{name:28s} {time_us(fn, grads, args.calls):7.1f} us")
+    if built is not None:
+        print(f"TMA descriptors built: {len(built)}")
     if args.profile:
         fn, grads = cases[args.profile]
         profiler = cProfile.Profile()

@@ -42,10 +42,12 @@ DETR and ImageGPT).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import types
 from typing import Optional
 
+import torch
 from torch import nn
 
 import vtkernels
@@ -106,11 +108,26 @@ def optimize(model: nn.Module, *, norms: bool = True, attention: bool = True, pa
             module._vtkernels_original_forward = module.forward
             module._vtkernels_backend = backend
             module._vtkernels_patched = True
+            if hasattr(module, "gradient_checkpointing"):  # an HF GradientCheckpointingLayer
+                forward = _checkpointed_like_hf(forward)
             module.forward = types.MethodType(forward, module)
             report.add(kind)
     model.vtkernels_report = report
     logger.info("%s", report)
     return (model, report) if return_report else model
+
+
+def _checkpointed_like_hf(forward):
+    """HF's ``GradientCheckpointingLayer`` (ViT, CLIP, Swin layers, ...) checkpoints inside its
+    class's forward; a forward set on the instance bypasses that. This one checkpoints the patched
+    forward where HF's would (``gradient_checkpointing_enable()``, training, gradients on)."""
+
+    @functools.wraps(forward)
+    def checkpointed(self, *args, **kwargs):
+        if getattr(self, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(functools.partial(forward, self, **kwargs), *args)
+        return forward(self, *args, **kwargs)
+    return checkpointed
 
 
 def _fused_norm(module: nn.Module, backend: Optional[str]) -> Optional[nn.Module]:

@@ -141,9 +141,14 @@ def _is_timm_patch_embed(module: nn.Module) -> bool:
 
 # --- attention ----------------------------------------------------------------------------------
 
+# HF attentions that take their causal rule from themselves only (their forward drops **kwargs).
+_OWN_CAUSAL_RULE = ("SiglipAttention", "Siglip2Attention")
+
+
 def _hf_attention_forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs):
     """HF ViT / CLIP self-attention on vtkernels.attention; returns (output, None) like HF."""
-    causal = bool(kwargs.get("is_causal", getattr(self, "is_causal", False)))
+    own = getattr(self, "is_causal", False)
+    causal = bool(own if type(self).__name__ in _OWN_CAUSAL_RULE else kwargs.get("is_causal", own))
     out = projected_attention(self, hidden_states, hidden_states, hidden_states, attention_mask, causal, kwargs)
     if out is None:
         return self._vtkernels_original_forward(hidden_states, attention_mask, **kwargs)
