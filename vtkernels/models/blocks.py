@@ -30,6 +30,7 @@ import math
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 import vtkernels
@@ -48,6 +49,8 @@ class Mlp(NnMlp):
 
 class Block(nn.Module):
     """Pre-norm transformer block ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))`` (timm names)."""
+
+    grad_checkpointing = False  # see set_grad_checkpointing
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, qkv_bias: bool = True, act: str = "gelu",
                  eps: float = 1e-6, causal: bool = False, backend: Optional[str] = None):
@@ -98,12 +101,31 @@ def make_blocks(depth: int, dim: int, num_heads: int, mlp_dim: int, *, qkv_bias:
     return nn.ModuleList(Block(dim, num_heads, mlp_dim, qkv_bias, act, eps, causal, backend) for _ in range(depth))
 
 
+def run_split(block: nn.Module, *args, row: bool = False):
+    """``block.forward_split(*args)`` (``row``: ``block.forward_row(*args)``); with the block's
+    ``grad_checkpointing`` set (see :func:`set_grad_checkpointing`) and a gradient being recorded,
+    its activations are recomputed in the backward instead of kept."""
+    method = block.forward_row if row else block.forward_split
+    if getattr(block, "grad_checkpointing", False) and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(method, *args, use_reentrant=False)
+    return method(*args)
+
+
+def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
+    """Activation checkpointing per block (timm's ``set_grad_checkpointing``, HF's
+    ``gradient_checkpointing_enable``): in training, each block's activations are recomputed in the
+    backward instead of kept, for about a third more compute; every model wrapper exposes it."""
+    for module in model.modules():
+        if hasattr(module, "grad_checkpointing"):  # the block classes run through run_split
+            module.grad_checkpointing = enable
+
+
 def run_blocks(blocks: Sequence[Block], x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None
                ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
     """The stack on ``x``: ``(branch, stream)`` whose sum is the output (``branch`` None for depth 0)."""
     branch, stream = None, x
     for block in blocks:
-        branch, stream = block.forward_split(stream, branch, key_padding_mask)
+        branch, stream = run_split(block, stream, branch, key_padding_mask)
     return branch, stream
 
 
@@ -116,7 +138,7 @@ def run_blocks_to_row(blocks: Sequence[Block], x: torch.Tensor, rows: Union[int,
     if len(blocks) == 0:
         return None, pick_rows(x, rows)
     branch, stream = run_blocks(blocks[:-1], x, key_padding_mask)
-    return blocks[-1].forward_row(stream, branch, rows, key_padding_mask)
+    return run_split(blocks[-1], stream, branch, rows, key_padding_mask, row=True)
 
 
 def final_norm(branch: Optional[torch.Tensor], stream: torch.Tensor, norm: Optional[LayerNorm]) -> torch.Tensor:

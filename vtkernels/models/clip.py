@@ -26,6 +26,7 @@ from torch import nn
 from vtkernels.models import convert
 from vtkernels.models.blocks import (
     conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks, run_blocks_to_row, set_backend,
+    set_grad_checkpointing,
 )
 import vtkernels
 from vtkernels.nn import LayerNorm, PatchEmbed
@@ -206,6 +207,12 @@ class CLIP(nn.Module):
 
     def set_backend(self, backend: Optional[str]) -> "CLIP":
         set_backend(self, backend)
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> "CLIP":
+        """Recompute each block's activations (both towers) in the backward
+        (blocks.set_grad_checkpointing); returns self."""
+        set_grad_checkpointing(self, enable)
         return self
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:

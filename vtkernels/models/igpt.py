@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import vtkernels
-from vtkernels.models.blocks import Mlp, set_backend
+from vtkernels.models.blocks import Mlp, run_split, set_backend, set_grad_checkpointing
 from vtkernels.nn import RMSNorm
 from vtkernels.ops.palette import palette_dequantize, palette_quantize
 from vtkernels.ops.registration import forward_call
@@ -133,6 +133,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class ImageGPTBlock(nn.Module):
+    grad_checkpointing = False  # see blocks.set_grad_checkpointing (training forwards only: no cache)
+
     def __init__(self, config: ImageGPTConfig, layer: int, backend: Optional[str] = None):
         super().__init__()
         scale = (config.dim // config.num_heads) ** -0.5
@@ -183,6 +185,12 @@ class ImageGPT(nn.Module):
     def set_backend(self, backend: Optional[str]) -> None:
         set_backend(self, backend)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> "ImageGPT":
+        """Recompute each block's activations in the backward of a forward without a KV cache
+        (blocks.set_grad_checkpointing); returns self."""
+        set_grad_checkpointing(self, enable)
+        return self
+
     # -- full-sequence forward ------------------------------------------------------------
     def forward_features(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         """(B, N) ids -> (B, N, D) final-norm hidden states (HF ``last_hidden_state``)."""
@@ -191,8 +199,9 @@ class ImageGPT(nn.Module):
             raise ValueError(f"input_ids has {n} tokens, more than n_positions={self.config.n_positions}")
         stream = self.wte(input_ids) + self.wpe.weight[:n]
         branch = None
-        for block in self.blocks:
-            branch, stream = block.forward_split(stream, branch, cache)
+        for block in self.blocks:  # (a recomputed block would write the cache twice: checkpoint without one)
+            branch, stream = block.forward_split(stream, branch, cache) if cache is not None else run_split(
+                block, stream, branch)
         if cache is not None:
             cache.pos.fill_(n)
         return self.norm(stream) if branch is None else self.norm(branch, residual=stream)[0]

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from vtkernels.models.blocks import set_backend
+from vtkernels.models.blocks import run_split, set_backend, set_grad_checkpointing
 from vtkernels.nn import LayerNorm, PatchEmbed
 from vtkernels.nn.swin import PatchMerging, SwinTransformerBlock
 
@@ -56,6 +56,8 @@ SIZES = {  # swin_{tiny,small,base}_patch4_window7_224
 class SwinBlock(SwinTransformerBlock):
     """timm's SwinTransformerBlock (same state_dict) with the residual adds fused into the norms."""
 
+    grad_checkpointing = False  # see blocks.set_grad_checkpointing
+
     def forward_split(self, stream: torch.Tensor, branch: Optional[torch.Tensor]):
         if self.training and self.drop_path > 0:  # stochastic depth needs the plain residual form
             x = self(stream if branch is None else stream + branch)
@@ -83,7 +85,7 @@ class SwinStage(nn.Module):
         """(B, H, W, C) -> (branch, stream) of the stage output (branch None for depth 0)."""
         stream, branch = self.downsample(x), None
         for block in self.blocks:
-            branch, stream = block.forward_split(stream, branch)
+            branch, stream = run_split(block, stream, branch)
         return branch, stream
 
 
@@ -119,6 +121,11 @@ class Swin(nn.Module):
 
     def set_backend(self, backend: Optional[str]) -> None:
         set_backend(self, backend)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> "Swin":
+        """Recompute each block's activations in the backward (blocks.set_grad_checkpointing); returns self."""
+        set_grad_checkpointing(self, enable)
+        return self
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W), already normalized -> (B, h, w, C) after the final norm."""
