@@ -1,4 +1,4 @@
-"""set_grad_checkpointing() on the model wrappers (ViT, CLIP, Swin, iGPT): in training, every block
+"""set_grad_checkpointing() on the model wrappers (ViT, CLIP, Swin, iGPT, DETR): in training, every block
 runs again in the backward (its MLP is called twice) and the gradients are those of the plain
 forward + backward; turned off, nothing is recomputed; an iGPT forward that fills a KV cache is
 not checkpointed (a recompute would write the cache twice)."""
@@ -6,7 +6,7 @@ not checkpointed (a recompute would write the cache twice)."""
 import pytest
 import torch
 
-from vtkernels.models import CLIP, ImageGPT, Swin, ViT
+from vtkernels.models import CLIP, DETR, ImageGPT, Swin, ViT
 from vtkernels.models.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from vtkernels.models.igpt import ImageGPTConfig, KVCache
 from vtkernels.models.swin import SwinConfig
@@ -14,7 +14,8 @@ from vtkernels.models.vit import ViTConfig
 from vtkernels.testing import assert_close, grads
 
 from model_configs import exact_fp32  # noqa: F401 - autouse fixture
-from model_configs import CONTEXT, DEPTH, EMBED, HEADS, IMAGE, MLP, PATCH, VOCAB, WIDTH, perturb_, token_ids
+from model_configs import (CONTEXT, DEPTH, EMBED, HEADS, IMAGE, MLP, PATCH, VOCAB, WIDTH, detr_images, hf_detr,
+                           perturb_, token_ids)
 
 
 def _vit():
@@ -43,7 +44,11 @@ def _igpt():
     return model, (torch.randint(0, 33, (2, 16)),), lambda out: out
 
 
-MODELS = {"ViT": _vit, "CLIP": _clip, "Swin": _swin, "iGPT": _igpt}
+def _detr():  # (encoder and decoder layers; the ResNet backbone is not checkpointed)
+    return DETR.from_hf(hf_detr()), detr_images(), lambda out: out.logits
+
+
+MODELS = {"ViT": _vit, "CLIP": _clip, "Swin": _swin, "iGPT": _igpt, "DETR": _detr}
 
 
 def _mlps(model):

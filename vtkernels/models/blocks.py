@@ -101,14 +101,18 @@ def make_blocks(depth: int, dim: int, num_heads: int, mlp_dim: int, *, qkv_bias:
     return nn.ModuleList(Block(dim, num_heads, mlp_dim, qkv_bias, act, eps, causal, backend) for _ in range(depth))
 
 
-def run_split(block: nn.Module, *args, row: bool = False):
-    """``block.forward_split(*args)`` (``row``: ``block.forward_row(*args)``); with the block's
-    ``grad_checkpointing`` set (see :func:`set_grad_checkpointing`) and a gradient being recorded,
-    its activations are recomputed in the backward instead of kept."""
-    method = block.forward_row if row else block.forward_split
+def run_checkpointed(block: nn.Module, method, *args):
+    """``method(*args)``, one of ``block``'s passes; with the block's ``grad_checkpointing`` set (see
+    :func:`set_grad_checkpointing`) and a gradient being recorded, its activations are recomputed in
+    the backward instead of kept."""
     if getattr(block, "grad_checkpointing", False) and torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(method, *args, use_reentrant=False)
     return method(*args)
+
+
+def run_split(block: nn.Module, *args, row: bool = False):
+    """``block.forward_split(*args)`` (``row``: ``block.forward_row(*args)``), checkpointed where set."""
+    return run_checkpointed(block, block.forward_row if row else block.forward_split, *args)
 
 
 def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import vtkernels
-from vtkernels.models.blocks import Mlp, set_backend
+from vtkernels.models.blocks import Mlp, run_checkpointed, set_backend, set_grad_checkpointing
 from vtkernels.nn import LayerNorm
 
 
@@ -99,6 +99,8 @@ class DetrAttention(nn.Module):
 
 
 class DetrEncoderLayer(nn.Module):
+    grad_checkpointing = False  # see blocks.set_grad_checkpointing
+
     def __init__(self, config: DetrConfig, backend: Optional[str] = None):
         super().__init__()
         d = config.d_model
@@ -114,6 +116,8 @@ class DetrEncoderLayer(nn.Module):
 
 
 class DetrDecoderLayer(nn.Module):
+    grad_checkpointing = False  # see blocks.set_grad_checkpointing
+
     def __init__(self, config: DetrConfig, backend: Optional[str] = None):
         super().__init__()
         d = config.d_model
@@ -139,7 +143,7 @@ class DetrEncoder(nn.Module):
 
     def forward(self, x, pos, key_padding_mask):
         for layer in self.layers:
-            x = layer(x, pos, key_padding_mask)
+            x = run_checkpointed(layer, layer, x, pos, key_padding_mask)
         return x
 
 
@@ -154,7 +158,7 @@ class DetrDecoder(nn.Module):
         memory_with_pos = memory + memory_pos  # the same cross-attention key input for every layer
         states = []
         for layer in self.layers:
-            x = layer(x, query_pos, memory, memory_with_pos, memory_padding_mask)
+            x = run_checkpointed(layer, layer, x, query_pos, memory, memory_with_pos, memory_padding_mask)
             if intermediate:
                 states.append(self.layernorm(x))
         return self.layernorm(x), (torch.stack(states) if intermediate else None)
@@ -222,6 +226,12 @@ class DETR(nn.Module):
 
     def set_backend(self, backend: Optional[str]) -> None:
         set_backend(self, backend)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> "DETR":
+        """Recompute each encoder / decoder layer's activations in the backward (not the backbone's;
+        blocks.set_grad_checkpointing); returns self."""
+        set_grad_checkpointing(self, enable)
+        return self
 
     @torch.no_grad()
     def fuse_backbone_for_inference(self, channels_last: bool = True) -> "DETR":
