@@ -13,16 +13,16 @@ adds up for models whose GPU time per op is short (CLIP text, DETR at batch 8).
 calls: in plain eager mode (real tensors, no dispatch mode, tracer or torch.func transform) an
 ``autograd.Function`` whose forward runs the op's implementation and then the same
 ``setup_context``, with the same ``backward`` (or the implementation alone when nothing needs a
-gradient); otherwise, and
-under torch.compile, the custom op itself (FakeTensorMode, make_fx, jit.trace and compiled
-autograd need its fake implementation and dispatch). The eager Function passes None, not a zero
-tensor, as the gradient of an output nothing used (``set_materialize_grads(False)``): a backward
-sees None for the outputs saved for it (activations, statistics) and, where an op returns two
-(the norm's residual sum), for either; with no gradient at all it is not called. Backward
-functions call their backward op through :func:`backward_call`: the implementation when the
-backward runs from that eager Function, the op when AOTAutograd traces the registered one. That
-choice is a flag set by the eager Function, not ``torch.compiler.is_compiling()`` alone, so it
-does not depend on whether torch holds the compiling flag while AOTAutograd traces a backward.
+gradient); otherwise, and under torch.compile, the custom op itself (FakeTensorMode, make_fx,
+jit.trace and compiled autograd need its fake implementation and dispatch). The eager Function
+passes None, not a zero tensor, as the gradient of an output nothing used
+(``set_materialize_grads(False)``): a backward sees None for the outputs saved for it
+(activations, statistics) and, where an op returns two (the norm's residual sum), for either;
+with no gradient at all it is not called. Backward functions call their backward op through
+:func:`backward_call`: the implementation when the backward runs from that eager Function, the op
+when AOTAutograd traces the registered one. That choice is a flag set by the eager Function, not
+``torch.compiler.is_compiling()`` alone, so it does not depend on whether torch holds the
+compiling flag while AOTAutograd traces a backward.
 """
 
 from __future__ import annotations
