@@ -79,10 +79,10 @@ def test_hf_clip(fused_calls, attn_implementation, padding, device):
 
 # (family, report, fused calls): ViT's layers in DeiT, ViT-MSN, I-JEPA, ViT-MAE and DINOv2 (norms: 2
 # per layer + the final one; the attention residual added in the second norm, after DINOv2's layer
-# scale); SigLIP / SigLIP 2: CLIP's layers in both towers, plus the MLP and norm of the image
+# scale) and their patch projection; SigLIP / SigLIP 2: CLIP's layers in both towers, plus the MLP and norm of the image
 # tower's attention-pooling head; MetaCLIP 2: all of CLIP's patches.
-VIT_LAYERS = ({"LayerNorm": 2 * DEPTH + 1, "AddNorm": DEPTH, "Attention": DEPTH, "Mlp": DEPTH},
-              {"attention": DEPTH, "mlp": DEPTH})
+VIT_LAYERS = ({"LayerNorm": 2 * DEPTH + 1, "AddNorm": DEPTH, "Attention": DEPTH, "Mlp": DEPTH, "PatchEmbed": 1},
+              {"attention": DEPTH, "mlp": DEPTH, "patch_embed": 1})
 VIT_FAMILIES = [
     *((name, *VIT_LAYERS) for name in ("DeiT", "ViTMSN", "IJepa", "ViTMAE", "Dinov2", "Dinov2WithRegisters")),
     *((name, {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH + 1},

@@ -25,8 +25,9 @@ Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on a
 * QuickGELU (HF ``QuickGELUActivation``, timm's ``QuickGELU``: CLIP, iGPT) elsewhere runs as one
   :func:`vtkernels.quick_gelu` pass instead of eager PyTorch's three;
 * the patch embedding of HF ViT / CLIP (convolution + class token + position embedding) becomes
-  one :func:`vtkernels.patch_embed` call; timm's ``PatchEmbed`` (flattened or Swin's NHWC output)
-  and HF's ``SwinPatchEmbeddings`` keep their own position handling and get the fused projection.
+  one :func:`vtkernels.patch_embed` call; timm's ``PatchEmbed`` (flattened or Swin's NHWC output),
+  HF's ``SwinPatchEmbeddings`` and the patch embeddings of HF DeiT, ViT-MSN, I-JEPA, ViT-MAE and
+  DINOv2 keep their own position handling and get the fused projection.
 
 A patched forward falls back to the original one for the calls it cannot take exactly (attention
 masks that are not causal + key padding or that leave a query without keys, dropout in training,

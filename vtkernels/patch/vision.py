@@ -20,9 +20,9 @@ from vtkernels.reference.window_attention import effective_window
 
 # Families whose modules are ViT's or CLIP's under another name (transformers keeps them "Copied
 # from" ViT / CLIP): DeiT, ViT-MSN, I-JEPA, ViT-MAE and DINOv2 (with registers) have ViT's
-# attention and MLP; SigLIP / SigLIP 2 have CLIP's attention, MLP and encoder layer, MetaCLIP 2 all
-# of CLIP's modules. The other embeddings differ (distillation token, registers, no class token)
-# and stay as they are.
+# attention, MLP and patch projection; SigLIP / SigLIP 2 have CLIP's attention, MLP and encoder
+# layer, MetaCLIP 2 all of CLIP's modules. The other embeddings differ (distillation token,
+# registers, no class token): only their patch projection is fused.
 _VIT_LIKE = ("ViT", "DeiT", "ViTMSN", "IJepa", "ViTMAE")
 _DINOV2 = ("Dinov2", "Dinov2WithRegisters")
 _CLIP_LIKE = ("CLIP", "MetaClip2", "Siglip", "Siglip2")
@@ -118,6 +118,16 @@ def _is_hf_patch_merging(module: nn.Module) -> bool:
     return (type(module).__name__ == "SwinPatchMerging" and from_package(module, "transformers")
             and isinstance(getattr(module, "reduction", None), nn.Linear) and hasattr(module, "norm")
             and forward_takes(module, "input_feature", "input_dimensions"))
+
+
+# The patch projections of the ViT-like families, whose embeddings are not ViT's (ViT's own is fused
+# with its class token and positions by the embeddings patch): a Conv2d, flattened to (B, N, D).
+HF_PATCH_EMBEDDING_CLASSES = tuple(f"{name}PatchEmbeddings" for name in (*_VIT_LIKE[1:], *_DINOV2))
+
+
+def _is_hf_patch_embeddings(module: nn.Module) -> bool:
+    return (type(module).__name__ in HF_PATCH_EMBEDDING_CLASSES and from_package(module, "transformers")
+            and isinstance(getattr(module, "projection", None), nn.Conv2d) and forward_takes(module, "pixel_values"))
 
 
 def _is_hf_swin_patch_embeddings(module: nn.Module) -> bool:
@@ -359,6 +369,16 @@ def _timm_patch_embed_forward(self, x: torch.Tensor):
     return self.norm(tokens)
 
 
+def _hf_patch_embeddings_forward(self, pixel_values: torch.Tensor):
+    """HF DeiT / ViT-MSN / I-JEPA / ViT-MAE / DINOv2 patch embeddings: the projection, flattened
+    to (B, N, D), in one fused GEMM; images HF would crop, or with the wrong channel count
+    (HF raises), take HF's path."""
+    tokens = None
+    if pixel_values.shape[1] == self.projection.in_channels:
+        tokens = _fused_projection(self.projection, pixel_values, self._vtkernels_backend)
+    return self._vtkernels_original_forward(pixel_values) if tokens is None else tokens
+
+
 def _hf_swin_patch_embeddings_forward(self, pixel_values: torch.Tensor):
     """HF SwinPatchEmbeddings: (tokens, (H', W')); images that HF would pad take HF's path."""
     tokens = _fused_projection(self.projection, pixel_values, self._vtkernels_backend)
@@ -382,6 +402,7 @@ PATCHES = (
     ("norms", _is_hf_patch_merging, "PatchMerging", _hf_patch_merging_forward),
     ("patch_embed", _is_hf_embeddings, "PatchEmbed", _hf_embeddings_forward),
     ("patch_embed", _is_hf_swin_patch_embeddings, "PatchEmbed", _hf_swin_patch_embeddings_forward),
+    ("patch_embed", _is_hf_patch_embeddings, "PatchEmbed", _hf_patch_embeddings_forward),
     ("patch_embed", _is_timm_patch_embed, "PatchEmbed", _timm_patch_embed_forward),
     ("mlp", _is_timm_mlp, "Mlp", _timm_mlp_forward),
     ("mlp", _is_hf_mlp, "Mlp", _hf_mlp_forward),
