@@ -118,10 +118,22 @@ def run_split(block: nn.Module, *args, row: bool = False):
 def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
     """Activation checkpointing per block (timm's ``set_grad_checkpointing``, HF's
     ``gradient_checkpointing_enable``): in training, each block's activations are recomputed in the
-    backward instead of kept, for about a third more compute; every model wrapper exposes it."""
+    backward instead of kept, for about a third more compute. The blocks are the modules with a
+    ``grad_checkpointing`` attribute (transformer blocks, DETR's layers; not backbones), whose
+    passes the models run through :func:`run_checkpointed`; an iGPT forward that fills a KV cache
+    is never checkpointed (a recompute would write the cache twice)."""
     for module in model.modules():
-        if hasattr(module, "grad_checkpointing"):  # the block classes run through run_split
+        if hasattr(module, "grad_checkpointing"):
             module.grad_checkpointing = enable
+
+
+class GradCheckpointing:
+    """``model.set_grad_checkpointing(enable=True)`` for the model wrappers (a mixin; returns the
+    model): see :func:`set_grad_checkpointing`."""
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        set_grad_checkpointing(self, enable)
+        return self
 
 
 def run_blocks(blocks: Sequence[Block], x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None

@@ -25,8 +25,8 @@ from torch import nn
 
 from vtkernels.models import convert
 from vtkernels.models.blocks import (
-    conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks, run_blocks_to_row, set_backend,
-    set_grad_checkpointing,
+    GradCheckpointing, conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks, run_blocks_to_row,
+    set_backend,
 )
 import vtkernels
 from vtkernels.nn import LayerNorm, PatchEmbed
@@ -181,7 +181,7 @@ class CLIPOutput:
     logits_per_text: torch.Tensor
 
 
-class CLIP(nn.Module):
+class CLIP(GradCheckpointing, nn.Module):
     """CLIP from a :class:`CLIPConfig` or an OpenAI preset name (``"B/32"``, ``"B/16"``, ``"L/14"``)."""
 
     def __init__(self, config: Union[CLIPConfig, str] = "B/16", backend: Optional[str] = None):
@@ -207,12 +207,6 @@ class CLIP(nn.Module):
 
     def set_backend(self, backend: Optional[str]) -> "CLIP":
         set_backend(self, backend)
-        return self
-
-    def set_grad_checkpointing(self, enable: bool = True) -> "CLIP":
-        """Recompute each block's activations (both towers) in the backward
-        (blocks.set_grad_checkpointing); returns self."""
-        set_grad_checkpointing(self, enable)
         return self
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import vtkernels
-from vtkernels.models.blocks import Mlp, run_checkpointed, set_backend, set_grad_checkpointing
+from vtkernels.models.blocks import GradCheckpointing, Mlp, run_checkpointed, set_backend
 from vtkernels.nn import LayerNorm
 
 
@@ -209,7 +209,7 @@ def fold_conv_batchnorm(module: nn.Module) -> int:
     return folded
 
 
-class DETR(nn.Module):
+class DETR(GradCheckpointing, nn.Module):
     """DETR for object detection (``head=False``: the bare encoder-decoder, HF ``DetrModel``)."""
 
     def __init__(self, backbone: nn.Module, config: DetrConfig = DetrConfig(), head: bool = True,
@@ -226,12 +226,6 @@ class DETR(nn.Module):
 
     def set_backend(self, backend: Optional[str]) -> None:
         set_backend(self, backend)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> "DETR":
-        """Recompute each encoder / decoder layer's activations in the backward (not the backbone's;
-        blocks.set_grad_checkpointing); returns self."""
-        set_grad_checkpointing(self, enable)
-        return self
 
     @torch.no_grad()
     def fuse_backbone_for_inference(self, channels_last: bool = True) -> "DETR":

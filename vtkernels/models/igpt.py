@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import vtkernels
-from vtkernels.models.blocks import Mlp, run_split, set_backend, set_grad_checkpointing
+from vtkernels.models.blocks import GradCheckpointing, Mlp, run_split, set_backend
 from vtkernels.nn import RMSNorm
 from vtkernels.ops.palette import palette_dequantize, palette_quantize
 from vtkernels.ops.registration import forward_call
@@ -158,7 +158,7 @@ class ImageGPTBlock(nn.Module):
         return self.mlp(y), stream
 
 
-class ImageGPT(nn.Module):
+class ImageGPT(GradCheckpointing, nn.Module):
     """iGPT with an LM head over the colours (``head=False``: the bare ``ImageGPTModel``)."""
 
     def __init__(self, config: ImageGPTConfig = SIZES["S"], head: bool = True, backend: Optional[str] = None):
@@ -184,12 +184,6 @@ class ImageGPT(nn.Module):
 
     def set_backend(self, backend: Optional[str]) -> None:
         set_backend(self, backend)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> "ImageGPT":
-        """Recompute each block's activations in the backward of a forward without a KV cache
-        (blocks.set_grad_checkpointing); returns self."""
-        set_grad_checkpointing(self, enable)
-        return self
 
     # -- full-sequence forward ------------------------------------------------------------
     def forward_features(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from vtkernels.models.blocks import run_split, set_backend, set_grad_checkpointing
+from vtkernels.models.blocks import GradCheckpointing, run_split, set_backend
 from vtkernels.nn import LayerNorm, PatchEmbed
 from vtkernels.nn.swin import PatchMerging, SwinTransformerBlock
 
@@ -89,7 +89,7 @@ class SwinStage(nn.Module):
         return branch, stream
 
 
-class Swin(nn.Module):
+class Swin(GradCheckpointing, nn.Module):
     """Swin image classifier (``num_classes=0``: features only, timm's ``forward_features``)."""
 
     def __init__(self, config: SwinConfig = SIZES["T"], backend: Optional[str] = None):
@@ -121,11 +121,6 @@ class Swin(nn.Module):
 
     def set_backend(self, backend: Optional[str]) -> None:
         set_backend(self, backend)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> "Swin":
-        """Recompute each block's activations in the backward (blocks.set_grad_checkpointing); returns self."""
-        set_grad_checkpointing(self, enable)
-        return self
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W), already normalized -> (B, h, w, C) after the final norm."""

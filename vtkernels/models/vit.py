@@ -20,8 +20,8 @@ from torch import nn
 
 from vtkernels.models import convert
 from vtkernels.models.blocks import (
-    conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks, run_blocks_to_row, set_backend,
-    set_grad_checkpointing,
+    GradCheckpointing, conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks, run_blocks_to_row,
+    set_backend,
 )
 from vtkernels.nn import LayerNorm, PatchEmbed, resample_pos_embed
 from vtkernels.reference.activation import ACTIVATIONS
@@ -93,7 +93,7 @@ VIT_PRESETS = {
 }
 
 
-class ViT(nn.Module):
+class ViT(GradCheckpointing, nn.Module):
     """ViT classifier: fused patch embedding, pre-norm blocks with fused residual + LayerNorm."""
 
     def __init__(self, config: Union[ViTConfig, str] = "B/16", backend: Optional[str] = None, **overrides):
@@ -130,11 +130,6 @@ class ViT(nn.Module):
     def set_backend(self, backend: Optional[str]) -> "ViT":
         """Run every op on ``backend`` (None: automatic); returns self."""
         set_backend(self, backend)
-        return self
-
-    def set_grad_checkpointing(self, enable: bool = True) -> "ViT":
-        """Recompute each block's activations in the backward (blocks.set_grad_checkpointing); returns self."""
-        set_grad_checkpointing(self, enable)
         return self
 
     # --- forward -------------------------------------------------------------------------------
