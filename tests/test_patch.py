@@ -29,10 +29,10 @@ def add_norm_calls(monkeypatch):
 def _assert_parameter_grads_close(hf, ours, theirs):
     """Each parameter gradient of the patched model (``ours``) within fp32 tolerance of HF's,
     None where HF's is None. The key bias cancels in the softmax: its gradient is rounding noise on
-    both sides and is not compared."""
+    both sides and is not compared (``key.bias`` in transformers' older nested layout)."""
     names = [name for name, _ in hf.named_parameters()]
     assert [i for i, g in enumerate(ours) if g is None] == [i for i, g in enumerate(theirs) if g is None]
-    kept = [i for i, name in enumerate(names) if not name.endswith("k_proj.bias") and theirs[i] is not None]
+    kept = [i for i, name in enumerate(names) if not name.endswith(("k_proj.bias", "attention.key.bias")) and theirs[i] is not None]
     assert_close([ours[i] for i in kept], [theirs[i] for i in kept], torch.float32, tol=2e-5,
                  names=[names[i] for i in kept])
 
@@ -85,6 +85,14 @@ def test_hf_clip(fused_calls, attn_implementation, padding, device):
                  names=["logits_per_image", "text last_hidden_state"])
 
 
+def _nested_dinov2_attention(model: nn.Module) -> bool:
+    """Whether a DINOv2 model has the attention layout of transformers before its DINOv2 refactor
+    (e.g. 5.17, the GPU machine's): ViT's old attention.query / key / value and output.dense, a
+    layer forward without attention_mask. optimize() leaves those layers, attentions and MLPs alone."""
+    layer = getattr(getattr(model, "encoder", None), "layer", [None])[0]
+    return type(model).__name__.startswith("Dinov2") and not hasattr(layer.attention, "q_proj")
+
+
 # (family, report, fused calls): ViT's layers in DeiT, ViT-MSN, I-JEPA, ViT-MAE and DINOv2 (norms: 2
 # per layer + the final one; the attention residual added in the second norm, after DINOv2's layer
 # scale) and their patch projection; SigLIP / SigLIP 2: CLIP's layers in both towers, plus the MLP and norm of the image
@@ -108,11 +116,13 @@ def test_hf_vit_and_clip_families(name, replaced, calls, fused_calls, add_norm_c
     outputs and parameter gradients within tolerance of the original model."""
     hf, inputs = hf_vit_family(name)
     hf, inputs = hf.to(device), {key: value.to(device) for key, value in inputs.items()}
+    if _nested_dinov2_attention(hf):  # unpatched rather than wrong: only the norms and patch projection
+        replaced, calls = {"LayerNorm": 2 * DEPTH + 1, "PatchEmbed": 1}, {"attention": 0, "mlp": 0, "patch_embed": 1}
     fused, report = _optimized(hf)
     assert report.replaced == replaced
     outputs = [o for o in fused(**inputs).values() if isinstance(o, torch.Tensor) and o.is_floating_point()]
     assert {key: fused_calls[key] for key in calls} == calls
-    assert len(add_norm_calls) == replaced["AddNorm"]  # each fused layer ran its own forward
+    assert len(add_norm_calls) == replaced.get("AddNorm", 0)  # each fused layer ran its own forward
     expected = [o for o in hf(**inputs).values() if isinstance(o, torch.Tensor) and o.is_floating_point()]
     assert_close(outputs, expected, torch.float32)
     differentiable = [i for i, o in enumerate(outputs) if o.requires_grad]  # (not ViT-MAE's patch mask)
@@ -127,6 +137,8 @@ def test_hf_dinov2_drop_path_in_training_takes_hf_layer(device):
     """Stochastic depth is HF's: a training DINOv2 layer with drop path runs its own forward (same
     random draws as the original model under the same seed), its attention and MLP still fused."""
     hf, inputs = hf_vit_family("Dinov2", drop_path_rate=0.5)
+    if _nested_dinov2_attention(hf):
+        pytest.skip("this transformers' DINOv2 layers are not patched (test_hf_vit_and_clip_families checks that)")
     hf, inputs = hf.to(device).train(), {key: value.to(device) for key, value in inputs.items()}
     fused, report = _optimized(hf)
     assert report.replaced["AddNorm"] == DEPTH
