@@ -26,6 +26,7 @@ struct alignas(sizeof(T) * N) Vec {
 template <typename T>
 constexpr int kVec16 = 16 / sizeof(T);
 
+#ifdef __CUDACC__  // the vector helpers are device code; the bindings' host .cpp files include this header too
 // Loads N elements as fp32; `valid` false gives zeros (a lane past the row end).
 template <typename T, int N>
 __device__ __forceinline__ void load_vec(const T* ptr, bool valid, float (&out)[N]) {
@@ -46,6 +47,7 @@ __device__ __forceinline__ void store_vec(T* ptr, const float (&in)[N]) {
   for (int i = 0; i < N; ++i) vec.v[i] = from_float<T>(in[i]);
   *reinterpret_cast<Vec<T, N>*>(ptr) = vec;
 }
+#endif
 
 }  // namespace vtk
 
