@@ -95,14 +95,18 @@ def _nested_dinov2_attention(model: nn.Module) -> bool:
 
 # (family, report, fused calls): ViT's layers in DeiT, ViT-MSN, I-JEPA, ViT-MAE and DINOv2 (norms: 2
 # per layer + the final one; the attention residual added in the second norm, after DINOv2's layer
-# scale) and their patch projection; SigLIP / SigLIP 2: CLIP's layers in both towers, plus the MLP and norm of the image
-# tower's attention-pooling head; MetaCLIP 2: all of CLIP's patches.
+# scale) and their patch projection; SigLIP / SigLIP 2: CLIP's layers in both towers, plus the MLP
+# and norm of the image tower's attention-pooling head (and SigLIP's patch embedding, without a
+# class token); MetaCLIP 2: all of CLIP's patches.
 VIT_LAYERS = ({"LayerNorm": 2 * DEPTH + 1, "AddNorm": DEPTH, "Attention": DEPTH, "Mlp": DEPTH, "PatchEmbed": 1},
               {"attention": DEPTH, "mlp": DEPTH, "patch_embed": 1})
 VIT_FAMILIES = [
     *((name, *VIT_LAYERS) for name in ("DeiT", "ViTMSN", "IJepa", "ViTMAE", "Dinov2", "Dinov2WithRegisters")),
-    *((name, {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH + 1},
-       {"attention": 2 * DEPTH, "mlp": 2 * DEPTH + 1}) for name in ("Siglip", "Siglip2")),
+    ("Siglip", {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH + 1,
+                "PatchEmbed": 1},
+     {"attention": 2 * DEPTH, "mlp": 2 * DEPTH + 1, "patch_embed": 1}),
+    ("Siglip2", {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH + 1},
+     {"attention": 2 * DEPTH, "mlp": 2 * DEPTH + 1, "patch_embed": 0}),  # (patches in: a Linear, HF's)
     ("MetaClip2", {"LayerNorm": 4 * DEPTH + 3, "AddNorm": 2 * DEPTH, "Attention": 2 * DEPTH, "Mlp": 2 * DEPTH,
                    "QuickGELU": 2 * DEPTH, "PatchEmbed": 1},
      {"attention": 2 * DEPTH, "mlp": 2 * DEPTH, "patch_embed": 1}),
@@ -314,13 +318,13 @@ def test_channels_first_norm_subclass_is_left_alone():
 
 
 @needs_transformers_5
-def test_patched_embeddings_fall_back_for_special_calls(fused_calls, device):
-    hf = hf_vit().to(device)
+@pytest.mark.parametrize("family", ["ViT", "Siglip"])
+def test_patched_embeddings_fall_back_for_special_calls(family, fused_calls, device):
+    hf = (hf_vit() if family == "ViT" else hf_vit_family(family)[0].vision_model).to(device)
     fused, _ = _optimized(hf)
     images = torch.randn(1, 3, IMAGE + PATCH, IMAGE + PATCH, device=device)
     with torch.no_grad():
-        out = fused(images, interpolate_pos_encoding=True).logits
-        expected = hf(images, interpolate_pos_encoding=True).logits
+        out, expected = (model(pixel_values=images, interpolate_pos_encoding=True)[0] for model in (fused, hf))
     assert fused_calls["patch_embed"] == 0
     assert rel_error(out, expected) < 1e-5
 

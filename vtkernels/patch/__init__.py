@@ -24,8 +24,8 @@ Monkey-patching in place (like Liger-Kernel's ``apply_liger_kernel_to_*``), on a
   call, the activation (GELU, QuickGELU, ReLU) fused into fc1's GEMM;
 * QuickGELU (HF ``QuickGELUActivation``, timm's ``QuickGELU``: CLIP, iGPT) elsewhere runs as one
   :func:`vtkernels.quick_gelu` pass instead of eager PyTorch's three;
-* the patch embedding of HF ViT / CLIP (convolution + class token + position embedding) becomes
-  one :func:`vtkernels.patch_embed` call; timm's ``PatchEmbed`` (flattened or Swin's NHWC output),
+* the patch embedding of HF ViT / CLIP / SigLIP (convolution + class token, SigLIP's without,
+  + position embedding) becomes one :func:`vtkernels.patch_embed` call; timm's ``PatchEmbed`` (flattened or Swin's NHWC output),
   HF's ``SwinPatchEmbeddings`` and the patch embeddings of HF DeiT, ViT-MSN, I-JEPA, ViT-MAE and
   DINOv2 keep their own position handling and get the fused projection.
 

@@ -21,13 +21,15 @@ from vtkernels.reference.window_attention import effective_window
 # Families whose modules are ViT's or CLIP's under another name (transformers keeps them "Copied
 # from" ViT / CLIP): DeiT, ViT-MSN, I-JEPA, ViT-MAE and DINOv2 (with registers) have ViT's
 # attention, MLP and patch projection; SigLIP / SigLIP 2 have CLIP's attention, MLP and encoder
-# layer, MetaCLIP 2 all of CLIP's modules. The other embeddings differ (distillation token,
-# registers, no class token): only their patch projection is fused.
+# layer, MetaCLIP 2 all of CLIP's modules. The ViT-like embeddings differ (distillation token,
+# registers, mask token): only their patch projection is fused. SigLIP's are CLIP's without the
+# class token (fused whole); SigLIP 2 embeds flattened patches with a Linear (left as it is).
 _VIT_LIKE = ("ViT", "DeiT", "ViTMSN", "IJepa", "ViTMAE")
 _DINOV2 = ("Dinov2", "Dinov2WithRegisters")
 _CLIP_LIKE = ("CLIP", "MetaClip2", "Siglip", "Siglip2")
 HF_ATTENTION_CLASSES = tuple(f"{name}Attention" for name in (*_VIT_LIKE, *_DINOV2, *_CLIP_LIKE))
-HF_EMBEDDING_CLASSES = ("ViTEmbeddings", "CLIPVisionEmbeddings", "MetaClip2VisionEmbeddings")
+HF_EMBEDDING_CLASSES = ("ViTEmbeddings", "CLIPVisionEmbeddings", "MetaClip2VisionEmbeddings",
+                        "SiglipVisionEmbeddings")
 HF_MLP_CLASSES = (*(f"{name}MLP" for name in (*_VIT_LIKE, *_DINOV2, *_CLIP_LIKE)), "SwinMLP", "DetrMLP")
 
 
@@ -328,13 +330,16 @@ def _hf_patch_merging_forward(self, input_feature: torch.Tensor, input_dimension
 # --- patch embedding ------------------------------------------------------------------------
 
 def _hf_embeddings_forward(self, pixel_values: torch.Tensor, *args, **kwargs):
-    """HF ViTEmbeddings / CLIPVisionEmbeddings (MetaCLIP 2's): conv + cls token + position embedding in one op."""
-    if type(self).__name__ == "ViTEmbeddings":
+    """HF ViTEmbeddings / CLIPVisionEmbeddings (MetaCLIP 2's) / SiglipVisionEmbeddings: conv (+ cls
+    token) + position embedding in one op."""
+    name = type(self).__name__
+    if name == "ViTEmbeddings":
         conv, cls_token, pos_embed = self.patch_embeddings.projection, self.cls_token, self.position_embeddings
         dropout = self.dropout.p if self.training else 0.0
         image_size = tuple(self.image_size)
-    else:  # CLIPVisionEmbeddings, MetaClip2VisionEmbeddings
-        conv, cls_token, pos_embed = self.patch_embedding, self.class_embedding, self.position_embedding.weight
+    else:  # CLIP's, MetaCLIP 2's and SigLIP's (no class token; its position_ids are arange(num_patches))
+        conv, pos_embed = self.patch_embedding, self.position_embedding.weight
+        cls_token = None if name == "SiglipVisionEmbeddings" else self.class_embedding
         dropout = 0.0
         image_size = (self.image_size, self.image_size)
     special = any(a is not None and a is not False for a in args) or any(
