@@ -430,6 +430,10 @@ def test_bad_inputs_raise_clear_errors():
         vtkernels.attention(q, k, v, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="scale"):
         vtkernels.attention(q, k, v, scale=float("nan"))
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        vtkernels.attention(q, k, v, causal=1)
+    with pytest.raises(ValueError, match="q must have a non-empty head_dim"):
+        vtkernels.attention(q[..., :0], k[..., :0], v[..., :0])
     with pytest.raises(vtkernels.BackendError, match="head_dim 48"):
         q48, k48, v48 = make_qkv(1, 1, 4, 4, 48, torch.float32, "cpu", requires_grad=False)
         vtkernels.attention(q48, k48, v48, backend="triton")

@@ -270,6 +270,8 @@ def test_bad_input_names_the_argument():
         vtkernels.clip_loss(image, text, scale, max_scale=0.0)
     with pytest.raises(TypeError, match="image_features has dtype"):
         vtkernels.clip_loss(image.int(), text.int(), scale)
+    with pytest.raises(ValueError, match="image_features must have a non-empty feature dimension"):
+        vtkernels.clip_loss(image[:, :0], text[:, :0], scale)
     with pytest.raises(RuntimeError, match="torch.distributed is not initialized"):
         vtkernels.clip_loss(image, text, scale, distributed=True)
 

@@ -108,6 +108,10 @@ def test_bad_inputs_name_the_argument():
         detr_match_cost(logits, pred, labels + 4, target)
     with pytest.raises(TypeError, match="pred_boxes"):
         detr_match_cost(logits, pred.double(), labels, target)
+    with pytest.raises(ValueError, match="logits must have at least one class"):
+        detr_match_cost(logits[..., :0], pred, labels, target)
+    with pytest.raises(ValueError, match="target_labels must have 2 rows"):
+        detr_match_cost(logits, pred, labels[:1], target)
     with pytest.raises(vtkernels.BackendError, match="CUDA tensor"):
         detr_match_cost(logits, pred, labels, target, backend="cuda")
 

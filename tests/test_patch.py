@@ -3,6 +3,7 @@ in place; counts in the report; outputs and gradients within tolerance of the or
 fused path is really taken (calls counted), and masks it cannot express fall back exactly."""
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -26,13 +27,17 @@ def add_norm_calls(monkeypatch):
     return calls
 
 
+KEY_BIASES = ("k_proj.bias", "attention.key.bias", "k_norm.bias")
+
+
 def _assert_parameter_grads_close(hf, ours, theirs):
     """Each parameter gradient of the patched model (``ours``) within fp32 tolerance of HF's,
     None where HF's is None. The key bias cancels in the softmax: its gradient is rounding noise on
-    both sides and is not compared (``key.bias`` in transformers' older nested layout)."""
+    both sides and is not compared (``key.bias`` in transformers' older nested layout; the bias of
+    timm's key norm likewise)."""
     names = [name for name, _ in hf.named_parameters()]
     assert [i for i, g in enumerate(ours) if g is None] == [i for i, g in enumerate(theirs) if g is None]
-    kept = [i for i, name in enumerate(names) if not name.endswith(("k_proj.bias", "attention.key.bias")) and theirs[i] is not None]
+    kept = [i for i, name in enumerate(names) if not name.endswith(KEY_BIASES) and theirs[i] is not None]
     assert_close([ours[i] for i in kept], [theirs[i] for i in kept], torch.float32, tol=2e-5,
                  names=[names[i] for i in kept])
 
@@ -377,6 +382,31 @@ def test_timm_vit_drop_path_in_training_takes_timm_block(device):
         torch.manual_seed(7)
         outputs.append(net(images))
     assert_close(outputs[0], outputs[1], torch.float32)
+
+
+@pytest.mark.parametrize("option", ["qk_norm", "scale_norm", "gated", "is_causal"])
+def test_timm_attention_variants(option, fused_calls, device):
+    """timm Attention's q / k norms, output norm, sigmoid output gate (newer timm) and causal calls
+    stay timm's around the fused attention: output and every gradient (input included)."""
+    attention_module = pytest.importorskip("timm.layers.attention")
+    takes = set(inspect.signature(attention_module.Attention).parameters) | {"is_causal"}
+    if option not in takes:
+        pytest.skip(f"this timm's Attention has no {option}")
+    options = {} if option == "is_causal" else {option: True}
+    attention = attention_module.Attention(64, num_heads=2, qkv_bias=True, norm_layer=nn.LayerNorm, **options)
+    attention = perturb_(attention).eval().to(device)
+    fused, report = _optimized(attention)
+    assert report.replaced["Attention"] == 1
+    x = torch.randn(2, 9, 64, device=device, requires_grad=True)
+    call = {"is_causal": True} if option == "is_causal" else {}
+    out, expected = fused(x, **call), attention(x, **call)
+    assert fused_calls["attention"] == 1
+    assert_close(out, expected, torch.float32)
+    cotangent = torch.randn_like(out)
+    ours, theirs = grads(out, [x, *fused.parameters()], cotangent), grads(expected, [x, *attention.parameters()],
+                                                                         cotangent)
+    assert_close(ours[0], theirs[0], torch.float32, tol=2e-5, names=["x"])
+    _assert_parameter_grads_close(attention, ours[1:], theirs[1:])
 
 
 def _tiny_timm_swin(img_size):

@@ -177,6 +177,7 @@ def test_module_state_dict_and_compile(device):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(weight=torch.randn(63)), "weight"),
     (dict(x=torch.randn(4, 4, 16)), "x"),
+    (dict(x=torch.randn(1, 4, 4, 0), weight=torch.randn(0)), "x must have channels"),
     (dict(eps=0.0), "eps"),
     (dict(bias=torch.randn(64).double()), "bias"),
 ])

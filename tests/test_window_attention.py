@@ -2,6 +2,7 @@
 float64 reference (forward, d qkv, d bias table, d pad_qkv), custom ops, torch.compile, modules,
 dispatch and bad input. Patch merging lives in test_patch_merging.py."""
 
+import re
 import sys
 from types import SimpleNamespace
 
@@ -460,8 +461,22 @@ def test_triton_refuses_bf16_in_the_interpreter():
         vtkernels.window_attention(qkv, table, 1, 7, backend="triton")
 
 
+@pytest.mark.interpreter
+@pytest.mark.parametrize("channels, heads, window, table_dtype, reason", [
+    (2 * 160, 2, 7, torch.float32, "head_dim 160 > 128"),
+    (32, 1, 17, torch.float32, "window of 17x17 tokens > 256"),
+    (96, 2, 7, torch.float64, "rel_pos_table dtype torch.float64"),
+])
+def test_triton_refusals_say_why(channels, heads, window, table_dtype, reason):
+    qkv = torch.randn(1, window, window, 3 * channels)
+    table = torch.randn((2 * window - 1) ** 2, heads, dtype=table_dtype)
+    with pytest.raises(vtkernels.BackendError, match=re.escape(reason)):
+        vtkernels.window_attention(qkv, table, heads, window, backend="triton")
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(table=torch.randn(168, 2)), "rel_pos_table"),
+    (dict(heads=0), "num_heads must be a positive int"),
     (dict(shift=7), "shift_size"),
     (dict(heads=5), "num_heads"),
     (dict(qkv=torch.randn(1, 7, 7, 96).int()), "qkv"),

@@ -41,9 +41,6 @@ import triton.language as tl
 
 from vtkernels.triton.tiling import cdiv, next_power_of_2, two_tiles
 
-# Tokens per window the kernels take: one window's keys must fit one tile.
-MAX_WINDOW_TOKENS = 256
-MAX_HEAD_DIM = 128
 LOG2E = 1.4426950408889634
 
 
