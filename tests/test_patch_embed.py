@@ -359,6 +359,22 @@ def test_module_state_dict_and_outputs_match_timm_layout(device):
     assert set(no_bias.state_dict()) == {"proj.weight"}
 
 
+@pytest.mark.parametrize("output_fmt", [None, "NCHW", "NHWC", "NCL", "NLC"])
+@pytest.mark.parametrize("dynamic_img_pad", [False, True])
+def test_module_output_formats_and_dynamic_padding_like_timm(output_fmt, dynamic_img_pad):
+    """timm's PatchEmbed contract: zero-pad the pixels up to a patch multiple (dynamic_img_pad), convolve,
+    then flatten to (B, N, D) or lay the map out as output_fmt."""
+    module = vtkernels.nn.PatchEmbed(img_size=None, patch_size=8, embed_dim=12, output_fmt=output_fmt,
+                                     dynamic_img_pad=dynamic_img_pad)
+    images = torch.randn(2, 3, 20 if dynamic_img_pad else 16, 27 if dynamic_img_pad else 24)
+    conv = module.proj(F.pad(images, (0, (-images.shape[3]) % 8, 0, (-images.shape[2]) % 8)))  # (B, D, h, w)
+    expected = {None: conv.flatten(2).transpose(1, 2), "NCHW": conv, "NHWC": conv.permute(0, 2, 3, 1),
+                "NCL": conv.flatten(2), "NLC": conv.flatten(2).transpose(1, 2)}[output_fmt]
+    out = module(images)
+    assert out.shape == expected.shape and module.dynamic_feat_size(images.shape[-2:]) == tuple(conv.shape[-2:])
+    assert_close(out, expected.double(), torch.float32)
+
+
 def test_module_uint8_forward_tokens_and_padding(device):
     mean, std = [0.48, 0.46, 0.41], [0.27, 0.26, 0.28]
     module = vtkernels.nn.PatchEmbed(img_size=None, patch_size=16, embed_dim=32, dynamic_img_pad=True,

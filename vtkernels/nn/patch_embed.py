@@ -122,9 +122,7 @@ class PatchEmbed(nn.Module):
         """Like timm: (B, N, D) with ``flatten`` (default), else in ``output_fmt``; then ``norm``."""
         tokens = self._embed(images)
         batch, _, dim = tokens.shape
-        grid_h, grid_w = [s // self.patch_size[0] for s in self._hw(images)]
-        if self.dynamic_img_pad:
-            grid_h, grid_w = self.dynamic_feat_size(self._hw(images))
+        grid_h, grid_w = self.dynamic_feat_size(self._hw(images))  # (padded up with dynamic_img_pad)
         if not self.flatten and self.output_fmt != "NLC":
             if self.output_fmt == "NCL":
                 tokens = tokens.transpose(1, 2)
