@@ -19,6 +19,9 @@ Under autocast the branches come out of the Linear layers in the autocast dtype;
 the stream's dtype before the add, so the residual stream keeps its own precision (as in eager
 timm / HF, where ``fp32 + bf16`` promotes). Without autocast the casts are no-ops.
 
+Stochastic depth (``drop_path_rate``: timm's per-block schedule, :func:`drop_path_rates`) scales
+each branch per sample before it is added, so in training the adds stay fused too.
+
 The last block's ``branch`` is added by the model's final norm (:func:`final_norm`). A model that
 pools one token (CLS, EOT) runs its last block on that row only (:func:`run_blocks_to_row`): every
 token's keys and values, the one row's attention, projection, norm and MLP.
@@ -36,6 +39,7 @@ from torch import nn
 import vtkernels
 from vtkernels.nn import Attention, LayerNorm
 from vtkernels.nn.attention import pick_rows
+from vtkernels.nn.drop_path import drop_path
 from vtkernels.nn.mlp import Mlp as NnMlp
 
 
@@ -53,12 +57,16 @@ class Block(nn.Module):
     grad_checkpointing = False  # see set_grad_checkpointing
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, qkv_bias: bool = True, act: str = "gelu",
-                 eps: float = 1e-6, causal: bool = False, backend: Optional[str] = None):
+                 eps: float = 1e-6, causal: bool = False, backend: Optional[str] = None, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = LayerNorm(dim, eps=eps, backend=backend)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, causal=causal, backend=backend)
         self.norm2 = LayerNorm(dim, eps=eps, backend=backend)
         self.mlp = Mlp(dim, mlp_dim, act, backend=backend)
+        self.drop_path = drop_path  # stochastic depth of both branches, in training
+
+    def _dropped(self, branch: torch.Tensor) -> torch.Tensor:
+        return drop_path(branch, self.drop_path, self.training)
 
     def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """timm semantics: the block's output as one tensor."""
@@ -75,9 +83,9 @@ class Block(nn.Module):
             y = self.norm1(stream)
         else:
             y, stream = self.norm1(branch.to(stream.dtype), residual=stream)
-        attn = self.attn(y, key_padding_mask=key_padding_mask)
+        attn = self._dropped(self.attn(y, key_padding_mask=key_padding_mask))
         y, stream = self.norm2(attn.to(stream.dtype), residual=stream)
-        return self.mlp(y), stream
+        return self._dropped(self.mlp(y)), stream
 
 
     def forward_row(self, stream: torch.Tensor, branch: Optional[torch.Tensor], rows: Union[int, torch.Tensor],
@@ -89,16 +97,26 @@ class Block(nn.Module):
             y = self.norm1(stream)
         else:
             y, stream = self.norm1(branch.to(stream.dtype), residual=stream)
-        attn = self.attn.forward_row(y, rows, key_padding_mask)
+        attn = self._dropped(self.attn.forward_row(y, rows, key_padding_mask))
         y, stream = self.norm2(attn.to(stream.dtype), residual=pick_rows(stream, rows))
-        return self.mlp(y), stream
+        return self._dropped(self.mlp(y)), stream
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """timm's stochastic-depth schedule: block i of ``depth`` drops with ``rate * i / (depth - 1)``
+    (0 for the first block, ``rate`` for the last)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {rate}")
+    return torch.linspace(0, rate, depth, device="cpu").tolist()  # (cpu: also inside a meta-device context)
 
 
 def make_blocks(depth: int, dim: int, num_heads: int, mlp_dim: int, *, qkv_bias: bool = True, act: str = "gelu",
-                eps: float = 1e-6, causal: bool = False, backend: Optional[str] = None) -> nn.ModuleList:
+                eps: float = 1e-6, causal: bool = False, backend: Optional[str] = None,
+                drop_path_rate: float = 0.0) -> nn.ModuleList:
     if dim % num_heads:
         raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
-    return nn.ModuleList(Block(dim, num_heads, mlp_dim, qkv_bias, act, eps, causal, backend) for _ in range(depth))
+    return nn.ModuleList(Block(dim, num_heads, mlp_dim, qkv_bias, act, eps, causal, backend, rate)
+                         for rate in drop_path_rates(drop_path_rate, depth))
 
 
 def run_checkpointed(block: nn.Module, method, *args):

@@ -10,7 +10,8 @@ downsample``, ``layers.i.blocks.j.{norm1, attn, norm2, mlp}``, ``norm``, ``head.
 Inside a stage the residual adds are fused into the next LayerNorm, as in
 :mod:`vtkernels.models.blocks`: each block returns ``(branch, stream)`` whose sum is its output
 and the next block's ``norm1(branch, residual=stream)`` adds them while normalizing. The stage's
-last sum feeds the next patch merging (or the final norm, fused there too).
+last sum feeds the next patch merging (or the final norm, fused there too). Stochastic depth
+(``drop_path_rate``) scales each branch per sample before its add, so training keeps the fusion.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from vtkernels.models.blocks import GradCheckpointing, run_split, set_backend
+from vtkernels.models.blocks import GradCheckpointing, drop_path_rates, run_split, set_backend
 from vtkernels.nn import LayerNorm, PatchEmbed
+from vtkernels.nn.drop_path import drop_path
 from vtkernels.nn.swin import PatchMerging, SwinTransformerBlock
 
 
@@ -40,6 +42,7 @@ class SwinConfig:
     num_classes: int = 1000
     eps: float = 1e-5
     pad_first: bool = False  # where the map is not a multiple of the window: timm rolls then pads, HF pads first
+    drop_path_rate: float = 0.0  # stochastic depth in training, timm's schedule over all blocks of all stages
 
     @property
     def num_features(self) -> int:
@@ -59,25 +62,22 @@ class SwinBlock(SwinTransformerBlock):
     grad_checkpointing = False  # see blocks.set_grad_checkpointing
 
     def forward_split(self, stream: torch.Tensor, branch: Optional[torch.Tensor]):
-        if self.training and self.drop_path > 0:  # stochastic depth needs the plain residual form
-            x = self(stream if branch is None else stream + branch)
-            return None, x
         y, stream = (self.norm1(stream), stream) if branch is None else self.norm1(branch, residual=stream)
-        y, stream = self.norm2(self.attn(y), residual=stream)
-        return self.mlp(y), stream
+        y, stream = self.norm2(drop_path(self.attn(y), self.drop_path, self.training), residual=stream)
+        return drop_path(self.mlp(y), self.drop_path, self.training), stream
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim: int, out_dim: int, resolution: tuple[int, int], depth: int, num_heads: int,
-                 config: SwinConfig, downsample: bool, backend: Optional[str] = None):
+    def __init__(self, dim: int, out_dim: int, resolution: tuple[int, int], num_heads: int, config: SwinConfig,
+                 downsample: bool, drop_paths: Sequence[float], backend: Optional[str] = None):
         super().__init__()
         self.downsample = PatchMerging(dim, out_dim, eps=config.eps, backend=backend) if downsample else nn.Identity()
         shift = config.window_size // 2
         self.blocks = nn.ModuleList(
             SwinBlock(out_dim, resolution, num_heads, window_size=config.window_size,
                       shift_size=0 if i % 2 == 0 else shift, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
-                      norm_layer=lambda d, **kw: LayerNorm(d, eps=config.eps, **kw), backend=backend)
-            for i in range(depth))
+                      drop_path=rate, norm_layer=lambda d, **kw: LayerNorm(d, eps=config.eps, **kw), backend=backend)
+            for i, rate in enumerate(drop_paths))
         for block in self.blocks:
             block.attn.pad_first = config.pad_first
 
@@ -102,10 +102,12 @@ class Swin(GradCheckpointing, nn.Module):
                                       output_fmt="NHWC", strict_img_size=False, backend=backend)
         grid = config.img_size // config.patch_size
         stages, dim = [], config.embed_dim
+        rates = drop_path_rates(config.drop_path_rate, sum(config.depths))
         for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
             out_dim = config.embed_dim * 2 ** i
             resolution = (-(-grid // 2 ** i),) * 2  # ceil: merging pads odd maps
-            stages.append(SwinStage(dim, out_dim, resolution, depth, heads, config, downsample=i > 0, backend=backend))
+            stage_rates, rates = rates[:depth], rates[depth:]
+            stages.append(SwinStage(dim, out_dim, resolution, heads, config, i > 0, stage_rates, backend=backend))
             dim = out_dim
         self.layers = nn.Sequential(*stages)
         self.norm = LayerNorm(config.num_features, eps=config.eps, backend=backend)

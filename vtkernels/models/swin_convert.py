@@ -26,7 +26,8 @@ def config_from_timm(model) -> SwinConfig:
                       window_size=_square(first_block.window_size, "window_size"),
                       mlp_ratio=first_block.mlp.fc1.out_features / first_block.mlp.fc1.in_features,
                       qkv_bias=first_block.attn.qkv.bias is not None, num_classes=model.num_classes,
-                      eps=model.norm.eps)
+                      eps=model.norm.eps,  # (timm's schedule ends at the rate in the last block)
+                      drop_path_rate=getattr(model.layers[-1].blocks[-1].drop_path1, "drop_prob", 0.0))
 
 
 def state_dict_from_timm(state: dict) -> dict:
@@ -35,6 +36,8 @@ def state_dict_from_timm(state: dict) -> dict:
 
 
 def config_from_hf(config, has_head: bool) -> SwinConfig:
+    """HF's drop_path_rate is not carried: HF's SwinLayer drops only the attention branch, ours (timm's)
+    both; set ``drop_path_rate`` on the config to train with stochastic depth."""
     if config.hidden_act != "gelu":
         raise ValueError(f"only hidden_act='gelu' is supported, got {config.hidden_act!r}")
     if getattr(config, "use_absolute_embeddings", False):

@@ -49,6 +49,7 @@ class ViTConfig:
     fc_norm: bool = False              # timm: norm after pooling (then the token norm is skipped)
     pre_norm: bool = False             # timm's norm_pre (CLIP's ln_pre)
     pooler_dim: int = 0                # > 0: HF ViTModel's pooler, tanh(Linear(CLS token)) of this width
+    drop_path_rate: float = 0.0        # stochastic depth in training, timm's schedule (blocks.drop_path_rates)
     mean: tuple = IMAGENET_INCEPTION_MEAN  # normalization for uint8 (B, H, W, C) images
     std: tuple = IMAGENET_INCEPTION_STD
 
@@ -111,7 +112,7 @@ class ViT(GradCheckpointing, nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, c.grid_size**2 + c.num_prefix_tokens, c.embed_dim))
         self.norm_pre = LayerNorm(c.embed_dim, eps=c.eps) if c.pre_norm else None
         self.blocks = make_blocks(c.depth, c.embed_dim, c.num_heads, c.mlp_dim, qkv_bias=c.qkv_bias, act=c.act,
-                                  eps=c.eps)
+                                  eps=c.eps, drop_path_rate=c.drop_path_rate)
         self.norm = None if c.fc_norm else LayerNorm(c.embed_dim, eps=c.eps)
         self.fc_norm = LayerNorm(c.embed_dim, eps=c.eps) if c.fc_norm else None
         self.pooler = nn.Linear(c.embed_dim, c.pooler_dim) if c.pooler_dim else None
@@ -272,4 +273,5 @@ def timm_vit_config(model: nn.Module) -> ViTConfig:
         qkv_bias=block.attn.qkv.bias is not None, patch_bias=model.patch_embed.proj.bias is not None,
         eps=block.norm1.eps, act=convert.module_activation(block.mlp.act), class_token=model.cls_token is not None,
         global_pool=model.global_pool, fc_norm=has_fc_norm,
-        pre_norm=not isinstance(getattr(model, "norm_pre", nn.Identity()), nn.Identity))
+        pre_norm=not isinstance(getattr(model, "norm_pre", nn.Identity()), nn.Identity),
+        drop_path_rate=getattr(model.blocks[-1].drop_path1, "drop_prob", 0.0))  # (timm's schedule ends at the rate)

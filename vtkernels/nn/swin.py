@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from vtkernels.nn.drop_path import drop_path
 from vtkernels.nn.mlp import Mlp
 from vtkernels.nn.norm import LayerNorm, _cast
 from vtkernels.ops.patch_merging import patch_merging_norm
@@ -109,13 +110,6 @@ def hf_to_timm_attention_state_dict(hf: dict) -> dict:
     return out
 
 
-def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    if p == 0.0 or not training:
-        return x
-    keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - p)
-    return x * keep / (1.0 - p)
-
-
 class SwinTransformerBlock(nn.Module):
     """timm's SwinTransformerBlock on (B, H, W, C), same state_dict; attention fully fused.
 
@@ -154,8 +148,8 @@ class SwinTransformerBlock(nn.Module):
         if effective_window(height, width, self.window_size, self.shift_size) != (self.window_size, self.shift_size):
             raise ValueError(f"x's map {height}x{width} needs a smaller window than this block's "
                              f"{self.window_size} (built for input_resolution={self.input_resolution})")
-        x = x + _drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
-        return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 class PatchMerging(nn.Module):
@@ -236,7 +230,7 @@ class HFSwinLayer(nn.Module):
         out = window_attention(qkv, attn.relative_position_bias.relative_position_bias_table, attn.num_attention_heads,
                                self.window_size, self.shift_size, attn.head_dim ** -0.5, -100.0, self.backend,
                                pad_qkv=_cast(bias, qkv), pad_first=True)
-        hidden_states = hidden_states + _drop_path(attn.o_proj(out).view_as(hidden_states), self.drop_path,
+        hidden_states = hidden_states + drop_path(attn.o_proj(out).view_as(hidden_states), self.drop_path,
                                                    self.training)
         mlp = self.mlp
         hidden_states = hidden_states + mlp.fc2(mlp.activation_fn(mlp.fc1(self.layernorm_after(hidden_states))))
