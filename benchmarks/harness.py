@@ -20,6 +20,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from benchmarks import targets
+
 
 @dataclasses.dataclass
 class BenchCase:
@@ -273,7 +275,7 @@ def write_results(records: list[Record], ceilings: dict, env: dict, out_dir: str
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(payload, f, indent=1)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown_table(records, ceilings, env))
+        f.write(markdown_table(records, ceilings, env) + "\n" + targets.markdown(payload["records"], env["gpu"]))
     plot(records, out_dir)
 
 

@@ -3,6 +3,7 @@ are measured, a time budget stops the run cleanly. (The timings themselves need 
 
 import json
 import os
+import re
 import sys
 import types
 
@@ -11,7 +12,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness, targets  # noqa: E402
 from benchmarks.run import backend_order, discover  # noqa: E402
 
 MODES = {"fwd", "bwd", "fwd+bwd", "train"}
@@ -202,3 +203,55 @@ def test_dynamo_is_reset_between_shapes_not_within_one(monkeypatch):
              for shape, mode in (("S1", "fwd"), ("S1", "fwd+bwd"), ("S2", "fwd"))]
     records = harness.run_cases(cases, CEILINGS, ENV)
     assert len(records) == 3 and len(resets) == 2  # after S1's last case and after S2's
+
+
+# --- the issues' targets ---------------------------------------------------------------------------
+
+OPTIONAL_PEERS = {"liger", "inf-cl"}  # present only when their wheels are carried to the GPU machine
+
+
+def test_every_target_names_existing_cases_and_providers():
+    """A renamed case or provider would leave a target silently unmeasured."""
+    cases = [case for _, module in discover(None) for case in module.cases(quick=False)]
+    providers = {(c.op, c.mode, c.shape): set() for c in cases}
+    for c in cases:
+        providers[(c.op, c.mode, c.shape)].add(c.provider)
+    for target in targets.TARGETS:
+        matched = [key for key in providers if key[:2] == (target.op, target.mode)
+                   and re.search(target.shape, key[2])]
+        assert matched, target.claim
+        for key in matched:
+            names = providers[key]
+            assert any(targets._matches(p, target.ours) for p in names), (target.claim, key)
+            for peer in target.peer:
+                assert peer in OPTIONAL_PEERS or any(targets._matches(p, [peer]) for p in names), (target.claim, peer)
+
+
+def _record(op, shape, mode, provider, median, **fields):
+    return {"op": op, "shape": shape, "mode": mode, "provider": provider, "median": median, "error": "",
+            "extra": {}, **fields}
+
+
+def test_targets_take_our_fastest_and_the_peer_family_best():
+    records = [_record("attention", "ViT-B/16 256x12x197x64", "fwd", provider, median) for provider, median in
+               (("vtkernels-triton", 1.0), ("vtkernels-cuda", 0.8), ("sdpa-flash", 1.2), ("sdpa-cudnn", 0.9),
+                ("flex", 0.5))]
+    rows = [r for r in targets.evaluate(records) if r["target"].op == "attention" and r["target"].mode == "fwd"]
+    general, short = rows
+    assert general["ours"] == "vtkernels-cuda" and general["measured"] == "1.12x sdpa-cudnn" and general["met"]
+    assert short["met"] is False  # 1.12x < 1.2x at N <= 257 (FlexAttention is no SDPA backend)
+    clip_loss = [_record("clip_loss", "n=65536 d=768", "fwd+bwd", "vtkernels-triton", 39.0,
+                         extra={"memory": {"peak_extra_bytes": 1.5e9}}),
+                 _record("clip_loss", "n=65536 d=768", "fwd+bwd", "torch.compile", 50.0)]
+    verdicts = {r["target"].claim: (r["measured"], r["met"]) for r in targets.evaluate(clip_loss)
+                if r["target"].op == "clip_loss" and r["shape"]}
+    assert verdicts["n=65536 fwd+bwd <= 40 ms (H100)"] == ("39 ms", True)
+    assert verdicts["n=65536 fwd+bwd <= 1 GB extra memory"] == ("1.50 GB", False)
+    assert verdicts["n=65536 >= 1.5x torch.compile"] == ("1.28x torch.compile", False)
+    assert verdicts["n=65536 >= 40x Inf-CL"] == ("peer not measured", None)
+    failed = targets.evaluate([_record("detr", "DETR-R50 8x3x800x1066", "fwd", "vtkernels", None, error="OOM")])
+    detr = next(r for r in failed if r["target"].op == "detr")
+    assert detr["met"] is None and "OOM" in detr["measured"]
+    table = targets.markdown(records, "test GPU")
+    assert "| #3 | attention fwd >= 1.0x the best SDPA backend | ViT-B/16 256x12x197x64 |" in table
+    assert "not measured" in table  # every other target: no case in this run

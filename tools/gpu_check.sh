@@ -120,6 +120,9 @@ summary() {
   grep -oE "(PASSED|FAILED|ERROR|SKIPPED) tests/" "$OUT_DIR/tests.log" 2>/dev/null | sort | uniq -c
   grep -oE "(FAILED|ERROR) tests/[^ ]+" "$OUT_DIR/tests.log" 2>/dev/null | sort -u | head -n 40
   grep -E "ERROR SUMMARY" "$OUT_DIR/sanitizer.log" 2>/dev/null
+  # the issues' acceptance numbers against this run (benchmarks/targets.py; also in results.md)
+  grep -E "^[0-9]+ met, " "$OUT_DIR/bench/results.md" 2>/dev/null
+  grep -E "\*\*missed\*\*" "$OUT_DIR/bench/results.md" 2>/dev/null | head -n 40
 }
 summary >"$OUT_DIR/summary.md"
 tar czf "$FINAL_DIR/gpu_check.tgz" -C "$OUT_DIR" .
