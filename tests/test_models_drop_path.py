@@ -1,4 +1,4 @@
-"""Stochastic depth (``drop_path_rate``) in the ViT and Swin wrappers: timm's schedule, the fused
+"""Stochastic depth (``drop_path_rate``) and layer scale in the ViT and Swin wrappers: timm's schedule, the fused
 (branch, stream) form equal to the plain residual form under the same seed, nothing dropped in
 eval, gradients kept under activation checkpointing, and timm's own models reproduced (where timm
 imports)."""
@@ -55,12 +55,13 @@ def test_drop_path_zeroes_or_rescales_whole_samples():
     assert drop_path(branch, 0.25, training=False) is branch
 
 
+@pytest.mark.parametrize("init_values", [None, 0.3])
 @pytest.mark.parametrize("row", [False, True])
-def test_fused_block_equals_the_plain_residual_form(row, device):
+def test_fused_block_equals_the_plain_residual_form(row, init_values, device):
     """The block's (branch, stream) split, which adds each branch inside the next norm, gives what
-    x + drop(attn(norm1(x))), then + drop(mlp(norm2(.))) gives under the same seed (its pooled-row
-    form too)."""
-    block = perturb_(Block(WIDTH, HEADS, MLP, drop_path=0.5)).to(device).train()
+    x + drop(ls1(attn(norm1(x)))), then + drop(ls2(mlp(norm2(.)))) gives under the same seed (its
+    pooled-row form too), with and without layer scale."""
+    block = perturb_(Block(WIDTH, HEADS, MLP, drop_path=0.5, init_values=init_values)).to(device).train()
     x = torch.randn(6, 9, WIDTH, device=device)
     torch.manual_seed(3)
     if row:
@@ -68,8 +69,8 @@ def test_fused_block_equals_the_plain_residual_form(row, device):
     else:
         branch, stream = block.forward_split(x, None)
     torch.manual_seed(3)
-    h = x + drop_path(block.attn(block.norm1(x)), 0.5, True)
-    expected = h + drop_path(block.mlp(block.norm2(h)), 0.5, True)
+    h = x + drop_path(block.ls1(block.attn(block.norm1(x))), 0.5, True)
+    expected = h + drop_path(block.ls2(block.mlp(block.norm2(h))), 0.5, True)
     assert_close(stream + branch, expected[:, 2] if row else expected, torch.float32)
 
 

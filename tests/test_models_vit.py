@@ -93,7 +93,7 @@ def _timm_vit(**kwargs):
 
 
 @pytest.mark.parametrize("variant", [{}, {"global_pool": "avg", "fc_norm": True}, {"pre_norm": True, "num_classes": 0},
-                                     {"qkv_bias": False}])
+                                     {"qkv_bias": False}, {"init_values": 0.1}])
 def test_reference_matches_timm(variant):
     timm_model = _timm_vit(**variant)
     ours = ViT.from_timm(timm_model, backend="reference")
@@ -108,8 +108,8 @@ def test_reference_matches_timm(variant):
 def test_from_timm_refuses_unsupported_features():
     with pytest.raises(ValueError, match="register tokens"):
         ViT.from_timm(_timm_vit(reg_tokens=4))
-    with pytest.raises(ValueError, match="layer scale"):
-        ViT.from_timm(_timm_vit(init_values=1e-5))
+    with pytest.raises(ValueError, match="q/k norm"):
+        ViT.from_timm(_timm_vit(qk_norm=True))
 
 
 # --- fused mode vs reference mode ---------------------------------------------------------------
@@ -121,7 +121,8 @@ def _forward_and_grads(model, images, backend, cotangent):
     return out, grads(out, params, cotangent)
 
 
-@pytest.mark.parametrize("variant", [{}, {"global_pool": "avg", "fc_norm": True, "pre_norm": True}])
+@pytest.mark.parametrize("variant", [{}, {"global_pool": "avg", "fc_norm": True, "pre_norm": True},
+                                     {"init_values": 0.5}])
 def test_fused_matches_reference_fp32(variant, device):
     """backend="triton" (interpreted on the CPU) vs the float64 reference: logits and every gradient."""
     model = tiny_vit(**variant).to(device)

@@ -19,8 +19,9 @@ Under autocast the branches come out of the Linear layers in the autocast dtype;
 the stream's dtype before the add, so the residual stream keeps its own precision (as in eager
 timm / HF, where ``fp32 + bf16`` promotes). Without autocast the casts are no-ops.
 
-Stochastic depth (``drop_path_rate``: timm's per-block schedule, :func:`drop_path_rates`) scales
-each branch per sample before it is added, so in training the adds stay fused too.
+Layer scale (``ls1`` / ``ls2``: a learned per-channel ``gamma``, timm's ``init_values``) and
+stochastic depth (``drop_path_rate``: timm's per-block schedule, :func:`drop_path_rates`) scale each
+branch before it is added, so the adds stay fused with them too.
 
 The last block's ``branch`` is added by the model's final norm (:func:`final_norm`). A model that
 pools one token (CLS, EOT) runs its last block on that row only (:func:`run_blocks_to_row`): every
@@ -51,22 +52,37 @@ class Mlp(NnMlp):
         super().__init__(dim, hidden_dim, act_layer=act, bias=bias, backend=backend)
 
 
+class LayerScale(nn.Module):
+    """timm's LayerScale: ``x * gamma``, one learned factor per channel (state_dict key ``gamma``)."""
+
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))`` (timm names)."""
+    """Pre-norm transformer block ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))`` (timm
+    names; the layer scales are identities unless ``init_values`` is given)."""
 
     grad_checkpointing = False  # see set_grad_checkpointing
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, qkv_bias: bool = True, act: str = "gelu",
-                 eps: float = 1e-6, causal: bool = False, backend: Optional[str] = None, drop_path: float = 0.0):
+                 eps: float = 1e-6, causal: bool = False, backend: Optional[str] = None, drop_path: float = 0.0,
+                 init_values: Optional[float] = None):
         super().__init__()
         self.norm1 = LayerNorm(dim, eps=eps, backend=backend)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, causal=causal, backend=backend)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.norm2 = LayerNorm(dim, eps=eps, backend=backend)
         self.mlp = Mlp(dim, mlp_dim, act, backend=backend)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path = drop_path  # stochastic depth of both branches, in training
 
-    def _dropped(self, branch: torch.Tensor) -> torch.Tensor:
-        return drop_path(branch, self.drop_path, self.training)
+    def _branch(self, branch: torch.Tensor, layer_scale: nn.Module) -> torch.Tensor:
+        return drop_path(layer_scale(branch), self.drop_path, self.training)
 
     def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """timm semantics: the block's output as one tensor."""
@@ -83,9 +99,9 @@ class Block(nn.Module):
             y = self.norm1(stream)
         else:
             y, stream = self.norm1(branch.to(stream.dtype), residual=stream)
-        attn = self._dropped(self.attn(y, key_padding_mask=key_padding_mask))
+        attn = self._branch(self.attn(y, key_padding_mask=key_padding_mask), self.ls1)
         y, stream = self.norm2(attn.to(stream.dtype), residual=stream)
-        return self._dropped(self.mlp(y)), stream
+        return self._branch(self.mlp(y), self.ls2), stream
 
 
     def forward_row(self, stream: torch.Tensor, branch: Optional[torch.Tensor], rows: Union[int, torch.Tensor],
@@ -97,9 +113,9 @@ class Block(nn.Module):
             y = self.norm1(stream)
         else:
             y, stream = self.norm1(branch.to(stream.dtype), residual=stream)
-        attn = self._dropped(self.attn.forward_row(y, rows, key_padding_mask))
+        attn = self._branch(self.attn.forward_row(y, rows, key_padding_mask), self.ls1)
         y, stream = self.norm2(attn.to(stream.dtype), residual=pick_rows(stream, rows))
-        return self._dropped(self.mlp(y)), stream
+        return self._branch(self.mlp(y), self.ls2), stream
 
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
@@ -112,10 +128,10 @@ def drop_path_rates(rate: float, depth: int) -> list[float]:
 
 def make_blocks(depth: int, dim: int, num_heads: int, mlp_dim: int, *, qkv_bias: bool = True, act: str = "gelu",
                 eps: float = 1e-6, causal: bool = False, backend: Optional[str] = None,
-                drop_path_rate: float = 0.0) -> nn.ModuleList:
+                drop_path_rate: float = 0.0, init_values: Optional[float] = None) -> nn.ModuleList:
     if dim % num_heads:
         raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
-    return nn.ModuleList(Block(dim, num_heads, mlp_dim, qkv_bias, act, eps, causal, backend, rate)
+    return nn.ModuleList(Block(dim, num_heads, mlp_dim, qkv_bias, act, eps, causal, backend, rate, init_values)
                          for rate in drop_path_rates(drop_path_rate, depth))
 
 

@@ -6,8 +6,8 @@ converts HF transformers' ``ViTModel`` / ``ViTForImageClassification``.
 
 Every op runs on the backend chosen by ``backend=`` (or ``vtkernels.use_backend``): ``"reference"``
 gives the plain-PyTorch model that the tests compare with HF and timm, ``"triton"`` / ``"cuda"``
-the fused kernels. Dropout, drop-path and layer scale are not implemented (inference and
-fine-tuning without them).
+the fused kernels. Stochastic depth (``drop_path_rate``) and layer scale (``init_values``) are
+timm's; dropout is not implemented.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class ViTConfig:
     pre_norm: bool = False             # timm's norm_pre (CLIP's ln_pre)
     pooler_dim: int = 0                # > 0: HF ViTModel's pooler, tanh(Linear(CLS token)) of this width
     drop_path_rate: float = 0.0        # stochastic depth in training, timm's schedule (blocks.drop_path_rates)
+    init_values: Optional[float] = None  # layer scale (timm's, e.g. DeiT III): gamma per channel, this initial value
     mean: tuple = IMAGENET_INCEPTION_MEAN  # normalization for uint8 (B, H, W, C) images
     std: tuple = IMAGENET_INCEPTION_STD
 
@@ -112,7 +113,7 @@ class ViT(GradCheckpointing, nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, c.grid_size**2 + c.num_prefix_tokens, c.embed_dim))
         self.norm_pre = LayerNorm(c.embed_dim, eps=c.eps) if c.pre_norm else None
         self.blocks = make_blocks(c.depth, c.embed_dim, c.num_heads, c.mlp_dim, qkv_bias=c.qkv_bias, act=c.act,
-                                  eps=c.eps, drop_path_rate=c.drop_path_rate)
+                                  eps=c.eps, drop_path_rate=c.drop_path_rate, init_values=c.init_values)
         self.norm = None if c.fc_norm else LayerNorm(c.embed_dim, eps=c.eps)
         self.fc_norm = LayerNorm(c.embed_dim, eps=c.eps) if c.fc_norm else None
         self.pooler = nn.Linear(c.embed_dim, c.pooler_dim) if c.pooler_dim else None
@@ -211,7 +212,7 @@ class ViT(GradCheckpointing, nn.Module):
 
     @classmethod
     def from_timm(cls, model: nn.Module, backend: Optional[str] = None) -> "ViT":
-        """From a timm ``VisionTransformer`` (plain ViT: no register tokens, layer scale or q/k norm)."""
+        """From a timm ``VisionTransformer`` (with or without layer scale; no register tokens or q/k norm)."""
         ours = cls(timm_vit_config(model), backend=backend)
         convert.load_converted(ours, model.state_dict())
         like = next(model.parameters())
@@ -253,7 +254,6 @@ def timm_vit_config(model: nn.Module) -> ViTConfig:
         "no_embed_class": getattr(model, "no_embed_class", False),
         "dynamic_img_size": getattr(model, "dynamic_img_size", False),
         "pool_include_prefix": getattr(model, "pool_include_prefix", False),
-        "layer scale (init_values)": not isinstance(getattr(block, "ls1", nn.Identity()), nn.Identity),
         "q/k norm": not isinstance(getattr(block.attn, "q_norm", nn.Identity()), nn.Identity),
         "attention scale_norm": not isinstance(getattr(block.attn, "norm", nn.Identity()), nn.Identity),
         "MLP norm": not isinstance(getattr(block.mlp, "norm", nn.Identity()), nn.Identity),
@@ -274,4 +274,12 @@ def timm_vit_config(model: nn.Module) -> ViTConfig:
         eps=block.norm1.eps, act=convert.module_activation(block.mlp.act), class_token=model.cls_token is not None,
         global_pool=model.global_pool, fc_norm=has_fc_norm,
         pre_norm=not isinstance(getattr(model, "norm_pre", nn.Identity()), nn.Identity),
-        drop_path_rate=getattr(model.blocks[-1].drop_path1, "drop_prob", 0.0))  # (timm's schedule ends at the rate)
+        drop_path_rate=getattr(model.blocks[-1].drop_path1, "drop_prob", 0.0),  # (timm's schedule ends at the rate)
+        init_values=_layer_scale_init(block))
+
+
+def _layer_scale_init(block: nn.Module) -> Optional[float]:
+    """A timm block's layer scale as our config's ``init_values``: any non-zero value builds the
+    ``gamma`` parameters, which the converted state_dict then fills."""
+    gamma = getattr(getattr(block, "ls1", None), "gamma", None)
+    return None if gamma is None else (float(gamma.detach().flatten()[0]) or 1.0)
