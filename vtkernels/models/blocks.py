@@ -82,7 +82,9 @@ class Block(nn.Module):
         self.drop_path = drop_path  # stochastic depth of both branches, in training
 
     def _branch(self, branch: torch.Tensor, layer_scale: nn.Module) -> torch.Tensor:
-        return drop_path(layer_scale(branch), self.drop_path, self.training)
+        if not isinstance(layer_scale, nn.Identity):  # (skipped, not called: eager host time per block)
+            branch = layer_scale(branch)
+        return drop_path(branch, self.drop_path, self.training)
 
     def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """timm semantics: the block's output as one tensor."""
