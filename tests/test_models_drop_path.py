@@ -53,6 +53,30 @@ def test_drop_path_zeroes_or_rescales_whole_samples():
     assert (per_sample == per_sample[:, :1]).all()  # one draw per sample
     assert abs((per_sample[:, 0] == 0).float().mean().item() - 0.25) < 0.03
     assert drop_path(branch, 0.25, training=False) is branch
+    assert not drop_path(branch, 1.0, training=True).any()  # everything dropped, no 0 / 0
+
+
+def test_drop_path_rounds_like_timm_in_bf16():
+    """timm scales the per-sample factor (in the tensor's dtype), then multiplies once."""
+    branch = torch.randn(64, 5, 7, dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    ours = drop_path(branch, 0.1, training=True)
+    torch.manual_seed(0)
+    keep = torch.empty(64, 1, 1, dtype=torch.bfloat16).bernoulli_(0.9).div_(0.9)
+    assert torch.equal(ours, branch * keep)
+
+
+def test_layer_scale_is_reset_like_the_rest():
+    """A model built on the meta device and materialized gets its layer scales back from
+    reset_parameters (what FSDP's meta-device initialization calls)."""
+    with torch.device("meta"):
+        model = ViT(ViTConfig(img_size=IMAGE, patch_size=PATCH, embed_dim=WIDTH, depth=2, num_heads=HEADS,
+                              mlp_dim=MLP, init_values=0.25))
+    model.to_empty(device="cpu")
+    model.reset_parameters()
+    for block in model.blocks:
+        assert torch.equal(block.ls1.gamma, torch.full((WIDTH,), 0.25))
+        assert torch.equal(block.ls2.gamma, torch.full((WIDTH,), 0.25))
 
 
 @pytest.mark.parametrize("init_values", [None, 0.3])
@@ -120,9 +144,10 @@ def test_from_timm_reproduces_timms_training_forward():
     ]
     images = torch.randn(4, 3, IMAGE, IMAGE)
     for model, wrapper in models:
+        assert not wrapper.from_timm(model.eval()).training  # (drop path: the mode matters)
         model = perturb_(model).train()
-        ours = wrapper.from_timm(model).train()
-        assert ours.config.drop_path_rate == pytest.approx(0.4)
+        ours = wrapper.from_timm(model)
+        assert ours.training and ours.config.drop_path_rate == pytest.approx(0.4)
         with vtkernels.use_backend("reference"):
             assert_close(_seeded(ours, images), _seeded(model, images), torch.float32, tol=1e-5,
                          names=[wrapper.__name__])

@@ -36,6 +36,11 @@ def test_reference_matches_hf_classifier(dtype):
         assert_close(ours.forward_features(images), tokens, dtype, tol=tol, names=["last_hidden_state"])
 
 
+def test_converted_models_keep_the_source_mode():
+    hf = hf_vit()
+    assert not ViT.from_hf(hf.eval()).training and ViT.from_hf(hf.train()).training
+
+
 def test_reference_matches_hf_model_without_head_and_qkv_bias():
     hf = hf_vit(classifier=False, qkv_bias=False, layer_norm_eps=1e-12, hidden_act="gelu_pytorch_tanh").double()
     ours = ViT.from_hf(hf, backend="reference")

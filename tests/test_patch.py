@@ -335,6 +335,20 @@ def test_patched_embeddings_fall_back_for_special_calls(family, fused_calls, dev
 
 
 @needs_transformers_5
+def test_patched_embeddings_fall_back_for_mixed_dtypes(fused_calls):
+    """A 16-bit projection with fp32 positions works in HF (the add promotes); the fused op takes one
+    dtype, so HF's path runs."""
+    hf = hf_vit_family("Siglip")[0].vision_model
+    hf.embeddings.patch_embedding.to(torch.bfloat16)
+    fused, _ = _optimized(hf)
+    images = torch.randn(1, 3, IMAGE, IMAGE)
+    with torch.no_grad():
+        out, expected = (model(pixel_values=images)[0] for model in (fused, hf))
+    assert fused_calls["patch_embed"] == 0
+    assert rel_error(out, expected) < 1e-5
+
+
+@needs_transformers_5
 def test_compiled_optimized_model(device):
     hf = hf_vit().to(device)
     fused, _ = _optimized(hf)

@@ -26,8 +26,14 @@ def config_from_timm(model) -> SwinConfig:
                       window_size=_square(first_block.window_size, "window_size"),
                       mlp_ratio=first_block.mlp.fc1.out_features / first_block.mlp.fc1.in_features,
                       qkv_bias=first_block.attn.qkv.bias is not None, num_classes=model.num_classes,
-                      eps=model.norm.eps,  # (timm's schedule ends at the rate in the last block)
-                      drop_path_rate=getattr(model.layers[-1].blocks[-1].drop_path1, "drop_prob", 0.0))
+                      eps=model.norm.eps,
+                      drop_path_rate=_last_drop_path(model))
+
+
+def _last_drop_path(model) -> float:
+    """timm's drop-path rate: its schedule ends at the rate in the last block (of any stage)."""
+    blocks = [block for stage in model.layers for block in stage.blocks]
+    return getattr(blocks[-1].drop_path1, "drop_prob", 0.0) if blocks else 0.0
 
 
 def state_dict_from_timm(state: dict) -> dict:

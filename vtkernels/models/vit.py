@@ -20,8 +20,8 @@ from torch import nn
 
 from vtkernels.models import convert
 from vtkernels.models.blocks import (
-    GradCheckpointing, conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks, run_blocks_to_row,
-    set_backend,
+    GradCheckpointing, LayerScale, conv_fan_in_init, final_norm, init_linear_and_norms, make_blocks, run_blocks,
+    run_blocks_to_row, set_backend,
 )
 from vtkernels.nn import LayerNorm, PatchEmbed, resample_pos_embed
 from vtkernels.reference.activation import ACTIVATIONS
@@ -50,7 +50,7 @@ class ViTConfig:
     pre_norm: bool = False             # timm's norm_pre (CLIP's ln_pre)
     pooler_dim: int = 0                # > 0: HF ViTModel's pooler, tanh(Linear(CLS token)) of this width
     drop_path_rate: float = 0.0        # stochastic depth in training, timm's schedule (blocks.drop_path_rates)
-    init_values: Optional[float] = None  # layer scale (timm's, e.g. DeiT III): gamma per channel, this initial value
+    init_values: Optional[float] = None  # timm's layer scale: a learned gamma per channel, this initial value
     mean: tuple = IMAGENET_INCEPTION_MEAN  # normalization for uint8 (B, H, W, C) images
     std: tuple = IMAGENET_INCEPTION_STD
 
@@ -128,6 +128,10 @@ class ViT(GradCheckpointing, nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        for block in self.blocks:
+            for layer_scale in (block.ls1, block.ls2):
+                if isinstance(layer_scale, LayerScale):
+                    layer_scale.reset_parameters()
 
     def set_backend(self, backend: Optional[str]) -> "ViT":
         """Run every op on ``backend`` (None: automatic); returns self."""
@@ -207,16 +211,16 @@ class ViT(GradCheckpointing, nn.Module):
             state = {**convert.strip_prefix(state, "vit."), **head}
         ours = cls(config, backend=backend)
         convert.load_converted(ours, convert.fuse_qkv(convert.rename(state, convert.HF_VIT_RULES)))
-        like = next(model.parameters())
-        return ours.to(device=like.device, dtype=like.dtype)
+        return _like(ours, model)
 
     @classmethod
     def from_timm(cls, model: nn.Module, backend: Optional[str] = None) -> "ViT":
-        """From a timm ``VisionTransformer`` (with or without layer scale; no register tokens or q/k norm)."""
+        """From a timm ``VisionTransformer`` (with or without layer scale; no register tokens,
+        no_embed_class or q/k norm). Its drop-path rate is carried; its dropout rates (proj_drop,
+        attn_drop, pos_drop) are not (dropout is not implemented)."""
         ours = cls(timm_vit_config(model), backend=backend)
         convert.load_converted(ours, model.state_dict())
-        like = next(model.parameters())
-        return ours.to(device=like.device, dtype=like.dtype)
+        return _like(ours, model)
 
     def save(self, path: str) -> None:
         """Our own checkpoint: the config and the state_dict (load with :meth:`ViT.load`)."""
@@ -228,6 +232,12 @@ class ViT(GradCheckpointing, nn.Module):
         model = cls(ViTConfig(**checkpoint["config"]), backend=backend)
         model.load_state_dict(checkpoint["state_dict"])
         return model
+
+
+def _like(ours: ViT, source: nn.Module) -> ViT:
+    """``ours`` on the source model's device and dtype, in its train / eval mode (drop path differs)."""
+    like = next(source.parameters())
+    return ours.to(device=like.device, dtype=like.dtype).train(source.training)
 
 
 def _image_hw(images: torch.Tensor) -> tuple[int, int]:

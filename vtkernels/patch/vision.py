@@ -345,7 +345,8 @@ def _hf_embeddings_forward(self, pixel_values: torch.Tensor, *args, **kwargs):
     special = any(a is not None and a is not False for a in args) or any(
         v is not None and v is not False for v in kwargs.values())  # bool_masked_pos, interpolate_pos_encoding
     patch = square_patch(conv.kernel_size)
-    if special or dropout > 0 or patch is None or tuple(pixel_values.shape[-2:]) != image_size:
+    mixed = any(t is not None and t.dtype != conv.weight.dtype for t in (cls_token, pos_embed))  # (HF promotes)
+    if special or mixed or dropout > 0 or patch is None or tuple(pixel_values.shape[-2:]) != image_size:
         return self._vtkernels_original_forward(pixel_values, *args, **kwargs)
     return vtkernels.patch_embed(pixel_values.to(conv.weight.dtype), conv.weight, conv.bias, patch,
                                  cls_token=cls_token, pos_embed=pos_embed, backend=self._vtkernels_backend)
