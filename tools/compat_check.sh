@@ -10,11 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-/tmp/vtk_compat}
 shift || true
-python_312() {  # COMPAT_PYTHON, else a python 3.12 that runs (pyenv's shims may not), else python3
+python_312() {  # COMPAT_PYTHON, else a python 3.12 that runs (pyenv's shims may not), else python3 (said)
   local candidate
   for candidate in "${COMPAT_PYTHON:-}" python3.12 $(pyenv root 2>/dev/null)/versions/3.12*/bin/python3; do
     [[ -n "$candidate" ]] && "$candidate" --version >/dev/null 2>&1 && { echo "$candidate"; return; }
   done
+  echo "compat_check: no python 3.12 found, using python3 (the GPU machine has 3.12)" >&2
   echo python3
 }
 PYTHON=$(python_312)
@@ -23,13 +24,14 @@ TRITON_VERSION=${TRITON_VERSION:-3.6.0} TRANSFORMERS_VERSION=${TRANSFORMERS_VERS
 TIMM_VERSION=${TIMM_VERSION:-1.0.31}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CONSTRAINT=  # (a machine-wide torch cap would refuse 2.11)
 
-if [[ ! -x "$VENV/bin/python" ]]; then
-  "$PYTHON" -m venv "$VENV"
+if [[ ! -f "$VENV/.installed" ]]; then  # (a venv left half-installed by a failed pip run is rebuilt)
+  "$PYTHON" -m venv --clear "$VENV"
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION" "triton==$TRITON_VERSION" \
     "transformers==$TRANSFORMERS_VERSION" "numpy<2.4" scipy pillow pytest pytest-xdist pytest-benchmark
   # timm needs torchvision, whose dependency pin would replace torch: both without dependencies
   # (its other needs: huggingface_hub, safetensors, pyyaml, come with transformers)
   "$VENV/bin/pip" install -q --no-deps "torchvision==$TORCHVISION_VERSION" "timm==$TIMM_VERSION"
+  touch "$VENV/.installed"
 fi
 "$VENV/bin/python" -c "import sys, torch, triton, transformers, timm; print('python', sys.version.split()[0], \
 'torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'timm', timm.__version__)"
