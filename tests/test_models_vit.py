@@ -98,7 +98,7 @@ def _timm_vit(**kwargs):
 
 
 @pytest.mark.parametrize("variant", [{}, {"global_pool": "avg", "fc_norm": True}, {"pre_norm": True, "num_classes": 0},
-                                     {"qkv_bias": False}, {"init_values": 0.1}])
+                                     {"qkv_bias": False}, {"init_values": 0.1}, {"no_embed_class": True}])
 def test_reference_matches_timm(variant):
     timm_model = _timm_vit(**variant)
     ours = ViT.from_timm(timm_model, backend="reference")
@@ -108,6 +108,18 @@ def test_reference_matches_timm(variant):
         assert_close(ours.forward_features(images), timm_model.forward_features(images), torch.float64, tol=1e-12)
     # our names are timm's: the state_dict loads back into timm unchanged
     timm_model.load_state_dict({k: v for k, v in ours.state_dict().items()})
+
+
+def test_from_timm_converts_deit3():
+    """DeiT III: layer scale and a position embedding without the class token's row."""
+    timm = pytest.importorskip("timm")
+    model = perturb_(timm.create_model("deit3_small_patch16_224", pretrained=False, img_size=IMAGE, patch_size=PATCH,
+                                       embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, num_classes=CLASSES)).eval()
+    ours = ViT.from_timm(model, backend="reference")
+    assert ours.config.no_embed_class and ours.config.init_values and ours.pos_embed.shape[1] == (IMAGE // PATCH) ** 2
+    images = torch.randn(2, 3, IMAGE, IMAGE)
+    with torch.no_grad():
+        assert_close(ours(images), model(images), torch.float32, tol=1e-5)
 
 
 def test_from_timm_refuses_unsupported_features():
@@ -127,7 +139,7 @@ def _forward_and_grads(model, images, backend, cotangent):
 
 
 @pytest.mark.parametrize("variant", [{}, {"global_pool": "avg", "fc_norm": True, "pre_norm": True},
-                                     {"init_values": 0.5}])
+                                     {"init_values": 0.5, "no_embed_class": True}])
 def test_fused_matches_reference_fp32(variant, device):
     """backend="triton" (interpreted on the CPU) vs the float64 reference: logits and every gradient."""
     model = tiny_vit(**variant).to(device)

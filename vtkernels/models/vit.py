@@ -45,6 +45,7 @@ class ViTConfig:
     eps: float = 1e-6                  # timm 1e-6; HF google/vit-* checkpoints use 1e-12
     act: str = "gelu"                  # "gelu" (erf), "gelu_tanh", "quick_gelu"
     class_token: bool = True
+    no_embed_class: bool = False       # timm (DeiT III): the position embedding covers the patches only
     global_pool: str = "token"         # "token" (CLS) or "avg" (mean of patch tokens)
     fc_norm: bool = False              # timm: norm after pooling (then the token norm is skipped)
     pre_norm: bool = False             # timm's norm_pre (CLIP's ln_pre)
@@ -76,6 +77,11 @@ class ViTConfig:
     @property
     def num_prefix_tokens(self) -> int:
         return 1 if self.class_token else 0
+
+    @property
+    def num_pos_prefix_tokens(self) -> int:
+        """The prefix tokens that have a row of the position embedding."""
+        return 0 if self.no_embed_class else self.num_prefix_tokens
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ViTConfig":
@@ -110,7 +116,7 @@ class ViT(GradCheckpointing, nn.Module):
                                       embed_dim=c.embed_dim, bias=c.patch_bias, strict_img_size=False,
                                       image_mean=c.mean, image_std=c.std)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, c.grid_size**2 + c.num_prefix_tokens, c.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, c.grid_size**2 + c.num_pos_prefix_tokens, c.embed_dim))
         self.norm_pre = LayerNorm(c.embed_dim, eps=c.eps) if c.pre_norm else None
         self.blocks = make_blocks(c.depth, c.embed_dim, c.num_heads, c.mlp_dim, qkv_bias=c.qkv_bias, act=c.act,
                                   eps=c.eps, drop_path_rate=c.drop_path_rate, init_values=c.init_values)
@@ -155,7 +161,7 @@ class ViT(GradCheckpointing, nn.Module):
                                  "pass interpolate_pos_encoding=True to resample the position embedding")
             new_grid = (height // c.patch_size, width // c.patch_size)
             # antialias=False: the bicubic resampling HF's interpolate_pos_encoding uses
-            pos_embed = resample_pos_embed(pos_embed, new_grid, num_prefix_tokens=c.num_prefix_tokens,
+            pos_embed = resample_pos_embed(pos_embed, new_grid, num_prefix_tokens=c.num_pos_prefix_tokens,
                                            antialias=False)
         x = self.patch_embed.forward_tokens(images, self.cls_token, pos_embed)
         return self.norm_pre(x) if self.norm_pre is not None else x
@@ -215,9 +221,9 @@ class ViT(GradCheckpointing, nn.Module):
 
     @classmethod
     def from_timm(cls, model: nn.Module, backend: Optional[str] = None) -> "ViT":
-        """From a timm ``VisionTransformer`` (with or without layer scale; no register tokens,
-        no_embed_class or q/k norm). Its drop-path rate is carried; its dropout rates (proj_drop,
-        attn_drop, pos_drop) are not (dropout is not implemented)."""
+        """From a timm ``VisionTransformer`` (with or without layer scale and ``no_embed_class``, as
+        in DeiT III; no register tokens or q/k norm). Its drop-path rate is carried; its dropout
+        rates (proj_drop, attn_drop, pos_drop) are not (dropout is not implemented)."""
         ours = cls(timm_vit_config(model), backend=backend)
         convert.load_converted(ours, model.state_dict())
         return _like(ours, model)
@@ -261,7 +267,6 @@ def timm_vit_config(model: nn.Module) -> ViTConfig:
     pool = getattr(model, "global_pool", "token")
     unsupported = {
         "register tokens": getattr(model, "reg_token", None) is not None,
-        "no_embed_class": getattr(model, "no_embed_class", False),
         "dynamic_img_size": getattr(model, "dynamic_img_size", False),
         "pool_include_prefix": getattr(model, "pool_include_prefix", False),
         "q/k norm": not isinstance(getattr(block.attn, "q_norm", nn.Identity()), nn.Identity),
@@ -282,6 +287,7 @@ def timm_vit_config(model: nn.Module) -> ViTConfig:
         depth=len(model.blocks), num_heads=block.attn.num_heads, mlp_dim=block.mlp.fc1.out_features,
         qkv_bias=block.attn.qkv.bias is not None, patch_bias=model.patch_embed.proj.bias is not None,
         eps=block.norm1.eps, act=convert.module_activation(block.mlp.act), class_token=model.cls_token is not None,
+        no_embed_class=getattr(model, "no_embed_class", False),
         global_pool=model.global_pool, fc_norm=has_fc_norm,
         pre_norm=not isinstance(getattr(model, "norm_pre", nn.Identity()), nn.Identity),
         drop_path_rate=getattr(model.blocks[-1].drop_path1, "drop_prob", 0.0),  # (timm's schedule ends at the rate)
