@@ -91,6 +91,7 @@ def test_records_ratios_errors_and_log(tmp_path, monkeypatch):
     harness.write_results(records, CEILINGS, ENV, str(tmp_path))
     assert len(json.loads((tmp_path / "results.json").read_text())["records"]) == 3
     assert "ours" in (tmp_path / "results.md").read_text()
+    assert "## Issue targets (test GPU" in (tmp_path / "results.md").read_text()
 
 
 def test_best_of_a_family_as_baseline():
