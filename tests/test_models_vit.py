@@ -122,6 +122,11 @@ def test_from_timm_converts_deit3():
         assert_close(ours(images), model(images), torch.float32, tol=1e-5)
 
 
+def test_from_timm_warns_that_dropout_is_not_carried():
+    with pytest.warns(UserWarning, match=r"dropout \(p = 0.1\) is not carried"):
+        ViT.from_timm(_timm_vit(proj_drop_rate=0.1))
+
+
 def test_from_timm_refuses_unsupported_features():
     with pytest.raises(ValueError, match="register tokens"):
         ViT.from_timm(_timm_vit(reg_tokens=4))

@@ -13,6 +13,7 @@ timm's; dropout is not implemented.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -279,6 +280,10 @@ def timm_vit_config(model: nn.Module) -> ViTConfig:
     refused = [name for name, present in unsupported.items() if present]
     if refused:
         raise ValueError(f"timm model uses features vtkernels' ViT does not implement: {', '.join(refused)}")
+    dropout = sorted({m.p for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0})
+    if dropout:  # (only training differs: dropout is off in eval)
+        warnings.warn(f"ViT.from_timm: the timm model's dropout (p = {', '.join(map(str, dropout))}) is not carried; "
+                      "vtkernels' ViT has no dropout (its drop-path rate is carried)", stacklevel=3)
     has_fc_norm = not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity)
     return ViTConfig(
         img_size=_square(model.patch_embed.img_size, "img_size"),
