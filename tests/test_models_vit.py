@@ -98,7 +98,9 @@ def _timm_vit(**kwargs):
 
 
 @pytest.mark.parametrize("variant", [{}, {"global_pool": "avg", "fc_norm": True}, {"pre_norm": True, "num_classes": 0},
-                                     {"qkv_bias": False}, {"init_values": 0.1}, {"no_embed_class": True}])
+                                     {"qkv_bias": False}, {"init_values": 0.1}, {"no_embed_class": True},
+                                     {"reg_tokens": 4, "no_embed_class": True},
+                                     {"reg_tokens": 4, "no_embed_class": True, "global_pool": "avg"}])
 def test_reference_matches_timm(variant):
     timm_model = _timm_vit(**variant)
     ours = ViT.from_timm(timm_model, backend="reference")
@@ -128,8 +130,8 @@ def test_from_timm_warns_that_dropout_is_not_carried():
 
 
 def test_from_timm_refuses_unsupported_features():
-    with pytest.raises(ValueError, match="register tokens"):
-        ViT.from_timm(_timm_vit(reg_tokens=4))
+    with pytest.raises(ValueError, match="register tokens with position rows"):
+        ViT.from_timm(_timm_vit(reg_tokens=4))  # (no_embed_class=False: the registers have position rows)
     with pytest.raises(ValueError, match="q/k norm"):
         ViT.from_timm(_timm_vit(qk_norm=True))
 
@@ -144,7 +146,8 @@ def _forward_and_grads(model, images, backend, cotangent):
 
 
 @pytest.mark.parametrize("variant", [{}, {"global_pool": "avg", "fc_norm": True, "pre_norm": True},
-                                     {"init_values": 0.5, "no_embed_class": True}])
+                                     {"init_values": 0.5, "no_embed_class": True},
+                                     {"reg_tokens": 2, "no_embed_class": True, "global_pool": "avg"}])
 def test_fused_matches_reference_fp32(variant, device):
     """backend="triton" (interpreted on the CPU) vs the float64 reference: logits and every gradient."""
     model = tiny_vit(**variant).to(device)

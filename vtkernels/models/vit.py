@@ -47,6 +47,7 @@ class ViTConfig:
     act: str = "gelu"                  # "gelu" (erf), "gelu_tanh", "quick_gelu"
     class_token: bool = True
     no_embed_class: bool = False       # timm (DeiT III): the position embedding covers the patches only
+    reg_tokens: int = 0                # timm's register tokens after the class token (needs no_embed_class)
     global_pool: str = "token"         # "token" (CLS) or "avg" (mean of patch tokens)
     fc_norm: bool = False              # timm: norm after pooling (then the token norm is skipped)
     pre_norm: bool = False             # timm's norm_pre (CLIP's ln_pre)
@@ -69,6 +70,9 @@ class ViTConfig:
             raise ValueError("pooler_dim (HF's pooler of the CLS token) needs global_pool='token' and fc_norm=False")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
+        if self.reg_tokens and not self.no_embed_class:
+            raise ValueError("reg_tokens need no_embed_class=True (register tokens with position rows are not "
+                             "implemented)")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
 
     @property
@@ -77,7 +81,7 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 1 if self.class_token else 0
+        return (1 if self.class_token else 0) + self.reg_tokens
 
     @property
     def num_pos_prefix_tokens(self) -> int:
@@ -117,6 +121,7 @@ class ViT(GradCheckpointing, nn.Module):
                                       embed_dim=c.embed_dim, bias=c.patch_bias, strict_img_size=False,
                                       image_mean=c.mean, image_std=c.std)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, c.reg_tokens, c.embed_dim)) if c.reg_tokens else None
         self.pos_embed = nn.Parameter(torch.zeros(1, c.grid_size**2 + c.num_pos_prefix_tokens, c.embed_dim))
         self.norm_pre = LayerNorm(c.embed_dim, eps=c.eps) if c.pre_norm else None
         self.blocks = make_blocks(c.depth, c.embed_dim, c.num_heads, c.mlp_dim, qkv_bias=c.qkv_bias, act=c.act,
@@ -133,8 +138,9 @@ class ViT(GradCheckpointing, nn.Module):
         init_linear_and_norms(self)
         conv_fan_in_init(self.patch_embed.proj)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=1e-6)
+        for token in (self.cls_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
         for block in self.blocks:
             for layer_scale in (block.ls1, block.ls2):
                 if isinstance(layer_scale, LayerScale):
@@ -165,6 +171,9 @@ class ViT(GradCheckpointing, nn.Module):
             pos_embed = resample_pos_embed(pos_embed, new_grid, num_prefix_tokens=c.num_pos_prefix_tokens,
                                            antialias=False)
         x = self.patch_embed.forward_tokens(images, self.cls_token, pos_embed)
+        if self.reg_token is not None:  # timm's order: class token, registers, patches (one copy of the tokens)
+            split = 1 if self.cls_token is not None else 0
+            x = torch.cat([x[:, :split], self.reg_token.to(x.dtype).expand(x.shape[0], -1, -1), x[:, split:]], dim=1)
         return self.norm_pre(x) if self.norm_pre is not None else x
 
     def forward_features(self, images: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
@@ -222,8 +231,8 @@ class ViT(GradCheckpointing, nn.Module):
 
     @classmethod
     def from_timm(cls, model: nn.Module, backend: Optional[str] = None) -> "ViT":
-        """From a timm ``VisionTransformer`` (with or without layer scale and ``no_embed_class``, as
-        in DeiT III; no register tokens or q/k norm). Its drop-path rate is carried; its dropout
+        """From a timm ``VisionTransformer`` (with or without layer scale, ``no_embed_class`` as in
+        DeiT III, and register tokens as in DINOv2-reg; no q/k norm). Its drop-path rate is carried; its dropout
         rates (proj_drop, attn_drop, pos_drop) are not (dropout is not implemented)."""
         ours = cls(timm_vit_config(model), backend=backend)
         convert.load_converted(ours, model.state_dict())
@@ -267,7 +276,8 @@ def timm_vit_config(model: nn.Module) -> ViTConfig:
     block = model.blocks[0]
     pool = getattr(model, "global_pool", "token")
     unsupported = {
-        "register tokens": getattr(model, "reg_token", None) is not None,
+        "register tokens with position rows (no_embed_class=False)": getattr(model, "reg_token", None) is not None
+        and not getattr(model, "no_embed_class", False),
         "dynamic_img_size": getattr(model, "dynamic_img_size", False),
         "pool_include_prefix": getattr(model, "pool_include_prefix", False),
         "q/k norm": not isinstance(getattr(block.attn, "q_norm", nn.Identity()), nn.Identity),
@@ -293,6 +303,7 @@ def timm_vit_config(model: nn.Module) -> ViTConfig:
         qkv_bias=block.attn.qkv.bias is not None, patch_bias=model.patch_embed.proj.bias is not None,
         eps=block.norm1.eps, act=convert.module_activation(block.mlp.act), class_token=model.cls_token is not None,
         no_embed_class=getattr(model, "no_embed_class", False),
+        reg_tokens=0 if getattr(model, "reg_token", None) is None else model.reg_token.shape[1],
         global_pool=model.global_pool, fc_norm=has_fc_norm,
         pre_norm=not isinstance(getattr(model, "norm_pre", nn.Identity()), nn.Identity),
         drop_path_rate=getattr(model.blocks[-1].drop_path1, "drop_prob", 0.0),  # (timm's schedule ends at the rate)
