@@ -22,9 +22,19 @@ inline vtk::DType kernel_dtype(const at::Tensor& t, const char* name) {
   }
 }
 
+// Whether `t` lives where the kernels run: a CUDA tensor, or a CPU one when the kernels run on
+// the CPU emulator (tools/cuda_emulator).
+inline bool on_kernel_device(const at::Tensor& t) {
+#ifdef VTK_CUDA_EMULATOR
+  return t.is_cpu();
+#else
+  return t.is_cuda();
+#endif
+}
+
 // A CUDA tensor of `like`'s dtype and device, `dims` dimensions, unit last stride.
 inline void check_operand(const at::Tensor& t, const char* name, const at::Tensor& like, int64_t dims) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(on_kernel_device(t), name, " must be a CUDA tensor, got ", t.device());
   TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but the input is on ", like.device());
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " has dtype ", t.scalar_type(), " but the input has ",
               like.scalar_type());

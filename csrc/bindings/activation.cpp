@@ -8,7 +8,7 @@ namespace vtk_torch {
 namespace {
 
 void check_input(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(on_kernel_device(t), name, " must be a CUDA tensor, got ", t.device());
   TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but x is on ", like.device());
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " has dtype ", t.scalar_type(), " but x has ",
               like.scalar_type());

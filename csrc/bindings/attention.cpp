@@ -40,7 +40,7 @@ void check_bhnd(const at::Tensor& t, const char* name, const at::Tensor& q, int6
 }
 
 void check_rows_f32(const at::Tensor& t, const char* name, const at::Tensor& q) {
-  TORCH_CHECK(t.is_cuda() && t.device() == q.device() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+  TORCH_CHECK(on_kernel_device(t) && t.device() == q.device() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
                   t.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2)}),
               name, " must be a contiguous float32 tensor of shape (", q.size(0), ", ", q.size(1), ", ", q.size(2),
               ") on ", q.device());
@@ -69,7 +69,7 @@ vtk::AttentionShape attention_shape(const at::Tensor& q, const at::Tensor& k, co
               ") must each be at most 65535 for the CUDA kernels");
   if (key_padding_mask) {
     const at::Tensor& mask = *key_padding_mask;
-    TORCH_CHECK(mask.is_cuda() && mask.device() == q.device(), "key_padding_mask must be on ", q.device());
+    TORCH_CHECK(on_kernel_device(mask) && mask.device() == q.device(), "key_padding_mask must be on ", q.device());
     TORCH_CHECK(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte,
                 "key_padding_mask must be bool (True = ignore the key), got ", mask.scalar_type());
     TORCH_CHECK(mask.dim() == 2 && mask.size(0) == batch && mask.size(1) == n_kv && (n_kv == 1 || mask.stride(1) == 1),

@@ -15,7 +15,7 @@ at::Tensor detr_match_cost(const at::Tensor& logits, const at::Tensor& pred_boxe
   check_operand(target_boxes, "target_boxes", logits, 3);
   const int64_t batch = logits.size(0), queries = logits.size(1), classes = logits.size(2);
   TORCH_CHECK(classes > 0, "logits must have at least one class, got ", logits.sizes());
-  TORCH_CHECK(target_labels.is_cuda() && target_labels.device() == logits.device(),
+  TORCH_CHECK(on_kernel_device(target_labels) && target_labels.device() == logits.device(),
               "target_labels must be a CUDA tensor on ", logits.device());
   TORCH_CHECK(target_labels.scalar_type() == at::kLong && target_labels.dim() == 2 && target_labels.is_contiguous() &&
                   target_labels.size(0) == batch,

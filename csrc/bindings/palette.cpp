@@ -8,7 +8,7 @@ namespace vtk_torch {
 namespace {
 
 void check_clusters(const at::Tensor& clusters, const at::Tensor& like) {
-  TORCH_CHECK(clusters.is_cuda() && clusters.device() == like.device(), "clusters must be a CUDA tensor on ",
+  TORCH_CHECK(on_kernel_device(clusters) && clusters.device() == like.device(), "clusters must be a CUDA tensor on ",
               like.device(), ", got ", clusters.device());
   TORCH_CHECK(clusters.dim() == 2 && clusters.size(1) == 3 && clusters.size(0) > 0,
               "clusters must have shape (K, 3) with K >= 1, got ", clusters.sizes());
@@ -22,7 +22,7 @@ void check_batch(const at::Tensor& t, const char* name) {
 }
 
 at::Tensor palette_quantize(const at::Tensor& pixels, const at::Tensor& clusters) {
-  TORCH_CHECK(pixels.is_cuda(), "pixels must be a CUDA tensor, got ", pixels.device());
+  TORCH_CHECK(on_kernel_device(pixels), "pixels must be a CUDA tensor, got ", pixels.device());
   TORCH_CHECK(pixels.scalar_type() == at::kByte, "pixels must be uint8, got ", pixels.scalar_type());
   TORCH_CHECK(pixels.dim() == 3 && pixels.size(2) == 3, "pixels must have shape (B, N, 3), got ", pixels.sizes());
   check_clusters(clusters, pixels);
@@ -45,7 +45,7 @@ at::Tensor palette_quantize(const at::Tensor& pixels, const at::Tensor& clusters
 }
 
 at::Tensor palette_dequantize(const at::Tensor& tokens, const at::Tensor& clusters, bool channels_first) {
-  TORCH_CHECK(tokens.is_cuda(), "tokens must be a CUDA tensor, got ", tokens.device());
+  TORCH_CHECK(on_kernel_device(tokens), "tokens must be a CUDA tensor, got ", tokens.device());
   TORCH_CHECK(tokens.scalar_type() == at::kLong || tokens.scalar_type() == at::kInt,
               "tokens must be int64 or int32, got ", tokens.scalar_type());
   TORCH_CHECK(tokens.dim() == 2 && tokens.is_contiguous(), "tokens must be a contiguous (B, N) tensor, got ",

@@ -14,12 +14,12 @@ using OptTensor = std::optional<at::Tensor>;
 // Checks images (a (B, C, H, W) view, any strides, weight's dtype or uint8) against the
 // (D, C, p, p) weight; returns the geometry the kernels take.
 vtk::PatchGeometry geometry(const at::Tensor& images, const at::Tensor& weight, int64_t prefix) {
-  TORCH_CHECK(weight.is_cuda(), "weight must be a CUDA tensor, got ", weight.device());
+  TORCH_CHECK(on_kernel_device(weight), "weight must be a CUDA tensor, got ", weight.device());
   TORCH_CHECK(weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16,
               "weight has dtype ", weight.scalar_type(), "; the CUDA patch embedding takes float16 / bfloat16");
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == weight.size(3) && weight.numel() > 0,
               "weight must have a non-empty shape (D, C, p, p), got ", weight.sizes());
-  TORCH_CHECK(images.is_cuda() && images.device() == weight.device(), "images must be on ", weight.device(), ", got ",
+  TORCH_CHECK(on_kernel_device(images) && images.device() == weight.device(), "images must be on ", weight.device(), ", got ",
               images.device());
   TORCH_CHECK(images.scalar_type() == weight.scalar_type() || images.scalar_type() == at::kByte, "images has dtype ",
               images.scalar_type(), " but weight has ", weight.scalar_type(), " (uint8 images are also accepted)");
@@ -49,13 +49,13 @@ vtk::PatchGeometry geometry(const at::Tensor& images, const at::Tensor& weight, 
 
 void check_vector(const OptTensor& t, const char* name, const at::Tensor& like, int64_t size, at::ScalarType dtype) {
   if (!t) return;
-  TORCH_CHECK(t->is_cuda() && t->device() == like.device(), name, " must be on ", like.device());
+  TORCH_CHECK(on_kernel_device(*t) && t->device() == like.device(), name, " must be on ", like.device());
   TORCH_CHECK(t->scalar_type() == dtype, name, " has dtype ", t->scalar_type(), ", expected ", dtype);
   TORCH_CHECK(t->numel() == size && t->is_contiguous(), name, " must be a contiguous tensor of ", size, " elements");
 }
 
 void check_grad_out(const at::Tensor& grad_out, const vtk::PatchGeometry& g, const at::Tensor& weight) {
-  TORCH_CHECK(grad_out.is_cuda() && grad_out.device() == weight.device() && grad_out.scalar_type() == weight.scalar_type(),
+  TORCH_CHECK(on_kernel_device(grad_out) && grad_out.device() == weight.device() && grad_out.scalar_type() == weight.scalar_type(),
               "grad_out must be a ", weight.scalar_type(), " tensor on ", weight.device());
   TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == g.batch && grad_out.size(1) >= g.num_patches &&
                   grad_out.size(1) <= g.num_patches + 1 && grad_out.size(2) == g.dim && grad_out.is_contiguous(),

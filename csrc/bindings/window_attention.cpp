@@ -33,12 +33,12 @@ vtk::WindowAttnParams make_params(const at::Tensor& qkv, const at::Tensor& table
               vtk::kWindowAttnMaxTokens, " for the CUDA kernel");
   TORCH_CHECK(shift >= 0 && shift < window, "shift must be in [0, window=", window, "), got ", shift);
   TORCH_CHECK(qkv.size(1) > 0 && qkv.size(2) > 0, "qkv must have a non-empty (H, W) map, got ", qkv.sizes());
-  TORCH_CHECK(table.is_cuda() && table.device() == qkv.device(), "rel_pos_table must be on ", qkv.device());
+  TORCH_CHECK(on_kernel_device(table) && table.device() == qkv.device(), "rel_pos_table must be on ", qkv.device());
   TORCH_CHECK(table.dim() == 2 && table.size(0) == (2 * table_window - 1) * (2 * table_window - 1) && table.size(1) == heads,
               "rel_pos_table must have shape (", (2 * table_window - 1) * (2 * table_window - 1), ", ", heads, "), got ",
               table.sizes());
   if (pad_qkv) {
-    TORCH_CHECK(pad_qkv->is_cuda() && pad_qkv->device() == qkv.device(), "pad_qkv must be on ", qkv.device());
+    TORCH_CHECK(on_kernel_device(*pad_qkv) && pad_qkv->device() == qkv.device(), "pad_qkv must be on ", qkv.device());
     TORCH_CHECK(pad_qkv->dim() == 1 && pad_qkv->size(0) == qkv.size(3), "pad_qkv must have shape (", qkv.size(3),
                 "), got ", pad_qkv->sizes());
   }

@@ -30,7 +30,9 @@ __device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[
 
 template <>
 __device__ __forceinline__ void mma_m16n8k16<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#ifdef VTK_MMA_UNSUPPORTED
+#if defined(VTK_CUDA_EMULATOR)  // tools/cuda_emulator: the CPU runs the warp's MMA
+  vtk_emu::mma_m16n8k16(c, a, b0, b1, /*bf16=*/false);
+#elif defined(VTK_MMA_UNSUPPORTED)
   __trap();
 #else
   asm volatile(
@@ -44,7 +46,9 @@ __device__ __forceinline__ void mma_m16n8k16<__half>(float (&c)[4], const uint32
 template <>
 __device__ __forceinline__ void mma_m16n8k16<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                                             uint32_t b1) {
-#ifdef VTK_MMA_UNSUPPORTED
+#if defined(VTK_CUDA_EMULATOR)  // tools/cuda_emulator: the CPU runs the warp's MMA
+  vtk_emu::mma_m16n8k16(c, a, b0, b1, /*bf16=*/true);
+#elif defined(VTK_MMA_UNSUPPORTED)
   __trap();
 #else
   asm volatile(
