@@ -239,6 +239,7 @@ def test_clip_loss_module(device):
         vtkernels.nn.ClipLoss(init_temperature=0.0)
 
 
+@pytest.mark.interpreter
 def test_dispatch(device):
     image, text, scale = make_inputs(8, 16, torch.float32, "cpu")
     with vtkernels.use_backend("triton"):
@@ -317,8 +318,10 @@ def test_gpu_matches_reference(n, d, dtype, backend):
 def test_gpu_scale_100_and_odd_d(dtype, backend):
     _skip_if_refused(backend, dtype)
     n = 200 if UNDER_CUDA_TOOL else 2000
+    # log(99), not log(100): exp(log 100) lands on the clamp at 100, where float32 (ours, torch's)
+    # and float64 round to opposite sides, and the logit_scale gradient is 0 on one side only.
     for d in (40, 200, 777):
-        check_against_reference(n, d, dtype, "cuda", backend, logit_scale=math.log(100.0))
+        check_against_reference(n, d, dtype, "cuda", backend, logit_scale=math.log(99.0))
     check_against_reference(n - 1, 64, dtype, "cuda", backend, logit_scale=math.log(300.0))
 
 

@@ -338,6 +338,7 @@ def test_hooks_and_linear_subclasses_take_the_module_path(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.interpreter
 def test_optimize_timm_mlp():
     layers = pytest.importorskip("timm.layers")
     model = nn.Sequential(layers.Mlp(16, 64, act_layer=nn.GELU), layers.Mlp(16, 64, act_layer=nn.SiLU)).eval()

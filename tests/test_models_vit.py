@@ -179,13 +179,16 @@ def test_fused_bf16_on_gpu():
     model = perturb_(ViT(config)).cuda()
     images = torch.randn(8, 3, 64, 64, device="cuda")
     cotangent = torch.randn(8, 10, device="cuda")
-    ref, ref_grads = _forward_and_grads(copy.deepcopy(model).double(), images.double(), "reference",
-                                        cotangent.double())
     bf16 = copy.deepcopy(model).bfloat16()
+    # The float64 reference computes the bf16 model's function (its rounded weights and inputs).
+    # Four bf16 blocks put even torch's own logits ~1.1e-2 off it (measured, CPU), over the
+    # single-op bound: the logits get 3e-2 and the sharper check, at most 2x torch's error.
+    ref, ref_grads = _forward_and_grads(copy.deepcopy(bf16).double(), images.bfloat16().double(), "reference",
+                                        cotangent.double())
     for backend in ("triton", None):
         out, ours = _forward_and_grads(bf16, images.bfloat16(), backend, cotangent)
         peer, _ = _forward_and_grads(bf16, images.bfloat16(), "reference", cotangent)
-        assert_close(out, ref, torch.bfloat16, same_dtype_ref=peer, names=[f"logits ({backend})"])
+        assert_close(out, ref, torch.bfloat16, tol=3e-2, same_dtype_ref=peer, names=[f"logits ({backend})"])
         assert_close(ours, ref_grads, torch.bfloat16, tol=5e-2)
 
 

@@ -3,6 +3,8 @@
 Errors are measured in float64 as ``||out - ref|| / ||ref||``. Bounds are by dtype; for low
 precision the sharper check is that our error against the float64 reference is at most
 ``LOW_PRECISION_FACTOR`` times the error of the plain PyTorch reference run in the same dtype.
+A bound is never tighter than ``LOW_PRECISION_FACTOR`` times the error of storing the exact result
+in the output's dtype.
 """
 
 from __future__ import annotations
@@ -53,11 +55,21 @@ def assert_close(out: Tensors, ref: Tensors, dtype: torch.dtype, *, names: Itera
             assert o is None and r is None, f"{name}: one side is None"
             continue
         err = rel_error(o, r)
-        assert err <= bound, f"{name}: relative error {err:.3e} > {bound:.1e} ({dtype})"
+        limit = max(bound, LOW_PRECISION_FACTOR * _rounding_error(r, o.dtype))
+        assert err <= limit, f"{name}: relative error {err:.3e} > {limit:.1e} ({dtype})"
         if peer is not None and dtype in (torch.float16, torch.bfloat16):
             peer_err = rel_error(peer, r)
             limit = LOW_PRECISION_FACTOR * peer_err + 1e-4
             assert err <= limit, f"{name}: error {err:.3e} > {LOW_PRECISION_FACTOR}x torch's own {peer_err:.3e}"
+
+
+def _rounding_error(ref: torch.Tensor, dtype: torch.dtype) -> float:
+    """The error of the exact result merely stored in ``dtype``: no kernel can beat it. It exceeds
+    the dtype's bound where the values fall below the normal range (fp16 gradients of ~1e-6, as
+    the CLIP loss's feature gradients at n = 4096 without loss scaling)."""
+    if not dtype.is_floating_point or dtype == torch.float64:
+        return 0.0
+    return rel_error(ref.detach().to(dtype), ref)
 
 
 def upcast(*tensors: Optional[torch.Tensor]) -> list[Optional[torch.Tensor]]:
