@@ -5,6 +5,7 @@ import json
 import os
 import re
 import sys
+import time
 import types
 
 import pytest
@@ -55,6 +56,7 @@ def _fake_time(monkeypatch, seconds_per_case=0.0):
         return 2.0, 1.9, 2.1
     monkeypatch.setattr(harness, "time_ms", time_ms)
     monkeypatch.setattr(harness, "host_ms", lambda fn, grad_to_none=None: 0.5)
+    monkeypatch.setattr(harness, "queued_ms", lambda fn, host, grad_to_none=None: 0.4)
     monkeypatch.setattr(harness, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
 
 
@@ -77,6 +79,18 @@ def test_slow_calls_are_timed_a_few_times_not_by_do_bench(monkeypatch, call_ms, 
     assert len(made) == calls
 
 
+@pytest.mark.gpu
+def test_queued_ms_leaves_out_host_time():
+    x = torch.randn(1024, device="cuda")
+
+    def host_bound():
+        time.sleep(2e-3)  # 2 ms of host work before a kernel of a few microseconds
+        x.add_(1)
+    host = harness.host_ms(host_bound)
+    assert host > 1.5
+    assert harness.queued_ms(host_bound, host) < 0.5  # do_bench's median would be ~2 ms
+
+
 def test_records_ratios_errors_and_log(tmp_path, monkeypatch):
     _fake_time(monkeypatch)
     log = tmp_path / "records.jsonl"
@@ -85,7 +99,7 @@ def test_records_ratios_errors_and_log(tmp_path, monkeypatch):
     by_provider = {r.provider: r for r in records}
     assert by_provider["ours"].median == 2.0 and by_provider["ours"].ratio_vs_baseline == 1.0
     assert by_provider["ours"].tbps == pytest.approx(0.5) and by_provider["ours"].pct_of_floor == pytest.approx(50)
-    assert by_provider["ours"].extra["host_ms"] == 0.5
+    assert by_provider["ours"].extra["host_ms"] == 0.5 and by_provider["ours"].extra["queued_ms"] == 0.4
     assert by_provider["peer"].median is None and "peer not importable" in by_provider["peer"].error
     assert [json.loads(line)["provider"] for line in log.read_text().splitlines()] == ["torch", "ours", "peer"]
     harness.write_results(records, CEILINGS, ENV, str(tmp_path))

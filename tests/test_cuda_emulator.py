@@ -105,8 +105,14 @@ def test_norm_strided_weight_and_misaligned_rows():
 
 # --- attention ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", attention_tests.CPU_CASES, ids=lambda c: "x".join(map(str, c)))
+# fp32 runs the CUDA backend's scalar kernel, which takes ~50 s emulated at N = 197 (CI time); its
+# tails and blocks are covered by the shorter cases, the 197-token tiling by fp16 / bf16.
+ATTENTION_CASES = [(case, dtype) for case in attention_tests.CPU_CASES for dtype in DTYPES
+                   if not (dtype == torch.float32 and case[2] > 100)]
+
+
+@pytest.mark.parametrize("case, dtype", ATTENTION_CASES,
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
 def test_attention(case, dtype):
     attention_tests.check_against_reference(*case, dtype=dtype, device=CPU, backend="cuda")
 

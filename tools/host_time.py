@@ -5,10 +5,13 @@ DETR at batch 8): what counts there is the Python around the launches (validatio
 launch setup, autograd). This tool measures that part on any machine: every Triton kernel in
 ``vtkernels.triton`` is replaced by a no-op launch, the Triton backend runs on CPU tensors (the
 interpreter's dispatch path: fp16), and each case is called back to back. What it leaves out is
-Triton's own launcher (argument binding, specialization key, the driver call), which needs a GPU.
+Triton's own launcher (argument binding, specialization key, the driver call), which needs a GPU:
+``--gpu`` times the real calls on CUDA tensors instead (small shapes, so the host stays the
+bottleneck), launcher and allocations included.
 
     python tools/host_time.py            # every case, microseconds per call (best of 5 rounds)
     python tools/host_time.py --profile attention_detr_cross   # plus cProfile of one case
+    python tools/host_time.py --gpu --profile layer_norm       # on a GPU: real launches
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import importlib
 import os
 import pkgutil
 import pstats
+import sys
 import time
 
-os.environ["TRITON_INTERPRET"] = "1"  # CPU tensors reach the Triton backend (set before triton loads)
+ON_GPU = "--gpu" in sys.argv
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"  # CPU tensors reach the Triton backend (set before triton loads)
 
 import torch  # noqa: E402
 
@@ -70,19 +76,20 @@ def _cases() -> dict:
     """name -> (callable, tensors whose .grad is reset per call). Small shapes: the host work does
     not depend on them, and CPU allocations of real sizes would dominate."""
     half = torch.float16
+    device = "cuda" if ON_GPU else "cpu"
 
     def leaf(*shape):
-        return torch.randn(*shape, dtype=half, requires_grad=True)
+        return torch.randn(*shape, dtype=half, device=device, requires_grad=True)
 
     x, w, b, res = leaf(2, 8, 768), leaf(768), leaf(768), leaf(2, 8, 768)
     q, k, v = leaf(2, 8, 100, 32), leaf(2, 8, 850, 32), leaf(2, 8, 850, 32)
-    mask = torch.zeros(2, 850, dtype=torch.bool)
+    mask = torch.zeros(2, 850, dtype=torch.bool, device=device)
     qkv = leaf(2, 77, 3, 8, 64)
     tokens, fc1_w, fc1_b, fc2_w, fc2_b = leaf(16, 64), leaf(256, 64), leaf(256), leaf(64, 256), leaf(64)
     tri = dict(backend="triton")
     from vtkernels.models.blocks import Block
 
-    block = Block(64, 2, 256, backend="triton").half()  # a ViT block: 2 norms, qkv, attention, proj, MLP
+    block = Block(64, 2, 256, backend="triton").to(device, half)  # a ViT block: 2 norms, qkv, attention, proj, MLP
     tokens_in = leaf(2, 8, 64)
     window_qkv, table = leaf(1, 14, 14, 3 * 96), leaf(13 * 13, 3)  # Swin-T stage 1's window 7, 3 heads
 
@@ -130,6 +137,8 @@ def time_us(fn, grads, calls: int, rounds: int = 5) -> float:
         fn()
     means = []
     for _ in range(rounds):
+        if ON_GPU:
+            torch.cuda.synchronize()  # each round starts with an empty queue
         start = time.perf_counter()
         for _ in range(calls):
             for t in grads:
@@ -145,10 +154,14 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated case names")
     parser.add_argument("--profile", help="a case to run under cProfile after timing")
     parser.add_argument("--tma", action="store_true", help="attention builds TMA descriptors, as on sm_90")
+    parser.add_argument("--gpu", action="store_true", help="real launches on CUDA tensors (no stubs)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"{stub_triton_kernels()} Triton kernels stubbed; torch {torch.__version__}, {os.cpu_count()} CPUs")
-    built = force_tma() if args.tma else None
+    if args.gpu:
+        print(f"real launches on {torch.cuda.get_device_name()}; torch {torch.__version__}, {os.cpu_count()} CPUs")
+    else:
+        print(f"{stub_triton_kernels()} Triton kernels stubbed; torch {torch.__version__}, {os.cpu_count()} CPUs")
+    built = force_tma() if args.tma and not args.gpu else None
     cases = _cases()
     for name in (args.only.split(",") if args.only else cases):
         fn, grads = cases[name]
