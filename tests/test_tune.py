@@ -39,7 +39,10 @@ def _recording(target):
 @pytest.mark.parametrize("op, spec, kernel, grid", [
     ("norm", (2, 7, 48), "fwd", {"BLOCK_ROWS": (1, 4), "num_warps": (2, 4)}),
     ("norm", (2, 7, 48), "bwd", {"BLOCK_ROWS": (2, 8), "num_warps": (4,)}),
-    ("window_attention", (1, 14, 32, 2, 7), "bwd", {"BLOCK_M": (16, 32), "num_warps": (4,), "num_stages": (1,)}),
+    ("window_attention", (1, 14, 32, 2, 7), "bwd", {"BLOCK_M": (16, 32), "BLOCK_N": (64, 128), "num_warps": (4,),
+                                                    "num_stages": (1,)}),
+    ("window_attention", (1, 14, 32, 2, 7), "fwd", {"BLOCK_M": (32, 64), "BLOCK_N": (64, 128), "num_warps": (4,),
+                                                    "num_stages": (1,)}),
     ("window_attention", (1, 24, 32, 1, 12), "fwd", {"BLOCK_M": (32, 64), "num_warps": (4,), "num_stages": (1,)}),
     ("attention", (1, 2, 40, 40, 32, True, False), "dkdv",
      {"BLOCK_M": (16, 32), "BLOCK_N": (32,), "num_warps": (4,), "num_stages": (2,)}),

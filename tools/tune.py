@@ -136,9 +136,10 @@ def _window_run(spec, kernel):
 
 
 def _window_configure(default, args, kwargs, candidate):
-    """BLOCK_M goes through launch_config, which derives ROWS_REST from it."""
-    rest = {key: value for key, value in candidate.items() if key != "BLOCK_M"}
-    return {**default(*args, **kwargs, block_m=candidate.get("BLOCK_M")), **rest}
+    """BLOCK_M and BLOCK_N go through launch_config, which derives ROWS_REST and the windows per
+    tile (G) from them; BLOCK_N only packs windows of up to 64 tokens (larger ones keep theirs)."""
+    rest = {key: value for key, value in candidate.items() if key not in ("BLOCK_M", "BLOCK_N")}
+    return {**default(*args, **kwargs, block_m=candidate.get("BLOCK_M"), block_n=candidate.get("BLOCK_N")), **rest}
 
 
 def _window_target() -> Target:
@@ -150,8 +151,8 @@ def _window_target() -> Target:
         modules=(triton_window, triton_window_bwd),  # the backward imported launch_config by name
         shapes=WINDOW_SHAPES,
         candidates={
-            "fwd": {"BLOCK_M": (32, 64, 128), "num_warps": (4, 8), "num_stages": (1, 2)},
-            "bwd": {"BLOCK_M": (16, 32), "num_warps": (4, 8), "num_stages": (1, 2)},
+            "fwd": {"BLOCK_M": (32, 64, 128), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (1, 2)},
+            "bwd": {"BLOCK_M": (16, 32), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (1, 2)},
         },
         kernel_of=kernel_of,
         configure=_window_configure,

@@ -252,14 +252,20 @@ class Geometry:
         return self.height_pad != self.height or self.width_pad != self.width
 
 
-def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: Optional[int] = None) -> dict:
-    """Packing and tiles for windows of ``tokens`` tokens. Windows of up to 64 tokens pack G to a
-    128-row tile; a larger window is one tile of BLOCK_N keys plus (KEYS_REST > 0) a rest chunk
-    (144 = 128 + 16, not 256). Queries run in chunks of BLOCK_M rows (``block_m`` overrides the
-    default, for tools/tune.py), the forward's last one ROWS_REST rows where that is smaller
-    (144 = 2 x 64 + 16)."""
+def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: Optional[int] = None,
+                  block_n: Optional[int] = None) -> dict:
+    """Packing and tiles for windows of ``tokens`` tokens. Windows of up to 64 tokens pack
+    G = BLOCK_N // tokens to a BLOCK_N-row tile (128 unless ``block_n`` says otherwise); a larger
+    window is one tile of BLOCK_N keys plus (KEYS_REST > 0) a rest chunk (144 = 128 + 16, not 256).
+    Queries run in chunks of BLOCK_M rows, the forward's last one ROWS_REST rows where that is
+    smaller (144 = 2 x 64 + 16). ``block_m`` and ``block_n`` override the defaults for
+    tools/tune.py: with G windows in a tile every score element is computed for G x G window pairs
+    and kept for G, so 49-token windows in 64-wide tiles (G = 1) do half the score-element work per
+    window of the default 128 (G = 2), in twice the programs (untimed; a tune candidate)."""
     if tokens <= 64:
-        block_n, keys_rest = 128, 0
+        block_n, keys_rest = block_n or 128, 0
+        if block_n < tokens or block_n & (block_n - 1):
+            raise ValueError(f"block_n must be a power of two >= the window's {tokens} tokens, got {block_n}")
         windows_per_program = block_n // tokens
     else:
         (block_n, keys_rest), windows_per_program = two_tiles(tokens), 1
