@@ -12,8 +12,11 @@
 # 6. (only when named in STEPS) tools/tune.py, TUNE_ARGS passed on -> tuning.json, tune.log
 # 7. (only when named in STEPS) benchmarks/kernel_profile.py, PROFILE_ARGS passed on (default: our
 #    models, one shape each, eager) -> bench/profile.md: the kernels each case spends its time in
+# 8. (only when named in STEPS) tools/host_time.py --gpu, with TMA and with VTKERNELS_TMA=0 -> host.log:
+#    host microseconds per call with the real launches (on the H200 machine: 105 us per LayerNorm
+#    forward; attention's were 0.3-0.44 ms by the benchmarks' host column)
 # and prints a summary table last. Pure-Python peers (Liger-Kernel, Inf-CL) are installed from
-# .whl/ when carried there. Steps: STEPS="build,info,tests,sanitizer,bench" (the default; "tune" and "profile" are extra);
+# .whl/ when carried there. Steps: STEPS="build,info,tests,sanitizer,bench" (the default; "tune", "profile", "host" are extra);
 # BENCH_ARGS is passed to benchmarks/run.py (e.g. "--ops norm --quick --budget-s 400": with a
 # budget the suite stops starting cases in time and still writes its results). The tests run in
 # TEST_WORKERS processes (default: one per core) when pytest-xdist is installed: most of their
@@ -109,17 +112,20 @@ cp vtkernels/preferences.json "$OUT_DIR/bench/" 2>/dev/null  # commit it back: t
 # The sweep writes tuning.json as it goes: killed at the deadline, it still returns what it measured.
 step tune tune.log python3 tools/tune.py --out "$OUT_DIR/tuning.json" "${TUNE_EXTRA[@]}"
 step profile profile.log python3 benchmarks/kernel_profile.py --out "$OUT_DIR/bench" "${PROFILE_EXTRA[@]}"
+step host host.log bash -c 'python3 tools/host_time.py --gpu --calls 200 && echo "-- VTKERNELS_TMA=0" &&
+  VTKERNELS_TMA=0 python3 tools/host_time.py --gpu --calls 200'
 
 summary() {
   echo "| step | status | seconds |"
   echo "|---|---|---|"
-  for name in build info tests sanitizer bench tune profile; do
+  for name in build info tests sanitizer bench tune profile host; do
     echo "| $name | ${STATUS[$name]} | ${SECONDS_TAKEN[$name]:-} |"
   done
   grep -E "passed|failed" "$OUT_DIR/tests.log" 2>/dev/null | tail -n 1
   grep -oE "(PASSED|FAILED|ERROR|SKIPPED) tests/" "$OUT_DIR/tests.log" 2>/dev/null | sort | uniq -c
   grep -oE "(FAILED|ERROR) tests/[^ ]+" "$OUT_DIR/tests.log" 2>/dev/null | sort -u | head -n 40
   grep -E "ERROR SUMMARY" "$OUT_DIR/sanitizer.log" 2>/dev/null
+  grep -E " us$|^-- " "$OUT_DIR/host.log" 2>/dev/null
   # the issues' acceptance numbers against this run (benchmarks/targets.py; also in results.md)
   grep -E "^[0-9]+ met, " "$OUT_DIR/bench/results.md" 2>/dev/null
   grep -E "\*\*missed\*\*" "$OUT_DIR/bench/results.md" 2>/dev/null | head -n 40
