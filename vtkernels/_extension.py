@@ -59,14 +59,20 @@ def extension_has(function: str) -> bool:
     return extension_failure() is None and hasattr(load_extension(), function)
 
 
+@functools.cache
+def _triton_functions(module_name: str, names: tuple[str, ...]) -> tuple[Callable, ...]:
+    """Looked up once: an op's call pays a dictionary lookup, not an import and a wrap."""
+    module = importlib.import_module(module_name)
+    return tuple(device_guarded(getattr(module, name)) for name in names)
+
+
 def kernel_functions(backend: str, *, triton_module: str, triton: Sequence[str],
                      cuda: Sequence[str]) -> tuple[Callable, ...]:
     """An op's kernel entry points on ``backend``, in the order named: the functions ``triton``
     of module ``triton_module`` (e.g. ``"vtkernels.triton.norm"``), or the functions ``cuda`` of
     the extension ``vtkernels._C``."""
     if backend == "triton":
-        module = importlib.import_module(triton_module)
-        return tuple(device_guarded(getattr(module, name)) for name in triton)
+        return _triton_functions(triton_module, tuple(triton))
     if backend == "cuda":
         ext = load_extension()
         return tuple(getattr(ext, name) for name in cuda)

@@ -41,10 +41,6 @@ def _implementation(op) -> Callable:
     return getattr(op, "_init_fn", op)
 
 
-def _needs_grad(args) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-
-
 # Plain eager execution is what the implementation can run: real tensors, nothing intercepting
 # the dispatch. Anything else (FakeTensorMode, make_fx, jit tracing, torch.func transforms,
 # FakeTensor / DTensor arguments) needs the op, whose fake implementation and dispatch it relies on.
@@ -53,20 +49,27 @@ _dispatch_mode_count = getattr(torch._C, "_len_torch_dispatch_stack", None)
 _functorch_transform = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
 
 
-def _plain(args) -> bool:
-    if _dispatch_mode_count is None or _functorch_transform is None:  # a torch without these probes
-        return False
-    return (_dispatch_mode_count() == 0 and _functorch_transform() is None and not torch.jit.is_tracing()
-            and all(type(a) in _PLAIN_TENSOR_TYPES for a in args if isinstance(a, torch.Tensor)))
+def _plain_needs_grad(args) -> Optional[bool]:
+    """None unless plain eager; else whether a gradient is needed (one pass over the arguments:
+    this runs on every call)."""
+    if (_dispatch_mode_count is None or _functorch_transform is None  # a torch without these probes
+            or _dispatch_mode_count() or _functorch_transform() is not None or torch.jit.is_tracing()):
+        return None
+    needs_grad = False
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if type(a) not in _PLAIN_TENSOR_TYPES:
+                return None
+            needs_grad = needs_grad or a.requires_grad
+    return needs_grad and torch.is_grad_enabled()
 
 
 def forward_call(op, backward: Optional[Callable] = None, setup_context: Optional[Callable] = None) -> Callable:
     """The callable for ``op`` (positional arguments only); with ``backward``, registers it (and
     ``setup_context``) as the op's autograd formula and uses the same pair in eager mode."""
     implementation = _implementation(op)
-    if backward is None:
-        eager = implementation
-    else:
+    function = None  # the eager autograd Function, for ops with a backward
+    if backward is not None:
         op.register_autograd(backward, setup_context=setup_context)
 
         def function_backward(ctx, *grads):
@@ -94,11 +97,11 @@ def forward_call(op, backward: Optional[Callable] = None, setup_context: Optiona
         function = type(name, (torch.autograd.Function,), {"forward": staticmethod(function_forward),
                                                            "backward": staticmethod(function_backward)})
 
-        def eager(*args):
-            return function.apply(*args) if _needs_grad(args) else implementation(*args)
-
     def call(*args):
-        return eager(*args) if not torch.compiler.is_compiling() and _plain(args) else op(*args)
+        grad = None if torch.compiler.is_compiling() else _plain_needs_grad(args)
+        if grad is None:
+            return op(*args)
+        return function.apply(*args) if grad and function is not None else implementation(*args)
 
     return call
 
@@ -111,7 +114,7 @@ def backward_call(op) -> Callable:
 
     def call(*args):
         # is_compiling first: Dynamo (compiled autograd tracing the eager backward) then never reads the flag.
-        eager = not torch.compiler.is_compiling() and _eager_backward.get() and not _needs_grad(args) and _plain(args)
+        eager = not torch.compiler.is_compiling() and _eager_backward.get() and _plain_needs_grad(args) is False
         return implementation(*args) if eager else op(*args)
 
     return call
