@@ -278,3 +278,24 @@ def test_targets_take_our_fastest_and_the_peer_family_best():
     table = targets.markdown(records, "test GPU")
     assert "| #3 | attention fwd >= 1.0x the best SDPA backend | ViT-B/16 256x12x197x64 |" in table
     assert "not measured" in table  # every other target: no case in this run
+
+
+def test_targets_also_judge_the_gpu_time_alone():
+    """The queued column uses queued_ms for ours and the peer (each family's fastest by it), rates
+    scaled; the verdict stays on the medians."""
+    shape = "ViT-B 256x197x768"
+    records = [_record("layer_norm", shape, "fwd", "vtkernels-triton", 0.125, tbps=1.24, extra={"queued_ms": 0.043}),
+               _record("layer_norm", shape, "fwd", "torch", 0.106, extra={"queued_ms": 0.108}),
+               _record("layer_norm", shape, "fwd", "torch.compile", 0.042)]  # no queued time: that peer is absent
+    rows = {r["target"].claim: r for r in targets.evaluate(records) if r["target"].op == "layer_norm" and r["shape"]}
+    bandwidth = rows["layer_norm fwd >= 2.8 TB/s (H100)"]
+    assert bandwidth["met"] is False and bandwidth["queued"] == "3.60 TB/s (met)"
+    eager = rows["layer_norm fwd >= 1.7x eager"]
+    assert eager["met"] is False and eager["queued"] == "2.51x torch (met)"
+    assert rows["layer_norm fwd >= torch.compile"]["queued"] == "peer not measured (not measured)"
+    memory = [_record("clip_loss", "n=65536 d=768", "fwd+bwd", "vtkernels-triton", 30.0,
+                      extra={"queued_ms": 29.0, "memory": {"peak_extra_bytes": 0.5e9}})]
+    by_claim = {r["target"].claim: r for r in targets.evaluate(memory) if r["shape"]}
+    assert by_claim["n=65536 fwd+bwd <= 1 GB extra memory"]["queued"] == ""  # not a time target
+    assert by_claim["n=65536 fwd+bwd <= 40 ms (H100)"]["queued"] == "29 ms (met)"
+    assert "| 3.60 TB/s (met) |" in targets.markdown(records, "test GPU")
