@@ -4,8 +4,8 @@
 
 #include "cuda_qualifiers.h"
 
+#include <bit>
 #include <cstdint>
-#include <cstring>
 
 struct __nv_bfloat16 {
   uint16_t x;
@@ -14,16 +14,10 @@ struct __nv_bfloat162 {
   __nv_bfloat16 x, y;
 };
 
-inline float __bfloat162float(__nv_bfloat16 h) {
-  const uint32_t bits = uint32_t(h.x) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+inline float __bfloat162float(__nv_bfloat16 h) { return std::bit_cast<float>(uint32_t(h.x) << 16); }
 
 inline __nv_bfloat16 __float2bfloat16_rn(float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
+  uint32_t bits = std::bit_cast<uint32_t>(v);
   if ((bits & 0x7fffffffu) > 0x7f800000u) return {uint16_t((bits >> 16) | 0x40)};  // quiet NaN
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return {uint16_t(bits >> 16)};
