@@ -97,12 +97,13 @@ sanitize() {  # both tools, whatever the first finds; fails if either does
 }
 export -f sanitize  # run through bash -c: timeout runs programs, not shell functions
 step sanitizer sanitizer.log bash -c sanitize
-# The tune and profile steps, when named, keep their time (MAX_S_TUNE, default 150 s; MAX_S_PROFILE,
-# default 120 s) from the benchmarks before them. Unless BENCH_ARGS sets one, the suite's budget is
+# The tune, profile and host steps, when named, keep their time (MAX_S_TUNE, default 150 s;
+# MAX_S_PROFILE, default 120 s; MAX_S_HOST, default 90 s) from the benchmarks before them. Unless BENCH_ARGS sets one, the suite's budget is
 # what the deadline leaves after that, less a minute for the case in flight and the results.
 RESERVED=0
 [[ ",$STEPS," == *",tune,"* ]] && : "${MAX_S_TUNE:=150}" && RESERVED=$((RESERVED + MAX_S_TUNE))
 [[ ",$STEPS," == *",profile,"* ]] && : "${MAX_S_PROFILE:=120}" && RESERVED=$((RESERVED + MAX_S_PROFILE))
+[[ ",$STEPS," == *",host,"* ]] && : "${MAX_S_HOST:=90}" && RESERVED=$((RESERVED + MAX_S_HOST))
 (( RESERVED > 0 )) && : "${MAX_S_BENCH:=$((DEADLINE_S - SECONDS - 15 - RESERVED))}"
 BENCH_BUDGET=()
 [[ "${BENCH_ARGS:-}" == *--budget-s* ]] || BENCH_BUDGET=(--budget-s $((DEADLINE_S - SECONDS - 90 - RESERVED)))

@@ -69,7 +69,8 @@ def _rounding_error(ref: torch.Tensor, dtype: torch.dtype) -> float:
     the CLIP loss's feature gradients at n = 4096 without loss scaling)."""
     if not dtype.is_floating_point or dtype == torch.float64:
         return 0.0
-    return rel_error(ref.detach().to(dtype), ref)
+    error = rel_error(ref.detach().to(dtype), ref)
+    return error if math.isfinite(error) else 0.0  # (values out of the dtype's range loosen nothing)
 
 
 def upcast(*tensors: Optional[torch.Tensor]) -> list[Optional[torch.Tensor]]:

@@ -154,6 +154,10 @@ void launch(Body body, dim3 grid, dim3 threads, size_t dynamic_shared = 0, cudaS
     last_error = cudaErrorInvalidValue;
     return;
   }
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) {  // (an empty grid is an error on a GPU too)
+    last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
   const char* schedule = std::getenv("VTK_EMU_SCHEDULE");
   const bool reverse = schedule && std::strcmp(schedule, "reverse") == 0;
   const std::function<void()> call = body;
