@@ -88,6 +88,30 @@ def affine_grad_store(DW_PARTIAL, DB_PARTIAL, dw_acc, db_acc, pid, n_cols, cols,
 
 
 @triton.jit
+def sum_partials_kernel(DW_PARTIAL, DB_PARTIAL, DW, DB, n_partials, n_cols,
+                        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    """dweight / dbias: the column sums of the backward's (n_partials, n_cols) fp32 partials, in
+    a fixed order, stored in the parameters' dtypes (both in one launch)."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < n_cols
+    dw = tl.zeros([BLOCK_C], dtype=tl.float32)
+    db = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for start in range(0, n_partials, BLOCK_P):
+        rows = start + tl.arange(0, BLOCK_P)
+        ok = (rows < n_partials)[:, None] & col_ok[None, :]
+        offsets = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]
+        if HAS_WEIGHT:
+            dw += tl.sum(tl.load(DW_PARTIAL + offsets, mask=ok, other=0.0), axis=0)
+        if HAS_BIAS:
+            db += tl.sum(tl.load(DB_PARTIAL + offsets, mask=ok, other=0.0), axis=0)
+    if HAS_WEIGHT:
+        tl.store(DW + cols, dw.to(DW.dtype.element_ty), mask=col_ok)
+    if HAS_BIAS:
+        tl.store(DB + cols, db.to(DB.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
 def norm_fwd_kernel(
     X, R, W, B, Y, H, Mean, Rstd,
     n_rows, n_cols, stride_x, stride_r, stride_y, stride_h, eps,
@@ -209,9 +233,29 @@ def backward(dy: torch.Tensor, dh: Optional[torch.Tensor], h: torch.Tensor, weig
             dh.stride(0) if dh is not None else 0, h.stride(0), dx.stride(0),
             IS_RMS=rms, HAS_DH=dh is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, **cfg,
         )
-    dw = dw_partial.sum(0).to(weight.dtype) if weight is not None else h.new_empty(0)
-    db = db_partial.sum(0).to(h.dtype) if has_bias else h.new_empty(0)
+    dw, db = affine_grads(dw_partial, db_partial, h.dtype, weight.dtype if weight is not None else None)
     return dx, dw, db
+
+
+SUM_PARTIALS_CONFIG = {"BLOCK_P": 32, "BLOCK_C": 64}
+
+
+def affine_grads(dw_partial: torch.Tensor, db_partial: torch.Tensor, dtype: torch.dtype,
+                 weight_dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dweight in ``weight_dtype``, dbias in ``dtype``) from the (programs, cols) partials of a
+    persistent backward (the norm's, patch merging's); a parameter without partials (shape (0,))
+    gets an empty tensor of ``dtype``."""
+    has_weight, has_bias = dw_partial.dim() == 2, db_partial.dim() == 2
+    n_partials, n_cols = (dw_partial if has_weight else db_partial).shape if has_weight or has_bias else (0, 0)
+    device = dw_partial.device
+    dw = torch.empty(n_cols, dtype=weight_dtype or dtype, device=device) if has_weight else \
+        torch.empty(0, dtype=dtype, device=device)
+    db = torch.empty(n_cols if has_bias else 0, dtype=dtype, device=device)
+    if n_cols:
+        sum_partials_kernel[(cdiv(n_cols, SUM_PARTIALS_CONFIG["BLOCK_C"]),)](
+            dw_partial, db_partial, dw, db, n_partials, n_cols, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
+            **SUM_PARTIALS_CONFIG)
+    return dw, db
 
 
 def aot_configs():
@@ -236,3 +280,7 @@ def aot_configs():
                            "n_rows": "i32", "n_cols": "i32", "stride_x": "i32", "stride_r": "i32",
                            "stride_y": "i32", "stride_h": "i32", "eps": "fp32"}
                     yield norm_fwd_kernel, sig, {**flags, "HAS_RESIDUAL": True, **cfg}, options
+    for dtype in ("bf16", "fp16", "fp32"):
+        sig = {"DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "DW": f"*{dtype}", "DB": f"*{dtype}",
+               "n_partials": "i32", "n_cols": "i32"}
+        yield sum_partials_kernel, sig, {"HAS_WEIGHT": True, "HAS_BIAS": True, **SUM_PARTIALS_CONFIG}, {"num_warps": 4}

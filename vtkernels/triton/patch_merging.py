@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from vtkernels.triton.norm import (_persistent_programs, affine_grad_add, affine_grad_start, affine_grad_store,
-                                   apply_affine, normalized_input_grad, row_statistics)
+                                   affine_grads, apply_affine, normalized_input_grad, row_statistics)
 from vtkernels.triton.tiling import cdiv, next_power_of_2
 
 
@@ -124,8 +124,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight, mean, rstd, has_bias: bo
             dy, x, weight, mean, rstd, dx, dw_partial, db_partial, n_rows, *dims, x.stride(0), x.stride(1), x.stride(2),
             dx.stride(0), dx.stride(1), dx.stride(2), programs, cdiv(tiles, programs),
             HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, **cfg)
-    dw = dw_partial.sum(0).to(weight.dtype) if weight is not None else x.new_empty(0)
-    db = db_partial.sum(0).to(x.dtype) if has_bias else x.new_empty(0)
+    dw, db = affine_grads(dw_partial, db_partial, x.dtype, weight.dtype if weight is not None else None)
     return dx, dw, db
 
 
