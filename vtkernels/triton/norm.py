@@ -248,8 +248,7 @@ def affine_grads(dw_partial: torch.Tensor, db_partial: torch.Tensor, dtype: torc
     has_weight, has_bias = dw_partial.dim() == 2, db_partial.dim() == 2
     n_partials, n_cols = (dw_partial if has_weight else db_partial).shape if has_weight or has_bias else (0, 0)
     device = dw_partial.device
-    dw = torch.empty(n_cols, dtype=weight_dtype or dtype, device=device) if has_weight else \
-        torch.empty(0, dtype=dtype, device=device)
+    dw = torch.empty(n_cols if has_weight else 0, dtype=weight_dtype or dtype, device=device)
     db = torch.empty(n_cols if has_bias else 0, dtype=dtype, device=device)
     if n_cols:
         sum_partials_kernel[(cdiv(n_cols, SUM_PARTIALS_CONFIG["BLOCK_C"]),)](
