@@ -202,11 +202,13 @@ def test_cuda_backend_inference_bf16():
     model = perturb_(ViT(config)).cuda()
     images = torch.randn(8, 3, 64, 64, device="cuda")
     with torch.no_grad():
-        ref = copy.deepcopy(model).double().set_backend("reference")(images.double())
         bf16 = copy.deepcopy(model).bfloat16()
+        # The float64 run of the bf16 weights and inputs, and the bounds of the bf16 test above (four
+        # bf16 blocks put torch's own logits ~1.1e-2 off it; the CUDA backend's were 1.2e-2 on the H200).
+        ref = copy.deepcopy(bf16).double().set_backend("reference")(images.bfloat16().double())
         out = bf16.set_backend("cuda")(images.bfloat16())
         peer = bf16.set_backend("reference")(images.bfloat16())
-    assert_close(out, ref, torch.bfloat16, same_dtype_ref=peer, names=["logits (cuda)"])
+    assert_close(out, ref, torch.bfloat16, tol=3e-2, same_dtype_ref=peer, names=["logits (cuda)"])
 
 
 def test_autocast_bf16(device):

@@ -1,7 +1,8 @@
 """Command line: python -m vtkernels {info, selfcheck, bench, main}.
 
 info       GPU, versions, which backends are available and, for each missing one, why
-selfcheck  every op's Triton kernels vs the reference (interpreter on the CPU)
+selfcheck  every op's kernels vs the reference: Triton (the interpreter on the CPU), and CUDA on a GPU
+           [-v] [--backend triton,cuda]
 bench      the benchmark suite (benchmarks/run.py; needs a GPU and the repository checkout)
 main       bench on a GPU machine, selfcheck elsewhere
 """
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
     if command == "selfcheck":
         from vtkernels import selfcheck
 
-        return selfcheck.run(verbose="-v" in argv)
+        backends = argv[argv.index("--backend") + 1].split(",") if "--backend" in argv else None
+        return selfcheck.run(verbose="-v" in argv, backends=backends)
     if command == "bench":
         return bench(argv)
     if command == "main":

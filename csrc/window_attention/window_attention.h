@@ -11,10 +11,10 @@
 namespace vtk {
 
 // Windows of up to 144 tokens (12x12) and head_dim up to 64 fit one block's shared memory in this
-// SIMT version (q, k, v, dO of the window in fp32; the backward at 144 tokens x 64 takes 160,000 B
-// dynamic + 2,880 B static: sm_80 / sm_90 parts, not the 99 KB ones such as sm_86 / sm_89, where
-// window_attention_shared_memory tells the op to refuse it); larger windows are refused by the
-// bindings (Triton takes them).
+// SIMT version (q, k, v, dO of the window in fp32; at 144 tokens x 64 the forward takes 118,592 B
+// and the backward 162,880 B, static included: sm_80 / sm_90 parts, not the 99 KB ones such as
+// sm_86 / sm_89, where window_attention_shared_memory tells the op to refuse them); larger windows
+// are refused by the bindings (Triton takes them).
 constexpr int kWindowAttnMaxTokens = 144;
 constexpr int kWindowAttnMaxHeadDim = 64;
 // The backward loops a block over up to this many consecutive windows of one (batch, head), which

@@ -80,14 +80,14 @@ def quick_gelu(x: Tensor, backend: Optional[str] = None) -> Tensor:
 __all__ = ["quick_gelu", "dispatcher"]
 
 
-def selfcheck_cases():
-    """Triton-vs-reference checks (forward, dx) for `python -m vtkernels selfcheck`."""
+def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
+    """Kernel-vs-reference checks (forward, dx) for `python -m vtkernels selfcheck`."""
     from vtkernels.testing import assert_close, grads, upcast
 
     def check(shape, dtype):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         x = (4 * torch.randn(shape, device=device)).to(dtype).requires_grad_()
-        out = quick_gelu(x, "triton")
+        out = quick_gelu(x, backend)
         (x64,) = upcast(x)
         expected = quick_gelu(x64, "reference")
         assert_close(out, expected, dtype)
@@ -95,5 +95,5 @@ def selfcheck_cases():
         assert_close(grads(out, [x], cot), grads(expected, [x64], cot), dtype)
 
     for shape in ((3, 77, 96), (5000,)):
-        for dtype in (torch.float32, torch.float16):
+        for dtype in dtypes:
             yield f"quick_gelu {shape} {dtype}", (lambda s=shape, d=dtype: check(s, d))

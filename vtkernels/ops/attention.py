@@ -273,8 +273,8 @@ def attention_qkv(qkv: Tensor, causal: bool = False, key_padding_mask: Optional[
     return out
 
 
-def selfcheck_cases():
-    """Small Triton-vs-reference checks (output, dq, dk, dv) for `python -m vtkernels selfcheck`."""
+def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
+    """Small kernel-vs-reference checks (output, dq, dk, dv) for `python -m vtkernels selfcheck`."""
     from vtkernels.testing import assert_close, grads, upcast
 
     def check(n_q, n_kv, head_dim, causal, padded, layout, dtype):
@@ -285,7 +285,7 @@ def selfcheck_cases():
         if padded:
             mask = torch.rand(2, n_kv, device=device) < 0.3
             mask[0] = True  # a fully padded batch: zeros, never NaN
-        out = attention(q, k, v, causal, mask, backend="triton", layout=layout)
+        out = attention(q, k, v, causal, mask, backend=backend, layout=layout)
         ref_inputs = upcast(q, k, v)
         ref_out = attention(*ref_inputs, causal, mask, backend="reference", layout=layout)
         assert_close(out, ref_out, dtype, names=["out"])
@@ -295,7 +295,7 @@ def selfcheck_cases():
     def check_packed(tokens, head_dim, dtype):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         qkv = torch.randn(2, tokens, 3, 3, head_dim, device=device).to(dtype).requires_grad_()
-        out = attention_qkv(qkv, causal=True, backend="triton")
+        out = attention_qkv(qkv, causal=True, backend=backend)
         (qkv64,) = upcast(qkv)
         ref_out = attention(*qkv64.unbind(2), True, backend="reference", layout="bnhd")
         assert_close(out, ref_out, dtype, names=["out"])
@@ -304,7 +304,7 @@ def selfcheck_cases():
 
     cases = [(49, 49, 64, False, False, "bnhd"), (20, 77, 80, True, True, "bhnd"), (1, 50, 128, False, True, "bnhd"),
              (33, 17, 32, True, False, "bhnd")]
-    for dtype in (torch.float32, torch.float16):
+    for dtype in dtypes:
         for n_q, n_kv, head_dim, causal, padded, layout in cases:
             name = (f"{n_q}x{n_kv} d={head_dim}{' causal' if causal else ''}{' padded' if padded else ''} "
                     f"{layout} {dtype}")

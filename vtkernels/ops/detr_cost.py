@@ -79,3 +79,28 @@ def detr_match_cost(logits: Tensor, pred_boxes: Tensor, target_labels: Tensor, t
         return call_detr_match_cost(checks.unit_stride(logits.detach()), checks.unit_stride(pred_boxes.detach()),
                                     target_labels.long().contiguous(), checks.unit_stride(target_boxes.detach()),
                                     float(class_weight), float(bbox_weight), float(giou_weight), chosen)
+
+
+def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
+    """Kernel-vs-reference checks of the (B, Q, T) cost for `python -m vtkernels selfcheck`."""
+    from vtkernels.testing import assert_close, upcast
+
+    def check(dtype):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        batch, queries, classes, targets = 2, 13, 9, 5
+
+        def boxes(n):  # cxcywh inside the image
+            return torch.cat([torch.rand(batch, n, 2, device=device) * 0.6 + 0.2,
+                              torch.rand(batch, n, 2, device=device) * 0.3 + 0.05], -1).to(dtype)
+
+        logits = torch.randn(batch, queries, classes, device=device).to(dtype)
+        labels = torch.randint(0, classes, (batch, targets), device=device)
+        problem = (logits, boxes(queries), labels, boxes(targets))
+        out = detr_match_cost(*problem, 1.0, 5.0, 2.0, backend=backend)
+        logits64, pred64, target64 = upcast(problem[0], problem[1], problem[3])
+        expected = detr_match_cost(logits64, pred64, labels, target64, 1.0, 5.0, 2.0, backend="reference")
+        same = detr_match_cost(*problem, 1.0, 5.0, 2.0, backend="reference")
+        assert_close(out, expected, dtype, same_dtype_ref=same)
+
+    for dtype in dtypes:
+        yield f"2x13 queries, 5 targets {dtype}", (lambda d=dtype: check(d))

@@ -187,8 +187,8 @@ def mlp(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2_weight: T
 __all__ = ["mlp", "dispatcher"]
 
 
-def selfcheck_cases():
-    """Triton-vs-reference checks (forward, every gradient) for `python -m vtkernels selfcheck`."""
+def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
+    """Kernel-vs-reference checks (forward, every gradient) for `python -m vtkernels selfcheck`."""
     from vtkernels.testing import assert_close, grads, upcast
 
     def check(activation, dtype):
@@ -199,7 +199,7 @@ def selfcheck_cases():
             return (torch.randn(shape, device=device) / 4).to(dtype).requires_grad_()
 
         inputs = [param(3, 37, dim), param(hidden, dim), param(hidden), param(dim, hidden), param(dim)]
-        out = mlp(*inputs, activation=activation, backend="triton")
+        out = mlp(*inputs, activation=activation, backend=backend)
         upcast_inputs = upcast(*inputs)
         expected = mlp(*upcast_inputs, activation=activation, backend="reference")
         assert_close(out, expected, dtype)
@@ -207,5 +207,5 @@ def selfcheck_cases():
         assert_close(grads(out, inputs, cot), grads(expected, upcast_inputs, cot), dtype)
 
     for activation in ACTIVATIONS:
-        for dtype in (torch.float32, torch.float16):
+        for dtype in dtypes:
             yield f"mlp {activation} {dtype}", (lambda a=activation, d=dtype: check(a, d))

@@ -147,8 +147,8 @@ def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-5,
     return _norm(x, weight, None, eps, residual, True, backend)
 
 
-def selfcheck_cases():
-    """Small Triton-vs-reference checks (forward and every gradient) for `python -m vtkernels selfcheck`."""
+def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
+    """Small kernel-vs-reference checks (forward and every gradient) for `python -m vtkernels selfcheck`."""
     from vtkernels.testing import assert_close, grads, upcast
 
     def run(x, weight, bias, residual, rms, backend):
@@ -163,7 +163,7 @@ def selfcheck_cases():
 
         inputs = [rand(*shape), rand(shape[-1]), None if rms else rand(shape[-1]),
                   rand(*shape) if with_residual else None]
-        out = run(*inputs, rms, "triton")
+        out = run(*inputs, rms, backend)
         ref_inputs = upcast(*inputs)
         ref_out = run(*ref_inputs, rms, "reference")
         assert_close(out, ref_out, dtype)
@@ -175,6 +175,6 @@ def selfcheck_cases():
 
     for rms in (False, True):
         for with_residual in (False, True):
-            for dtype in (torch.float32, torch.float16):
+            for dtype in dtypes:
                 name = f"{'rms_norm' if rms else 'layer_norm'}{' + residual' if with_residual else ''} {dtype}"
                 yield name, (lambda rms=rms, r=with_residual, d=dtype: check(rms, r, d))

@@ -127,3 +127,22 @@ def palette_dequantize(tokens: Tensor, clusters: Tensor, image_size: tuple[int, 
         return pixels.reshape(batch, height, width, 3)
     out = call_palette_dequantize(tokens.contiguous(), clusters.contiguous(), layout == "nchw", chosen)
     return out.view(batch, 3, height, width) if layout == "nchw" else out.view(batch, height, width, 3)
+
+
+def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
+    """Kernel-vs-reference checks (ids and pixels, bit-exact) for `python -m vtkernels selfcheck`."""
+
+    def check(cluster_dtype):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        clusters = (torch.rand(70, 3, device=device) * 2 - 1).to(cluster_dtype)
+        clusters[60:] = clusters[:10]  # duplicates: the lowest id must win
+        image = torch.randint(0, 256, (2, 3, 9, 13), dtype=torch.uint8, device=device)
+        ids = palette_quantize(image, clusters, backend=backend)
+        expected = palette_quantize(image, clusters, backend="reference")
+        assert torch.equal(ids, expected), f"ids differ at {(ids != expected).sum().item()} pixels"
+        for layout in ("nchw", "nhwc"):
+            out = palette_dequantize(ids, clusters, (9, 13), layout=layout, backend=backend)
+            assert torch.equal(out, palette_dequantize(ids, clusters, (9, 13), layout=layout, backend="reference")), layout
+
+    for dtype in dtypes:
+        yield f"70 clusters {dtype}", (lambda d=dtype: check(d))

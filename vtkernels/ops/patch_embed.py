@@ -206,8 +206,8 @@ def patch_embed(images: Tensor, weight: Tensor, bias: Optional[Tensor], patch_si
         scale, shift, chosen)
 
 
-def selfcheck_cases():
-    """Small Triton-vs-reference checks (forward and every gradient) for `python -m vtkernels selfcheck`."""
+def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
+    """Small kernel-vs-reference checks (forward and every gradient) for `python -m vtkernels selfcheck`."""
     from vtkernels.testing import assert_close, grads, upcast
 
     def check(patch, layout, dtype):
@@ -226,7 +226,7 @@ def selfcheck_cases():
             images = rand(2, height, width, 3) if layout == "nhwc" else rand(2, 3, height, width)
         params = [rand(dim, 3, patch, patch), rand(dim), rand(1, 1, dim), rand(1, num_patches + 1, dim)]
         args = dict(patch_size=patch, mean=mean, std=std, channels_last=layout == "nhwc")
-        out = patch_embed(images, *params[:2], cls_token=params[2], pos_embed=params[3], backend="triton", **args)
+        out = patch_embed(images, *params[:2], cls_token=params[2], pos_embed=params[3], backend=backend, **args)
         up = upcast(images, *params)
         up[0] = images if layout == "uint8" else up[0]
         ref = patch_embed(up[0], *up[1:3], cls_token=up[3], pos_embed=up[4], backend="reference", **args)
@@ -239,5 +239,5 @@ def selfcheck_cases():
         assert_close([out] + [ours[i] for i in kept], [ref] + [theirs[i] for i in kept], dtype, tol=tol)
 
     for patch, layout in ((16, "nchw"), (4, "nhwc"), (16, "uint8")):
-        for dtype in (torch.float32, torch.float16):
+        for dtype in dtypes:
             yield f"patch {patch} {layout} {dtype}", (lambda p=patch, lay=layout, d=dtype: check(p, lay, d))

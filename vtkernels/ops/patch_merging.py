@@ -115,14 +115,14 @@ def patch_merging_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optiona
     return call_patch_merging_norm_fwd(x, weight, bias, float(eps), chosen)[0]
 
 
-def selfcheck_cases():
-    """Small Triton-vs-reference checks (forward, dx, dweight, dbias) for `python -m vtkernels selfcheck`."""
+def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
+    """Small kernel-vs-reference checks (forward, dx, dweight, dbias) for `python -m vtkernels selfcheck`."""
     from vtkernels.testing import assert_close, grads, upcast
 
     def check(shape, dtype):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         inputs = [torch.randn(s, device=device).to(dtype).requires_grad_() for s in (shape, (4 * shape[-1],), (4 * shape[-1],))]
-        out = patch_merging_norm(*inputs, 1e-5, "triton")
+        out = patch_merging_norm(*inputs, 1e-5, backend)
         ref_inputs = upcast(*inputs)
         ref_out = patch_merging_norm(*ref_inputs, 1e-5, "reference")
         assert_close(out, ref_out, dtype)
@@ -131,5 +131,5 @@ def selfcheck_cases():
                      tol=None if dtype == torch.float32 else 2e-2)
 
     for shape in ((2, 8, 8, 48), (1, 7, 9, 32)):
-        for dtype in (torch.float32, torch.float16):
+        for dtype in dtypes:
             yield f"{'x'.join(map(str, shape))} {dtype}", (lambda s=shape, d=dtype: check(s, d))

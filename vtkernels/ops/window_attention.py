@@ -208,8 +208,8 @@ def window_attention(qkv: Tensor, rel_pos_table: Tensor, num_heads: int, window_
 __all__ = ["window_attention", "dispatcher"]
 
 
-def selfcheck_cases():
-    """Small Triton-vs-reference checks (forward, d qkv, d table, d pad_qkv) for `python -m vtkernels selfcheck`."""
+def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
+    """Small kernel-vs-reference checks (forward, d qkv, d table, d pad_qkv) for `python -m vtkernels selfcheck`."""
     from vtkernels.testing import assert_close, grads, upcast
 
     def check(height, width, shift, pad_first, dtype):
@@ -222,7 +222,7 @@ def selfcheck_cases():
             return window_attention(qkv, table, heads, window, shift, None, -100.0, backend, pad_qkv=pad,
                                     pad_first=pad_first)
 
-        out = run(*inputs, "triton")
+        out = run(*inputs, backend)
         ref_inputs = upcast(*inputs)
         ref_out = run(*ref_inputs, "reference")
         assert_close(out, ref_out, dtype)
@@ -231,6 +231,6 @@ def selfcheck_cases():
                      tol=None if dtype == torch.float32 else 2e-2)
 
     for height, width, shift, pad_first in ((14, 14, 3, False), (9, 11, 3, False), (9, 11, 3, True), (14, 14, 0, False)):
-        for dtype in (torch.float32, torch.float16):
+        for dtype in dtypes:
             name = f"{height}x{width} shift {shift}{' HF order' if pad_first else ''} {dtype}"
             yield name, (lambda a=(height, width, shift, pad_first, dtype): check(*a))

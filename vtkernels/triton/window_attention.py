@@ -1,8 +1,8 @@
 """Triton Swin (shifted-)window attention, forward; the backward is in window_attention_bwd.py.
 
 One program owns G whole windows of one (batch, head), packed one after another into the rows of
-a tile (block-diagonal: G = 2 windows of 49 tokens fill 98 of 128 rows instead of padding each
-window to 64). A window of more than 64 tokens has a program to itself, its keys held as a
+a tile (block-diagonal; G = BLOCK_N // tokens, see launch_config: the forward of Swin's 49-token
+windows takes one per 64-wide tile, the backward two per 128-wide tile). A window of more than 64 tokens has a program to itself, its keys held as a
 power-of-two chunk plus a rest chunk where that is smaller than one rounded-up tile (12x12:
 144 = 128 + 16 keys, not 256; softmax over both). Nothing is materialized: q/k/v rows are
 gathered straight from the (B, H, W, 3C) qkv tensor, the output scattered straight to (B, H, W, C).
@@ -255,15 +255,21 @@ class Geometry:
 def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: Optional[int] = None,
                   block_n: Optional[int] = None) -> dict:
     """Packing and tiles for windows of ``tokens`` tokens. Windows of up to 64 tokens pack
-    G = BLOCK_N // tokens to a BLOCK_N-row tile (128 unless ``block_n`` says otherwise); a larger
-    window is one tile of BLOCK_N keys plus (KEYS_REST > 0) a rest chunk (144 = 128 + 16, not 256).
-    Queries run in chunks of BLOCK_M rows, the forward's last one ROWS_REST rows where that is
-    smaller (144 = 2 x 64 + 16). ``block_m`` and ``block_n`` override the defaults for
-    tools/tune.py: with G windows in a tile every score element is computed for G x G window pairs
-    and kept for G, so 49-token windows in 64-wide tiles (G = 1) do half the score-element work per
-    window of the default 128 (G = 2), in twice the programs (untimed; a tune candidate)."""
+    G = BLOCK_N // tokens to a BLOCK_N-row tile (forward 64, backward 128, unless ``block_n`` says
+    otherwise); a larger window is one tile of BLOCK_N keys plus (KEYS_REST > 0) a rest chunk
+    (144 = 128 + 16, not 256). Queries run in chunks of BLOCK_M rows, the forward's last one
+    ROWS_REST rows where that is smaller (144 = 2 x 64 + 16). ``block_m`` and ``block_n`` override
+    the defaults for tools/tune.py.
+
+    With G windows in a tile every score element is computed for G x G window pairs and kept for
+    G. The forward of 49-token windows therefore takes one window per 64-wide tile (G = 1, 4 warps):
+    half the score work per window of a 128-wide tile holding two, and, by the sm_90 compile
+    (tools/triton_aot_check.py), 92 registers, so 5 programs (20 warps) per SM where the 128-wide
+    tile's 203 registers at 8 warps allowed one. The H200 timed the 128-wide default at 0.437 ms for
+    Swin-T stage 1 (B = 64); this one is untimed (TODO(gpu): tools/tune.py --ops window_attention
+    sweeps both). The backward keeps G = 2 at 8 warps: at G = 1 it still needs ~250 registers."""
     if tokens <= 64:
-        block_n, keys_rest = block_n or 128, 0
+        block_n, keys_rest = block_n or (128 if backward else 64), 0
         if block_n < tokens or block_n & (block_n - 1):
             raise ValueError(f"block_n must be a power of two >= the window's {tokens} tokens, got {block_n}")
         windows_per_program = block_n // tokens
@@ -273,8 +279,7 @@ def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: O
     block_d = max(16, next_power_of_2(head_dim))
     # Live fp32 (BLOCK_M, keys) tiles: scores and their index math forward; P, dP, dS backward
     # (plus the dK / dV accumulators). Sized so that sm_90 keeps them in registers without spills
-    # (tools/triton_aot_check.py). TODO(gpu): tune BLOCK_M / num_warps on the H100; the forward
-    # target is Swin-T stage 1 <= 0.1 ms.
+    # (tools/triton_aot_check.py).
     # A rest chunk of up to 1/8 of BLOCK_N rides in the budget's slack; a larger one counts double.
     keys = block_n if keys_rest <= block_n // 8 else 2 * block_n
     if block_m is None:
@@ -283,8 +288,10 @@ def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: O
     if not backward and rows > block_m and rows % block_m:
         tail = max(16, next_power_of_2(rows % block_m))
         rows_rest = tail if tail < block_m else 0
+    num_warps = 4 if not backward and block_n * block_m <= 64 * 64 else 8
     return {"G": windows_per_program, "BLOCK_M": block_m, "BLOCK_N": block_n, "KEYS_REST": keys_rest,
-            "BLOCK_D": block_d, **({} if backward else {"ROWS_REST": rows_rest}), "num_warps": 8, "num_stages": 1}
+            "BLOCK_D": block_d, **({} if backward else {"ROWS_REST": rows_rest}), "num_warps": num_warps,
+            "num_stages": 1}
 
 
 def dot_precision(dtype: torch.dtype) -> str:
