@@ -474,8 +474,8 @@ GPU_CASES = [
 ]
 
 
-# The ids avoid the word "cuda": tools/gpu_check.sh runs compute-sanitizer on `-m gpu -k cuda`,
-# which should get the small CUDA-backend tests below, not these model-sized shapes.
+# The ids avoid the word "cuda": `-m gpu -k cuda` (e.g. pytest under compute-sanitizer, by hand)
+# should get the small CUDA-backend tests below, not these model-sized shapes; `-k extension` gets these.
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"], ids=["triton", "extension"])
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)

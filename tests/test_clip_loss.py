@@ -282,8 +282,9 @@ def test_bad_input_names_the_argument():
 GPU_BACKENDS = ["triton", "cuda"]
 
 
-# compute-sanitizer (tools/gpu_check.sh runs it over the "cuda" GPU tests) injects itself through
-# this variable; under it, only the small shapes run (memcheck makes every access 10-100x slower).
+# compute-sanitizer injects itself through this variable; under it (pytest run under the tool by
+# hand; tools/gpu_check.sh runs it over the self-check instead), only the small shapes run
+# (memcheck makes every access 10-100x slower).
 UNDER_CUDA_TOOL = "CUDA_INJECTION64_PATH" in os.environ
 
 
