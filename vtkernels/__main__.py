@@ -62,7 +62,12 @@ def main(argv=None) -> int:
     if command == "selfcheck":
         from vtkernels import selfcheck
 
-        backends = argv[argv.index("--backend") + 1].split(",") if "--backend" in argv else None
+        backends = None
+        if "--backend" in argv:
+            if argv.index("--backend") + 1 == len(argv):
+                print("selfcheck --backend takes a comma-separated list, e.g. --backend triton,cuda")
+                return 2
+            backends = argv[argv.index("--backend") + 1].split(",")
         return selfcheck.run(verbose="-v" in argv, backends=backends)
     if command == "bench":
         return bench(argv)

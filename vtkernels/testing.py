@@ -73,6 +73,11 @@ def _rounding_error(ref: torch.Tensor, dtype: torch.dtype) -> float:
     return error if math.isfinite(error) else 0.0  # (values out of the dtype's range loosen nothing)
 
 
+def check_device() -> str:
+    """Where a self-check case runs: the GPU where there is one, else the CPU (Triton interpreter)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def upcast(*tensors: Optional[torch.Tensor]) -> list[Optional[torch.Tensor]]:
     """float64 copies (grad-enabled where the original requires grad) for the reference run."""
     result = []

@@ -82,10 +82,10 @@ __all__ = ["quick_gelu", "dispatcher"]
 
 def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
     """Kernel-vs-reference checks (forward, dx) for `python -m vtkernels selfcheck`."""
-    from vtkernels.testing import assert_close, grads, upcast
+    from vtkernels.testing import assert_close, grads, upcast, check_device
 
     def check(shape, dtype):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device()
         x = (4 * torch.randn(shape, device=device)).to(dtype).requires_grad_()
         out = quick_gelu(x, backend)
         (x64,) = upcast(x)

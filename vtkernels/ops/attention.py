@@ -275,10 +275,10 @@ def attention_qkv(qkv: Tensor, causal: bool = False, key_padding_mask: Optional[
 
 def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
     """Small kernel-vs-reference checks (output, dq, dk, dv) for `python -m vtkernels selfcheck`."""
-    from vtkernels.testing import assert_close, grads, upcast
+    from vtkernels.testing import assert_close, grads, upcast, check_device
 
     def check(n_q, n_kv, head_dim, causal, padded, layout, dtype):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device()
         shape = (lambda n: (2, 3, n, head_dim)) if layout == "bhnd" else (lambda n: (2, n, 3, head_dim))
         q, k, v = (torch.randn(shape(n), device=device).to(dtype).requires_grad_() for n in (n_q, n_kv, n_kv))
         mask = None
@@ -293,7 +293,7 @@ def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float1
         assert_close(grads(out, [q, k, v], dout), grads(ref_out, ref_inputs, dout), dtype, names=["dq", "dk", "dv"])
 
     def check_packed(tokens, head_dim, dtype):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device()
         qkv = torch.randn(2, tokens, 3, 3, head_dim, device=device).to(dtype).requires_grad_()
         out = attention_qkv(qkv, causal=True, backend=backend)
         (qkv64,) = upcast(qkv)

@@ -253,7 +253,7 @@ def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor
 
 def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
     """Small kernel-vs-reference checks (loss, statistics, every gradient) for `python -m vtkernels selfcheck`."""
-    from vtkernels.testing import assert_close, upcast
+    from vtkernels.testing import assert_close, upcast, check_device
 
     def run(image, text, scale, backend, **kwargs):
         out = clip_loss(image, text, scale, backend=backend, return_stats=True, **kwargs)
@@ -261,7 +261,7 @@ def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float1
                 out.text_logsumexp]
 
     def check(n, d, dtype, backend, logit_scale, normalize):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device()
         image = torch.randn(n, d, device=device).to(dtype).requires_grad_()
         # Paired texts correlate with their images, except at scale ~100 where that would make the
         # loss (and every gradient) vanish to ~exp(-50): there the pairs are independent.

@@ -83,10 +83,10 @@ def detr_match_cost(logits: Tensor, pred_boxes: Tensor, target_labels: Tensor, t
 
 def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
     """Kernel-vs-reference checks of the (B, Q, T) cost for `python -m vtkernels selfcheck`."""
-    from vtkernels.testing import assert_close, upcast
+    from vtkernels.testing import assert_close, upcast, check_device
 
     def check(dtype):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device()
         batch, queries, classes, targets = 2, 13, 9, 5
 
         def boxes(n):  # cxcywh inside the image

@@ -189,10 +189,10 @@ __all__ = ["mlp", "dispatcher"]
 
 def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
     """Kernel-vs-reference checks (forward, every gradient) for `python -m vtkernels selfcheck`."""
-    from vtkernels.testing import assert_close, grads, upcast
+    from vtkernels.testing import assert_close, grads, upcast, check_device
 
     def check(activation, dtype):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device()
         dim, hidden = 48, 80  # ragged against the interpreter's 32-wide tiles
 
         def param(*shape):

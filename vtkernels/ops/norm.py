@@ -149,14 +149,14 @@ def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-5,
 
 def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
     """Small kernel-vs-reference checks (forward and every gradient) for `python -m vtkernels selfcheck`."""
-    from vtkernels.testing import assert_close, grads, upcast
+    from vtkernels.testing import assert_close, grads, upcast, check_device
 
     def run(x, weight, bias, residual, rms, backend):
         out = _norm(x, weight, bias, 1e-5, residual, rms, backend)
         return list(out) if isinstance(out, tuple) else [out]
 
     def check(rms, with_residual, dtype, shape=(6, 197, 96)):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device()
 
         def rand(*size):
             return torch.randn(size, device=device).to(dtype).requires_grad_()

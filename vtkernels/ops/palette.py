@@ -131,9 +131,10 @@ def palette_dequantize(tokens: Tensor, clusters: Tensor, image_size: tuple[int, 
 
 def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
     """Kernel-vs-reference checks (ids and pixels, bit-exact) for `python -m vtkernels selfcheck`."""
+    from vtkernels.testing import check_device
 
     def check(cluster_dtype):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device()
         clusters = (torch.rand(70, 3, device=device) * 2 - 1).to(cluster_dtype)
         clusters[60:] = clusters[:10]  # duplicates: the lowest id must win
         image = torch.randint(0, 256, (2, 3, 9, 13), dtype=torch.uint8, device=device)

@@ -208,10 +208,10 @@ def patch_embed(images: Tensor, weight: Tensor, bias: Optional[Tensor], patch_si
 
 def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
     """Small kernel-vs-reference checks (forward and every gradient) for `python -m vtkernels selfcheck`."""
-    from vtkernels.testing import assert_close, grads, upcast
+    from vtkernels.testing import assert_close, grads, upcast, check_device
 
     def check(patch, layout, dtype):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device()
         dim, (height, width) = 32, (32, 48)
         num_patches = (height // patch) * (width // patch)
 

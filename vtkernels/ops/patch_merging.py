@@ -117,10 +117,10 @@ def patch_merging_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optiona
 
 def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
     """Small kernel-vs-reference checks (forward, dx, dweight, dbias) for `python -m vtkernels selfcheck`."""
-    from vtkernels.testing import assert_close, grads, upcast
+    from vtkernels.testing import assert_close, grads, upcast, check_device
 
     def check(shape, dtype):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device()
         inputs = [torch.randn(s, device=device).to(dtype).requires_grad_() for s in (shape, (4 * shape[-1],), (4 * shape[-1],))]
         out = patch_merging_norm(*inputs, 1e-5, backend)
         ref_inputs = upcast(*inputs)

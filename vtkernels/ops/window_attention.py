@@ -210,10 +210,10 @@ __all__ = ["window_attention", "dispatcher"]
 
 def selfcheck_cases(backend: str = "triton", dtypes=(torch.float32, torch.float16)):
     """Small kernel-vs-reference checks (forward, d qkv, d table, d pad_qkv) for `python -m vtkernels selfcheck`."""
-    from vtkernels.testing import assert_close, grads, upcast
+    from vtkernels.testing import assert_close, grads, upcast, check_device
 
     def check(height, width, shift, pad_first, dtype):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = check_device()
         heads, head_dim, window = 2, 32, 7
         inputs = [torch.randn(s, device=device).to(dtype).requires_grad_()
                   for s in ((2, height, width, 3 * heads * head_dim), (169, heads), (3 * heads * head_dim,))]

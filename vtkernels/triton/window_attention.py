@@ -2,9 +2,9 @@
 
 One program owns G whole windows of one (batch, head), packed one after another into the rows of
 a tile (block-diagonal; G = BLOCK_N // tokens, see launch_config: the forward of Swin's 49-token
-windows takes one per 64-wide tile, the backward two per 128-wide tile). A window of more than 64 tokens has a program to itself, its keys held as a
-power-of-two chunk plus a rest chunk where that is smaller than one rounded-up tile (12x12:
-144 = 128 + 16 keys, not 256; softmax over both). Nothing is materialized: q/k/v rows are
+windows takes one per 64-wide tile, the backward two per 128-wide tile). A window of more than 64
+tokens has a program to itself, its keys held as a power-of-two chunk plus a rest chunk where
+that is smaller than one rounded-up tile (12x12: 144 = 128 + 16 keys, not 256; softmax over both). Nothing is materialized: q/k/v rows are
 gathered straight from the (B, H, W, 3C) qkv tensor, the output scattered straight to (B, H, W, C).
 
 Index math, for packed row i of program (window group w0, batch b, head h):
