@@ -22,15 +22,17 @@ def pytest_collection_modifyitems(config, items):
     marker, reason = ("interpreter", "runs Triton on CPU tensors (interpreter only)") if HAS_CUDA else \
         ("gpu", "needs a CUDA device")
     skip = pytest.mark.skip(reason=reason)
-    # On a GPU machine where vtkernels._C was not built, the GPU tests of the CUDA backend skip and
-    # say why (tools/gpu_check.sh fails its build step on its own when the build breaks). A built
-    # extension that fails to import is a failure, not a skip.
+    # On a GPU machine where vtkernels._C was not built, the GPU tests of the CUDA backend (a
+    # backend="cuda" parameter, or the extension marker) skip and say why (tools/gpu_check.sh
+    # fails its build step on its own when the build breaks). A built extension that fails to
+    # import is a failure, not a skip.
     not_built = HAS_CUDA and importlib.util.find_spec("vtkernels._C") is None
     no_extension = pytest.mark.skip(reason="the CUDA extension vtkernels._C was not built") if not_built else None
     for item in items:
         if marker in item.keywords:
             item.add_marker(skip)
-        elif no_extension and "gpu" in item.keywords and _params(item).get("backend") == "cuda":
+        elif no_extension and "gpu" in item.keywords and (_params(item).get("backend") == "cuda"
+                                                          or "extension" in item.keywords):
             item.add_marker(no_extension)
 
 

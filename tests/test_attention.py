@@ -531,6 +531,7 @@ def test_gpu_packed_qkv(backend, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.extension
 def test_gpu_opcheck_cuda():
     q, k, v = make_qkv(2, 2, 9, 12, 64, torch.float16, torch.device("cuda"), layout="bnhd")
     mask = make_padding(2, 12, torch.device("cuda"))

@@ -14,5 +14,5 @@ def test_host_time_runs_every_case_with_tma_descriptors():
     lines = done.stdout.splitlines()
     assert "Triton kernels stubbed" in lines[0]
     timed = [line.split() for line in lines[1:-1]]
-    assert len(timed) == 13 and all(fields[-1] == "us" and float(fields[-2]) > 0 for fields in timed)
+    assert len(timed) == 15 and all(fields[-1] == "us" and float(fields[-2]) > 0 for fields in timed)
     assert lines[-1].startswith("TMA descriptors built:") and int(lines[-1].split()[-1]) > 0  # --tma took effect

@@ -395,6 +395,7 @@ def test_gpu_relu_nan_like_torch(backend):
 
 
 @pytest.mark.gpu
+@pytest.mark.extension
 def test_gpu_cuda_refuses_fp32():
     x, w1, b1, w2, b2 = (t.detach() for t in make_inputs((4,), 16, 32, 8, torch.float32, "cuda"))
     with pytest.raises(vtkernels.BackendError, match="fp16 / bf16"):

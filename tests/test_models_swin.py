@@ -104,3 +104,12 @@ def test_gpu_bf16_swin_t():
             ref = model.double()(x.double())
         out = model.to(torch.bfloat16)(x.bfloat16())
     assert_close(out.float(), ref, torch.bfloat16, tol=3e-2)
+
+
+def test_backend_argument_reaches_every_fused_module():
+    """Swin(backend=...) sets every vtkernels module's backend, the blocks' norms included."""
+    model = Swin(SwinConfig(img_size=32, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4,
+                            num_classes=3), backend="triton")
+    backends = {name: sub.backend for name, sub in model.named_modules() if hasattr(sub, "backend")}
+    assert "layers.0.blocks.0.norm1" in backends
+    assert set(backends.values()) == {"triton"}, {n: b for n, b in backends.items() if b != "triton"}

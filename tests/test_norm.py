@@ -197,6 +197,7 @@ def test_gpu_strided_weight_and_bias(backend):
 
 
 @pytest.mark.gpu
+@pytest.mark.extension
 def test_gpu_cuda_misaligned_rows_use_fallback():
     base = torch.randn(16 * 769 + 1, device="cuda", dtype=torch.float16)
     x = base[1:].view(16, 769)[:, :768]  # rows start 2 bytes off 16-byte alignment

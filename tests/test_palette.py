@@ -173,9 +173,9 @@ def test_gpu_large_batch_bf16_clusters():
 
 
 @pytest.mark.gpu
+@pytest.mark.extension
 @pytest.mark.parametrize("cluster_dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gpu_cuda_kernels_match_reference_exactly(cluster_dtype):
-    pytest.importorskip("vtkernels._C")
     clusters = random_clusters(700, "cuda", cluster_dtype)  # two shared-memory chunks
     clusters[600:] = clusters[:100]  # duplicates: the lowest id must win
     image = random_images(3, 33, 31, "cuda").to(memory_format=torch.channels_last)

@@ -143,6 +143,7 @@ def test_gpu_weight_grad_is_deterministic(backend):
 
 
 @pytest.mark.gpu
+@pytest.mark.extension
 def test_gpu_opcheck_cuda_ops():
     x, w, b = make_inputs((2, 5, 6, 8), torch.float32, torch.device("cuda"))
     torch.library.opcheck(torch.ops.vtkernels.patch_merging_norm_fwd.default, (x, w, b, 1e-5, "cuda"))

@@ -68,3 +68,8 @@ def test_every_candidate_reaches_its_kernel(tune, op, spec, kernel, grid):
     assert every <= {tuple(c.items()) for c in seen}
     assert result["best"] is not None and any(r["default"] for r in result["all"])
     assert [module.launch_config for module in target.modules] == originals
+
+
+def test_grid_override_parses_integers_and_booleans(tune):
+    assert tune._grid_override("BLOCK_M=16,32") == ("BLOCK_M", (16, 32))
+    assert tune._grid_override("TMA=False") == ("TMA", (False,))

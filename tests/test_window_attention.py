@@ -247,6 +247,7 @@ def test_gpu_tiny_gradients_keep_their_precision(dtype, backend):
 
 
 @pytest.mark.gpu
+@pytest.mark.extension
 def test_gpu_cuda_refuses_big_windows_with_a_reason():
     qkv, table, _ = make_inputs(1, 26, 26, 1, 32, 13, False, torch.float16, torch.device("cuda"))
     with pytest.raises(vtkernels.BackendError, match="144"):
@@ -275,6 +276,7 @@ def test_shared_memory_refusal_is_a_compile_time_constant(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.extension
 def test_gpu_cuda_refuses_blocks_beyond_the_gpus_shared_memory(monkeypatch):
     from vtkernels._extension import load_extension
     from vtkernels.ops import window_attention as op
@@ -347,6 +349,7 @@ def test_opcheck_window_attention_ops(device):
 
 
 @pytest.mark.gpu
+@pytest.mark.extension
 def test_gpu_opcheck_cuda_backend():
     qkv, table, pad = make_inputs(1, 9, 11, 2, 16, 7, True, torch.float32, torch.device("cuda"))
     args = (2, 7, 7, 3, 0.25, -100.0, False, "cuda")

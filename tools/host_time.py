@@ -92,6 +92,14 @@ def _cases() -> dict:
     block = Block(64, 2, 256, backend="triton").to(device, half)  # a ViT block: 2 norms, qkv, attention, proj, MLP
     tokens_in = leaf(2, 8, 64)
     window_qkv, table = leaf(1, 14, 14, 3 * 96), leaf(13 * 13, 3)  # Swin-T stage 1's window 7, 3 heads
+    # Whole models at batch 1: Swin-T and ViT-B/16 (on the CPU 1/4 of the width, in fp32: the same
+    # calls, with less CPU matmul time in the way).
+    from vtkernels.models import Swin, ViT
+
+    narrow, model_dtype = (1, half) if ON_GPU else (4, torch.float32)
+    swin_t = Swin.from_size("T", embed_dim=96 // narrow, backend="triton").to(device, model_dtype).eval()
+    vit_b = ViT("B/16", embed_dim=768 // narrow, mlp_dim=3072 // narrow, num_heads=12 // narrow, backend="triton").to(device, model_dtype).eval()
+    image = torch.randn(1, 3, 224, 224, dtype=model_dtype, device=device)
 
     def backward(fn, *leaves):
         grad = torch.ones_like(fn().detach())  # made once: the timed calls hold only the op's own work
@@ -121,6 +129,8 @@ def _cases() -> dict:
         "mlp": forward(mlp),
         "vit_block": forward(vit_block),
         "window_attention": forward(shifted_window),
+        "swin_t": forward(lambda: swin_t(image)),
+        "vit_b": forward(lambda: vit_b(image)),
         "layer_norm+bwd": backward(layer_norm, x, w, b),
         "attention_detr_cross+bwd": backward(cross, q, k, v),
         "attention_qkv_causal+bwd": backward(causal_qkv, qkv),

@@ -151,10 +151,8 @@ def _window_target() -> Target:
         modules=(triton_window, triton_window_bwd),  # the backward imported launch_config by name
         shapes=WINDOW_SHAPES,
         candidates={
-            # BLOCK_M 16 at 4 warps: window 12's forward in 155 registers, 3 programs per SM (the
-            # default's 64 rows at 8 warps: 255, one; sm_90 compile, untimed)
             "fwd": {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (1, 2)},
-            "bwd": {"BLOCK_M": (16, 32), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (1, 2)},
+            "bwd": {"BLOCK_M": (16, 32, 64), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (1,)},
         },
         kernel_of=kernel_of,
         configure=_window_configure,
@@ -397,8 +395,12 @@ def main() -> int:
     parser.add_argument("--ops", default=",".join(TARGETS))
     parser.add_argument("--shapes", help="comma-separated substrings of the shape labels")
     parser.add_argument("--kernels", help="comma-separated kernel names (default: every kernel of the op)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="replace one key's candidate values (integers or True/False), e.g. --grid num_stages=1; "
+                             "repeatable: a smaller grid for a short device call")
     parser.add_argument("--out", default="tuning.json")
     args = parser.parse_args()
+    grid = dict(_grid_override(item) for item in args.grid)
     if not torch.cuda.is_available():
         print("tools/tune.py needs a CUDA GPU")
         return 2
@@ -407,6 +409,8 @@ def main() -> int:
     for op in args.ops.split(","):
         target = TARGETS[op]()
         kernels = args.kernels.split(",") if args.kernels else list(target.candidates)
+        for values in target.candidates.values():
+            values.update({key: grid[key] for key in grid if key in values})
         for label, spec in target.shapes.items():
             if wanted and not any(w in label for w in wanted):
                 continue
@@ -424,6 +428,13 @@ def main() -> int:
                     return 1
     print(f"written {args.out}")
     return 0
+
+
+def _grid_override(item: str) -> tuple:
+    """'BLOCK_M=16,32' -> ('BLOCK_M', (16, 32)); 'TMA=False' -> ('TMA', (False,))."""
+    key, _, values = item.partition("=")
+    parse = {"True": True, "False": False}
+    return key, tuple(parse[v] if v in parse else int(v) for v in values.split(","))
 
 
 def _write(report: list, path: str) -> None:

@@ -138,6 +138,9 @@ class SwinTransformerBlock(nn.Module):
         self.drop_path = drop_path
         self.norm2 = norm_layer(dim, **factory)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, backend=backend, **factory)
+        for norm in (self.norm1, self.norm2):  # (a norm_layer of ours; torch's has no backend)
+            if hasattr(norm, "backend"):
+                norm.backend = backend
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.pop(prefix + "attn_mask", None)  # older timm: a persistent buffer; computed in-kernel here

@@ -1,11 +1,12 @@
 """Triton Swin (shifted-)window attention, forward; the backward is in window_attention_bwd.py.
 
 One program owns G whole windows of one (batch, head), packed one after another into the rows of
-a tile (block-diagonal; G = BLOCK_N // tokens, see launch_config: the forward of Swin's 49-token
-windows takes one per 64-wide tile, the backward two per 128-wide tile). A window of more than 64
-tokens has a program to itself, its keys held as a power-of-two chunk plus a rest chunk where
-that is smaller than one rounded-up tile (12x12: 144 = 128 + 16 keys, not 256; softmax over both). Nothing is materialized: q/k/v rows are
-gathered straight from the (B, H, W, 3C) qkv tensor, the output scattered straight to (B, H, W, C).
+a tile (block-diagonal; G = BLOCK_N // tokens, see launch_config: Swin's 49-token windows take one
+per 64-wide tile, forward and backward). A window of more than 64 tokens has a program to itself,
+its keys held as a power-of-two chunk plus a rest chunk where that is smaller than one rounded-up
+tile (12x12: 144 = 128 + 16 keys, not 256; softmax over both). Nothing is materialized: q/k/v rows
+are gathered straight from the (B, H, W, 3C) qkv tensor, the output scattered straight to
+(B, H, W, C).
 
 Index math, for packed row i of program (window group w0, batch b, head h):
 
@@ -255,21 +256,21 @@ class Geometry:
 def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: Optional[int] = None,
                   block_n: Optional[int] = None) -> dict:
     """Packing and tiles for windows of ``tokens`` tokens. Windows of up to 64 tokens pack
-    G = BLOCK_N // tokens to a BLOCK_N-row tile (forward 64, backward 128, unless ``block_n`` says
-    otherwise); a larger window is one tile of BLOCK_N keys plus (KEYS_REST > 0) a rest chunk
+    G = BLOCK_N // tokens to a BLOCK_N-row tile (64 unless ``block_n`` says otherwise); a larger window is one tile of BLOCK_N keys plus (KEYS_REST > 0) a rest chunk
     (144 = 128 + 16, not 256). Queries run in chunks of BLOCK_M rows, the forward's last one
     ROWS_REST rows where that is smaller (144 = 2 x 64 + 16). ``block_m`` and ``block_n`` override
     the defaults for tools/tune.py.
 
     With G windows in a tile every score element is computed for G x G window pairs and kept for
-    G. The forward of 49-token windows therefore takes one window per 64-wide tile (G = 1, 4 warps):
-    half the score work per window of a 128-wide tile holding two, and, by the sm_90 compile
-    (tools/triton_aot_check.py), 92 registers, so 5 programs (20 warps) per SM where the 128-wide
-    tile's 203 registers at 8 warps allowed one. The H200 timed the 128-wide default at 0.437 ms for
-    Swin-T stage 1 (B = 64); this one is untimed (TODO(gpu): tools/tune.py --ops window_attention
-    sweeps both). The backward keeps G = 2 at 8 warps: at G = 1 it still needs ~250 registers."""
+    G, so Swin's 49-token windows take one window per 64-wide tile (G = 1) both ways. Forward:
+    4 warps (sm_90 compile: 92 registers, 5 programs per SM; H200, Swin-T stage 1 at B = 64:
+    0.131 ms, against 0.437 for two windows per 128-wide tile at 8 warps; window 12: 0.563 ms
+    at 4 warps against 0.969 at 8, tools/tune.py). Backward: the whole window in one 64-row query
+    chunk, so that its bias-table fold is a plain sum (window_attention_bwd.py), at 4 warps: 0.280
+    ms for Swin-T stage 1 against 0.469 at 8 (which compile without spills, 250 registers; 4 warps
+    spill 72 bytes and are faster all the same); window 12: 2.52 ms against 3.66 at 8 warps."""
     if tokens <= 64:
-        block_n, keys_rest = block_n or (128 if backward else 64), 0
+        block_n, keys_rest = block_n or 64, 0
         if block_n < tokens or block_n & (block_n - 1):
             raise ValueError(f"block_n must be a power of two >= the window's {tokens} tokens, got {block_n}")
         windows_per_program = block_n // tokens
@@ -282,13 +283,15 @@ def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: O
     # (tools/triton_aot_check.py).
     # A rest chunk of up to 1/8 of BLOCK_N rides in the budget's slack; a larger one counts double.
     keys = block_n if keys_rest <= block_n // 8 else 2 * block_n
+    if block_m is None and backward and windows_per_program == 1 and keys_rest == 0:
+        block_m = next_power_of_2(rows)  # the whole window at once: the bias fold is then a plain sum
     if block_m is None:
         block_m = max(16, min((8192 if not backward else 2048) // keys, next_power_of_2(rows)))
     rows_rest = 0
     if not backward and rows > block_m and rows % block_m:
         tail = max(16, next_power_of_2(rows % block_m))
         rows_rest = tail if tail < block_m else 0
-    num_warps = 4 if not backward and block_n * block_m <= 64 * 64 else 8
+    num_warps = 4
     return {"G": windows_per_program, "BLOCK_M": block_m, "BLOCK_N": block_n, "KEYS_REST": keys_rest,
             "BLOCK_D": block_d, **({} if backward else {"ROWS_REST": rows_rest}), "num_warps": num_warps,
             "num_stages": 1}

@@ -97,6 +97,9 @@ def window_attn_bwd_kernel(
     Keys as in the forward: BLOCK_N, then (KEYS_REST > 0) a rest chunk, each with its own dK, dV.
     """
     N: tl.constexpr = MH * MW
+    # One window per tile, all its rows in one query chunk: packed row i is token i of the window,
+    # so dS is already indexed by (query token, key token) and the fold is a plain sum.
+    FOLD_IS_IDENTITY: tl.constexpr = FOLD and G == 1 and BLOCK_M == NP and BLOCK_N == NP
     bh = tl.program_id(0)  # (batch, head) fastest, as in the forward
     b = bh // heads
     h = bh % heads
@@ -151,7 +154,9 @@ def window_attn_bwd_kernel(
                 dk_rest += tl.dot(tl.trans(ds_rest.to(q.dtype)), q, input_precision=DOT_PRECISION) * scale
                 dv_rest += tl.dot(tl.trans(p_rest.to(do.dtype)), do, input_precision=DOT_PRECISION)
 
-            if FOLD:
+            if FOLD_IS_IDENTITY:
+                bias_acc += ds  # row i, column j are tokens i, j of the tile's one window
+            elif FOLD:
                 q_ok, _, _, _, q_pr, q_pc, _, _ = q_tokens
                 k_ok, _, _, _, k_pr, k_pc, _, _ = k_tokens
                 key_onehot = (((k_pr * MW + k_pc)[:, None] == local[None, :]) & k_ok[:, None]).to(FOLD_DTYPE)
@@ -178,7 +183,10 @@ def window_attn_bwd_kernel(
             tl.debug_barrier()  # the next group's read-modify-write of the slab sees this group's writes
 
     if FOLD:
-        pair = local[None, :] * N + local[:, None]  # bias_acc is transposed: [key p_j, query p_i]
+        if FOLD_IS_IDENTITY:
+            pair = local[:, None] * N + local[None, :]  # bias_acc is [query p_i, key p_j]
+        else:
+            pair = local[None, :] * N + local[:, None]  # bias_acc is transposed: [key p_j, query p_i]
         tl.store(DBIAS_PARTIAL + program * (N * N) + pair, bias_acc, mask=(local[:, None] < N) & (local[None, :] < N))
     if HAS_PAD:
         tl.store(DPAD_PARTIAL + program * 2 * HEAD_DIM + d, pad_dk, mask=d_ok)
