@@ -19,7 +19,7 @@ GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # (B, H, W, heads, head_dim, window, shift, pad_first, with pad_qkv)
 CASES = [
-    (2, 14, 14, 2, 32, 7, 3, False, False),   # shifted, 4 windows: 1 per forward program, 2 per backward
+    (2, 14, 14, 2, 32, 7, 3, False, False),   # shifted, 4 windows, one per tile
     (1, 14, 21, 1, 32, 7, 0, False, False),   # unshifted, odd number of windows
     (1, 9, 11, 2, 16, 7, 3, False, True),     # odd map: padding, timm order (roll, pad)
     (1, 9, 11, 2, 16, 7, 3, True, True),      # odd map: HF order (pad, roll)
@@ -28,7 +28,7 @@ CASES = [
     (1, 15, 26, 2, 16, 12, 6, True, True),    # window 12 with padding (HF order): padding in the 16-key rest
     (1, 14, 14, 1, 64, 7, 3, False, False),   # head_dim 64
     (1, 27, 14, 1, 16, 7, 3, False, True),    # 4 window pairs: backward loops 3 per program, ragged end
-    (1, 12, 8, 2, 16, 4, 2, False, False),    # window 4 (16 tokens): 4 per forward program, 8 per backward
+    (1, 12, 8, 2, 16, 4, 2, False, False),    # window 4 (16 tokens): 4 per tile
 ]
 
 
@@ -127,6 +127,20 @@ def test_reference_relative_position_index_matches_hf():
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:7])) + ("-hf" if c[7] else "") + ("-pad" if c[8] else ""))
 def test_triton_matches_reference(case, dtype, device):
     check_against_reference(case, dtype, device, "triton")
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[8], CASES[9]], ids=["w7", "w12", "ragged", "w4"])
+def test_triton_forward_loops_over_window_groups(case, device, monkeypatch):
+    """GROUPS = 3 window groups per forward program (ragged: the last program's run past the end),
+    sharing one bias gather where a group fits one query chunk (w7, w4), not where it does not (w12)."""
+    from vtkernels.triton import window_attention as triton_window
+
+    original = triton_window.launch_config
+
+    def three_groups(tokens, head_dim, backward=False, **kwargs):
+        return {**original(tokens, head_dim, backward, **kwargs), **({} if backward else {"GROUPS": 3})}
+    monkeypatch.setattr(triton_window, "launch_config", three_groups)
+    check_against_reference(case, torch.float32, device, "triton")
 
 
 @pytest.fixture

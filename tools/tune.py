@@ -151,7 +151,9 @@ def _window_target() -> Target:
         modules=(triton_window, triton_window_bwd),  # the backward imported launch_config by name
         shapes=WINDOW_SHAPES,
         candidates={
-            "fwd": {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (1, 2)},
+            # (4 warps won every forward candidate of 2026-12-04's sweep; the GROUPS loop is new since)
+            "fwd": {"BLOCK_M": (64, 128), "BLOCK_N": (64,), "num_warps": (4,), "num_stages": (1, 2, 3),
+                    "GROUPS": (1, 2, 4, 8)},
             "bwd": {"BLOCK_M": (16, 32, 64), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (1,)},
         },
         kernel_of=kernel_of,

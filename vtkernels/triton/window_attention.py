@@ -115,34 +115,56 @@ def same_window(q_tokens, k_tokens):
 
 
 @triton.jit
-def window_scores(q, k, TABLE, h, heads, scale, mask_value, q_tokens, k_tokens,
-                  MHT: tl.constexpr, MWT: tl.constexpr, HAS_SHIFT: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """q k^T * scale + bias + shift mask against one key chunk, in log2 units; -inf outside each
-    row's own window."""
-    _, _, _, _, q_pr, q_pc, _, q_region = q_tokens
-    _, _, _, _, k_pr, k_pc, _, k_region = k_tokens
+def same_slot(q_tokens, k_tokens, G: tl.constexpr):
+    """(rows, keys): the row and the key hold the same window slot of the tile, whichever window."""
+    _, _, _, _, _, _, q_g, _ = q_tokens
+    _, _, _, _, _, _, k_g, _ = k_tokens
+    return (q_g[:, None] == k_g[None, :]) & (q_g < G)[:, None]
+
+
+@triton.jit
+def relative_bias(TABLE, h, heads, q_tokens, k_tokens, mask, MHT: tl.constexpr, MWT: tl.constexpr):
+    """(rows, keys) fp32 table[t(i, j), h] where ``mask`` (0 elsewhere). It depends on the tokens'
+    positions inside their window only, never on which window: under a same_slot mask one gather
+    serves every window group of a program whose windows fit one query chunk."""
+    _, _, _, _, q_pr, q_pc, _, _ = q_tokens
+    _, _, _, _, k_pr, k_pc, _, _ = k_tokens
+    t = (q_pr[:, None] - k_pr[None, :] + MHT - 1) * (2 * MWT - 1) + (q_pc[:, None] - k_pc[None, :] + MWT - 1)
+    return tl.load(TABLE + t * heads + h, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def window_scores(q, k, TABLE, h, heads, shared_bias, scale, mask_value, q_tokens, k_tokens, MHT: tl.constexpr,
+                  MWT: tl.constexpr, SHARED_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """q k^T * scale + relative bias + shift mask against one key chunk, in log2 units; -inf outside
+    each row's own window. The bias is ``shared_bias`` (program_bias) when SHARED_BIAS, else gathered
+    here, after the dot (fewer registers live across it)."""
+    _, _, _, _, _, _, _, q_region = q_tokens
+    _, _, _, _, _, _, _, k_region = k_tokens
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
     same = same_window(q_tokens, k_tokens)
-    t = (q_pr[:, None] - k_pr[None, :] + MHT - 1) * (2 * MWT - 1) + (q_pc[:, None] - k_pc[None, :] + MWT - 1)
-    s += tl.load(TABLE + t * heads + h, mask=same, other=0.0).to(tl.float32)
+    if SHARED_BIAS:
+        s += shared_bias
+    else:
+        s += relative_bias(TABLE, h, heads, q_tokens, k_tokens, same, MHT, MWT)
     if HAS_SHIFT:
         s = tl.where(q_region[:, None] != k_region[None, :], s + mask_value, s)
     return tl.where(same, s * 1.4426950408889634, float("-inf"))  # log2 domain for exp2
 
 
 @triton.jit
-def attention_probs(q, k, k_rest, TABLE, h, heads, scale, mask_value, q_tokens, k_tokens, k_rest_tokens,
-                    MHT: tl.constexpr, MWT: tl.constexpr, HAS_SHIFT: tl.constexpr, KEYS_REST: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr):
+def attention_probs(q, k, k_rest, TABLE, h, heads, shared_bias, scale, mask_value, q_tokens, k_tokens, k_rest_tokens,
+                    MHT: tl.constexpr, MWT: tl.constexpr, SHARED_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                    KEYS_REST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Softmax over the keys of each row's own window, which span the key chunk and (KEYS_REST > 0)
     the rest chunk; exact (every key is on chip), fp32. Returns (P, P of the rest chunk)."""
-    s = window_scores(q, k, TABLE, h, heads, scale, mask_value, q_tokens, k_tokens, MHT, MWT, HAS_SHIFT,
-                      DOT_PRECISION)
+    s = window_scores(q, k, TABLE, h, heads, shared_bias, scale, mask_value, q_tokens, k_tokens, MHT, MWT,
+                      SHARED_BIAS, HAS_SHIFT, DOT_PRECISION)
     row_max = tl.max(s, axis=1)
     s_rest = 0.0
-    if KEYS_REST > 0:
-        s_rest = window_scores(q, k_rest, TABLE, h, heads, scale, mask_value, q_tokens, k_rest_tokens, MHT, MWT,
-                               HAS_SHIFT, DOT_PRECISION)
+    if KEYS_REST > 0:  # (never with a shared bias: a program shares one only where there is no rest chunk)
+        s_rest = window_scores(q, k_rest, TABLE, h, heads, 0.0, scale, mask_value, q_tokens, k_rest_tokens, MHT,
+                               MWT, False, HAS_SHIFT, DOT_PRECISION)
         row_max = tl.maximum(row_max, tl.max(s_rest, axis=1))
     row_max = tl.where(row_max == float("-inf"), 0.0, row_max)  # rows outside any window
     p = tl.math.exp2(s - row_max[:, None])
@@ -158,16 +180,25 @@ def attention_probs(q, k, k_rest, TABLE, h, heads, scale, mask_value, q_tokens, 
 
 
 @triton.jit
-def _query_chunk(QKV, TABLE, PAD, OUT, rows, b, h, k, v, k_tokens, k_rest, v_rest, k_rest_tokens,
-                 H, W, Hp, Wp, nWw, n_win, heads, C, SH, SW, w0, stride_b, stride_h, stride_w, out_b, out_h, out_w,
-                 scale, mask_value, MH: tl.constexpr, MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr,
-                 G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, KEYS_REST: tl.constexpr,
-                 PAD_FIRST: tl.constexpr, HAS_SHIFT: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Output rows ``rows`` (packed) from their whole windows' keys, scattered to image order."""
-    q_tokens = window_tokens(rows, w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
+def program_bias(TABLE, h, heads, w0, n_win, nWw, H, W, Hp, Wp, SH, SW, G: tl.constexpr, MH: tl.constexpr,
+                 MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 PAD_FIRST: tl.constexpr):
+    """The (BLOCK_M, BLOCK_N) bias tile of every window group whose rows fit one query chunk."""
+    q_tokens = window_tokens(tl.arange(0, BLOCK_M), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
+    k_tokens = window_tokens(tl.arange(0, BLOCK_N), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
+    return relative_bias(TABLE, h, heads, q_tokens, k_tokens, same_slot(q_tokens, k_tokens, G), MHT, MWT)
+
+
+@triton.jit
+def _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, shared_bias, b, h, heads, k, v, k_tokens, k_rest, v_rest,
+                 k_rest_tokens, C, stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
+                 MHT: tl.constexpr, MWT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                 KEYS_REST: tl.constexpr, SHARED_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
+    """Output rows ``q_tokens`` (packed) from their whole windows' keys, scattered to image order."""
     q = load_tokens(QKV, PAD, b, q_tokens, 0, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, False)
-    p, p_rest = attention_probs(q, k, k_rest, TABLE, h, heads, scale, mask_value, q_tokens, k_tokens, k_rest_tokens,
-                                MHT, MWT, HAS_SHIFT, KEYS_REST, DOT_PRECISION)
+    p, p_rest = attention_probs(q, k, k_rest, TABLE, h, heads, shared_bias, scale, mask_value, q_tokens, k_tokens,
+                                k_rest_tokens, MHT, MWT, SHARED_BIAS, HAS_SHIFT, KEYS_REST, DOT_PRECISION)
     o = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     if KEYS_REST > 0:
         o = tl.dot(p_rest.to(v.dtype), v_rest, o, input_precision=DOT_PRECISION)
@@ -184,37 +215,49 @@ def window_attn_fwd_kernel(
     stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
     MH: tl.constexpr, MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr, G: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    KEYS_REST: tl.constexpr, ROWS_REST: tl.constexpr,
+    KEYS_REST: tl.constexpr, ROWS_REST: tl.constexpr, GROUPS: tl.constexpr,
     PAD_FIRST: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    """Program (b * heads + h, i) owns window groups [i * GROUPS, (i + 1) * GROUPS) of (b, h)."""
     # Axis 0 runs over (batch, head) fastest, so programs launched together read the same
     # tokens' qkv rows (other heads' channels) and share them in L2; axis 1 over window groups.
-    w0 = tl.program_id(1)
     b = tl.program_id(0) // heads
     h = tl.program_id(0) % heads
-    k_tokens, k, v = key_chunk(QKV, PAD, 0, BLOCK_N, w0, n_win, b, h, C, stride_b, stride_h, stride_w,
-                               H, W, Hp, Wp, nWw, SH, SW, G, MH, MW, HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
-    k_rest_tokens, k_rest, v_rest = 0.0, 0.0, 0.0
-    if KEYS_REST > 0:
-        k_rest_tokens, k_rest, v_rest = key_chunk(QKV, PAD, BLOCK_N, KEYS_REST, w0, n_win, b, h, C, stride_b, stride_h,
-                                                  stride_w, H, W, Hp, Wp, nWw, SH, SW, G, MH, MW, HEAD_DIM, BLOCK_D,
-                                                  PAD_FIRST, HAS_PAD)
-
-    # Query chunks of BLOCK_M packed rows, then (ROWS_REST > 0) one chunk of ROWS_REST rows for
-    # the rows the full chunks leave; each row's keys (its whole window) are all on chip.
-    rows_end = G * MH * MW
-    if ROWS_REST > 0:
-        rows_end = rows_end // BLOCK_M * BLOCK_M
-    for start in range(0, rows_end, BLOCK_M):
-        _query_chunk(QKV, TABLE, PAD, OUT, start + tl.arange(0, BLOCK_M), b, h, k, v, k_tokens, k_rest, v_rest,
-                     k_rest_tokens, H, W, Hp, Wp, nWw, n_win, heads, C, SH, SW, w0, stride_b, stride_h, stride_w,
-                     out_b, out_h, out_w, scale, mask_value, MH, MW, MHT, MWT, G, HEAD_DIM, BLOCK_D, KEYS_REST,
-                     PAD_FIRST, HAS_SHIFT, DOT_PRECISION)
-    if ROWS_REST > 0:
-        _query_chunk(QKV, TABLE, PAD, OUT, rows_end + tl.arange(0, ROWS_REST), b, h, k, v, k_tokens, k_rest, v_rest,
-                     k_rest_tokens, H, W, Hp, Wp, nWw, n_win, heads, C, SH, SW, w0, stride_b, stride_h, stride_w,
-                     out_b, out_h, out_w, scale, mask_value, MH, MW, MHT, MWT, G, HEAD_DIM, BLOCK_D, KEYS_REST,
-                     PAD_FIRST, HAS_SHIFT, DOT_PRECISION)
+    # Every row of a group in one query chunk (Swin's 49-token windows): the bias tile is the same
+    # for every group, gathered once for the program's GROUPS groups. (With one group it is
+    # gathered where it is used: fewer registers live, 92 against 108 on sm_90.)
+    SHARED_BIAS: tl.constexpr = KEYS_REST == 0 and G * MH * MW <= BLOCK_M and GROUPS > 1
+    first = tl.program_id(1) * GROUPS
+    shared_bias = 0.0
+    if SHARED_BIAS:
+        shared_bias = program_bias(TABLE, h, heads, first, n_win, nWw, H, W, Hp, Wp, SH, SW, G, MH, MW, MHT, MWT,
+                                   BLOCK_M, BLOCK_N, PAD_FIRST)
+    for group in range(GROUPS):
+        w0 = first + group  # past the last window: every row masked off
+        k_tokens, k, v = key_chunk(QKV, PAD, 0, BLOCK_N, w0, n_win, b, h, C, stride_b, stride_h, stride_w,
+                                   H, W, Hp, Wp, nWw, SH, SW, G, MH, MW, HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
+        k_rest_tokens, k_rest, v_rest = 0.0, 0.0, 0.0
+        if KEYS_REST > 0:
+            k_rest_tokens, k_rest, v_rest = key_chunk(QKV, PAD, BLOCK_N, KEYS_REST, w0, n_win, b, h, C, stride_b,
+                                                      stride_h, stride_w, H, W, Hp, Wp, nWw, SH, SW, G, MH, MW,
+                                                      HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
+        # Query chunks of BLOCK_M packed rows, then (ROWS_REST > 0) one chunk of ROWS_REST rows for
+        # the rows the full chunks leave; each row's keys (its whole window) are all on chip.
+        rows_end = G * MH * MW
+        if ROWS_REST > 0:
+            rows_end = rows_end // BLOCK_M * BLOCK_M
+        for start in range(0, rows_end, BLOCK_M):
+            q_tokens = window_tokens(start + tl.arange(0, BLOCK_M), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW,
+                                     PAD_FIRST)
+            _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, shared_bias, b, h, heads, k, v, k_tokens, k_rest, v_rest,
+                         k_rest_tokens, C, stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
+                         MHT, MWT, HEAD_DIM, BLOCK_D, KEYS_REST, SHARED_BIAS, HAS_SHIFT, DOT_PRECISION)
+        if ROWS_REST > 0:
+            q_tokens = window_tokens(rows_end + tl.arange(0, ROWS_REST), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp,
+                                     SH, SW, PAD_FIRST)
+            _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, 0.0, b, h, heads, k, v, k_tokens, k_rest, v_rest,
+                         k_rest_tokens, C, stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
+                         MHT, MWT, HEAD_DIM, BLOCK_D, KEYS_REST, False, HAS_SHIFT, DOT_PRECISION)
 
 
 @dataclass(frozen=True)
@@ -259,7 +302,9 @@ def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: O
     G = BLOCK_N // tokens to a BLOCK_N-row tile (64 unless ``block_n`` says otherwise); a larger window is one tile of BLOCK_N keys plus (KEYS_REST > 0) a rest chunk
     (144 = 128 + 16, not 256). Queries run in chunks of BLOCK_M rows, the forward's last one
     ROWS_REST rows where that is smaller (144 = 2 x 64 + 16). ``block_m`` and ``block_n`` override
-    the defaults for tools/tune.py.
+    the defaults for tools/tune.py. GROUPS: the forward's window groups per program (the
+    backward's come from window_attention_bwd.backward_schedule); more than one shares the bias
+    gather between them where a group fits one query chunk (untimed: tools/tune.py sweeps it).
 
     With G windows in a tile every score element is computed for G x G window pairs and kept for
     G, so Swin's 49-token windows take one window per 64-wide tile (G = 1) both ways. Forward:
@@ -293,8 +338,8 @@ def launch_config(tokens: int, head_dim: int, backward: bool = False, block_m: O
         rows_rest = tail if tail < block_m else 0
     num_warps = 4
     return {"G": windows_per_program, "BLOCK_M": block_m, "BLOCK_N": block_n, "KEYS_REST": keys_rest,
-            "BLOCK_D": block_d, **({} if backward else {"ROWS_REST": rows_rest}), "num_warps": num_warps,
-            "num_stages": 1}
+            "BLOCK_D": block_d, **({} if backward else {"ROWS_REST": rows_rest, "GROUPS": 1}),
+            "num_warps": num_warps, "num_stages": 1}
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -325,7 +370,7 @@ def forward(qkv: torch.Tensor, table: torch.Tensor, pad_qkv, geo: Geometry, scal
         return out
     cfg = launch_config(geo.tokens, geo.head_dim)
     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-    grid = (batch * geo.heads, cdiv(geo.n_windows, cfg["G"]))
+    grid = (batch * geo.heads, cdiv(cdiv(geo.n_windows, cfg["G"]), cfg["GROUPS"]))
     window_attn_fwd_kernel[grid](
         qkv, table, pad_qkv, out, *common_args(qkv, geo), out.stride(0), out.stride(1), out.stride(2),
         scale, mask_value, **common_constexprs(qkv, geo, pad_first, pad_qkv is not None), **cfg, **options,

@@ -27,7 +27,7 @@ import triton.language as tl
 from vtkernels.reference.window_attention import relative_position_index
 from vtkernels.triton.window_attention import (
     Geometry, attention_probs, common_args, common_constexprs, key_chunk, launch_config, load_tokens,
-    same_window, token_offsets, window_tokens,
+    program_bias, same_window, token_offsets, window_tokens,
 )
 from vtkernels.triton.tiling import cdiv, sm_count
 
@@ -111,8 +111,16 @@ def window_attn_bwd_kernel(
     pad_dk = tl.zeros([BLOCK_D], dtype=tl.float32)
     pad_dv = tl.zeros([BLOCK_D], dtype=tl.float32)
 
+    # Every row of a group in one query chunk (Swin's 49-token windows): the bias tile is the same
+    # for every group, gathered once for the program's GROUPS groups.
+    SHARED_BIAS: tl.constexpr = KEYS_REST == 0 and G * N <= BLOCK_M and GROUPS > 1
+    first = tl.program_id(1) * GROUPS
+    shared_bias = 0.0
+    if SHARED_BIAS:
+        shared_bias = program_bias(TABLE, h, heads, first, n_win, nWw, H, W, Hp, Wp, SH, SW, G, MH, MW, MHT, MWT,
+                                   BLOCK_M, BLOCK_N, PAD_FIRST)
     for group in range(GROUPS):
-        w0 = tl.program_id(1) * GROUPS + group  # past the last window: every row masked off
+        w0 = first + group  # past the last window: every row masked off
         k_tokens, k, v = key_chunk(QKV, PAD, 0, BLOCK_N, w0, n_win, b, h, C, stride_b, stride_h, stride_w,
                                    H, W, Hp, Wp, nWw, SH, SW, G, MH, MW, HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -133,8 +141,9 @@ def window_attn_bwd_kernel(
             _, q_real, _, _, _, _, _, _ = q_tokens
             do_offs = token_offsets(b, q_tokens, dout_b, dout_h, dout_w, h * HEAD_DIM + d)
             do = tl.load(DOUT + do_offs, mask=q_real[:, None] & d_ok[None, :], other=0.0).to(v.dtype)
-            p, p_rest = attention_probs(q, k, k_rest, TABLE, h, heads, scale, mask_value, q_tokens, k_tokens,
-                                        k_rest_tokens, MHT, MWT, HAS_SHIFT, KEYS_REST, DOT_PRECISION)
+            p, p_rest = attention_probs(q, k, k_rest, TABLE, h, heads, shared_bias, scale, mask_value, q_tokens,
+                                        k_tokens, k_rest_tokens, MHT, MWT, SHARED_BIAS, HAS_SHIFT, KEYS_REST,
+                                        DOT_PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
             row_dot = tl.sum(p * dp, axis=1)
             dp_rest = 0.0
