@@ -107,6 +107,22 @@ def key_chunk(QKV, PAD, first, SIZE: tl.constexpr, w0, n_win, b, h, C, stride_b,
 
 
 @triton.jit
+def window_keys(QKV, PAD, w0, n_win, b, h, C, stride_b, stride_h, stride_w, H, W, Hp, Wp, nWw, SH, SW,
+                G: tl.constexpr, MH: tl.constexpr, MW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_N: tl.constexpr, KEYS_REST: tl.constexpr, PAD_FIRST: tl.constexpr, HAS_PAD: tl.constexpr):
+    """Window group w0's keys: (tokens, K, V) of the BLOCK_N chunk, then of the rest chunk (0.0s
+    without one)."""
+    k_tokens, k, v = key_chunk(QKV, PAD, 0, BLOCK_N, w0, n_win, b, h, C, stride_b, stride_h, stride_w,
+                               H, W, Hp, Wp, nWw, SH, SW, G, MH, MW, HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
+    k_rest_tokens, k_rest, v_rest = 0.0, 0.0, 0.0
+    if KEYS_REST > 0:
+        k_rest_tokens, k_rest, v_rest = key_chunk(QKV, PAD, BLOCK_N, KEYS_REST, w0, n_win, b, h, C, stride_b,
+                                                  stride_h, stride_w, H, W, Hp, Wp, nWw, SH, SW, G, MH, MW,
+                                                  HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
+    return k_tokens, k, v, k_rest_tokens, k_rest, v_rest
+
+
+@triton.jit
 def same_window(q_tokens, k_tokens):
     """(rows, keys): the key is in the row's own window (and both are in a window)."""
     q_ok, _, _, _, _, _, q_g, _ = q_tokens
@@ -179,14 +195,27 @@ def attention_probs(q, k, k_rest, TABLE, h, heads, shared_bias, scale, mask_valu
     return p / denom[:, None], p_rest
 
 
+@triton.constexpr_function
+def shares_bias(rows: int, block_m: int, keys_rest: int, groups: int) -> bool:
+    """Whether a program gathers its bias tile once for all its GROUPS window groups: where every
+    row of a group fits one query chunk (Swin's 49-token windows) the tile is the same for every
+    group. With one group it is gathered where it is used instead (fewer registers live across the
+    dot: 92 against 108 for the forward on sm_90)."""
+    return keys_rest == 0 and rows <= block_m and groups > 1
+
+
 @triton.jit
 def program_bias(TABLE, h, heads, w0, n_win, nWw, H, W, Hp, Wp, SH, SW, G: tl.constexpr, MH: tl.constexpr,
                  MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 PAD_FIRST: tl.constexpr):
-    """The (BLOCK_M, BLOCK_N) bias tile of every window group whose rows fit one query chunk."""
-    q_tokens = window_tokens(tl.arange(0, BLOCK_M), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
-    k_tokens = window_tokens(tl.arange(0, BLOCK_N), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
-    return relative_bias(TABLE, h, heads, q_tokens, k_tokens, same_slot(q_tokens, k_tokens, G), MHT, MWT)
+                 PAD_FIRST: tl.constexpr, SHARED_BIAS: tl.constexpr):
+    """The (BLOCK_M, BLOCK_N) bias tile of every window group of the program when SHARED_BIAS
+    (shares_bias), else 0.0 (each chunk gathers its own in window_scores)."""
+    bias = 0.0
+    if SHARED_BIAS:
+        q_tokens = window_tokens(tl.arange(0, BLOCK_M), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
+        k_tokens = window_tokens(tl.arange(0, BLOCK_N), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW, PAD_FIRST)
+        bias = relative_bias(TABLE, h, heads, q_tokens, k_tokens, same_slot(q_tokens, k_tokens, G), MHT, MWT)
+    return bias
 
 
 @triton.jit
@@ -223,24 +252,15 @@ def window_attn_fwd_kernel(
     # tokens' qkv rows (other heads' channels) and share them in L2; axis 1 over window groups.
     b = tl.program_id(0) // heads
     h = tl.program_id(0) % heads
-    # Every row of a group in one query chunk (Swin's 49-token windows): the bias tile is the same
-    # for every group, gathered once for the program's GROUPS groups. (With one group it is
-    # gathered where it is used: fewer registers live, 92 against 108 on sm_90.)
-    SHARED_BIAS: tl.constexpr = KEYS_REST == 0 and G * MH * MW <= BLOCK_M and GROUPS > 1
+    SHARED_BIAS: tl.constexpr = shares_bias(G * MH * MW, BLOCK_M, KEYS_REST, GROUPS)
     first = tl.program_id(1) * GROUPS
-    shared_bias = 0.0
-    if SHARED_BIAS:
-        shared_bias = program_bias(TABLE, h, heads, first, n_win, nWw, H, W, Hp, Wp, SH, SW, G, MH, MW, MHT, MWT,
-                                   BLOCK_M, BLOCK_N, PAD_FIRST)
+    shared_bias = program_bias(TABLE, h, heads, first, n_win, nWw, H, W, Hp, Wp, SH, SW, G, MH, MW, MHT, MWT,
+                               BLOCK_M, BLOCK_N, PAD_FIRST, SHARED_BIAS)
     for group in range(GROUPS):
         w0 = first + group  # past the last window: every row masked off
-        k_tokens, k, v = key_chunk(QKV, PAD, 0, BLOCK_N, w0, n_win, b, h, C, stride_b, stride_h, stride_w,
-                                   H, W, Hp, Wp, nWw, SH, SW, G, MH, MW, HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
-        k_rest_tokens, k_rest, v_rest = 0.0, 0.0, 0.0
-        if KEYS_REST > 0:
-            k_rest_tokens, k_rest, v_rest = key_chunk(QKV, PAD, BLOCK_N, KEYS_REST, w0, n_win, b, h, C, stride_b,
-                                                      stride_h, stride_w, H, W, Hp, Wp, nWw, SH, SW, G, MH, MW,
-                                                      HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
+        k_tokens, k, v, k_rest_tokens, k_rest, v_rest = window_keys(
+            QKV, PAD, w0, n_win, b, h, C, stride_b, stride_h, stride_w, H, W, Hp, Wp, nWw, SH, SW, G, MH, MW,
+            HEAD_DIM, BLOCK_D, BLOCK_N, KEYS_REST, PAD_FIRST, HAS_PAD)
         # Query chunks of BLOCK_M packed rows, then (ROWS_REST > 0) one chunk of ROWS_REST rows for
         # the rows the full chunks leave; each row's keys (its whole window) are all on chip.
         rows_end = G * MH * MW

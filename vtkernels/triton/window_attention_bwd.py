@@ -26,8 +26,8 @@ import triton.language as tl
 
 from vtkernels.reference.window_attention import relative_position_index
 from vtkernels.triton.window_attention import (
-    Geometry, attention_probs, common_args, common_constexprs, key_chunk, launch_config, load_tokens,
-    program_bias, same_window, token_offsets, window_tokens,
+    Geometry, attention_probs, common_args, common_constexprs, launch_config, load_tokens, program_bias,
+    same_window, shares_bias, token_offsets, window_keys, window_tokens,
 )
 from vtkernels.triton.tiling import cdiv, sm_count
 
@@ -111,25 +111,19 @@ def window_attn_bwd_kernel(
     pad_dk = tl.zeros([BLOCK_D], dtype=tl.float32)
     pad_dv = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    # Every row of a group in one query chunk (Swin's 49-token windows): the bias tile is the same
-    # for every group, gathered once for the program's GROUPS groups.
-    SHARED_BIAS: tl.constexpr = KEYS_REST == 0 and G * N <= BLOCK_M and GROUPS > 1
+    SHARED_BIAS: tl.constexpr = shares_bias(G * N, BLOCK_M, KEYS_REST, GROUPS)
     first = tl.program_id(1) * GROUPS
-    shared_bias = 0.0
-    if SHARED_BIAS:
-        shared_bias = program_bias(TABLE, h, heads, first, n_win, nWw, H, W, Hp, Wp, SH, SW, G, MH, MW, MHT, MWT,
-                                   BLOCK_M, BLOCK_N, PAD_FIRST)
+    shared_bias = program_bias(TABLE, h, heads, first, n_win, nWw, H, W, Hp, Wp, SH, SW, G, MH, MW, MHT, MWT,
+                               BLOCK_M, BLOCK_N, PAD_FIRST, SHARED_BIAS)
     for group in range(GROUPS):
         w0 = first + group  # past the last window: every row masked off
-        k_tokens, k, v = key_chunk(QKV, PAD, 0, BLOCK_N, w0, n_win, b, h, C, stride_b, stride_h, stride_w,
-                                   H, W, Hp, Wp, nWw, SH, SW, G, MH, MW, HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
+        k_tokens, k, v, k_rest_tokens, k_rest, v_rest = window_keys(
+            QKV, PAD, w0, n_win, b, h, C, stride_b, stride_h, stride_w, H, W, Hp, Wp, nWw, SH, SW, G, MH, MW,
+            HEAD_DIM, BLOCK_D, BLOCK_N, KEYS_REST, PAD_FIRST, HAS_PAD)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-        k_rest_tokens, k_rest, v_rest, dk_rest, dv_rest = 0.0, 0.0, 0.0, 0.0, 0.0
+        dk_rest, dv_rest = 0.0, 0.0
         if KEYS_REST > 0:
-            k_rest_tokens, k_rest, v_rest = key_chunk(QKV, PAD, BLOCK_N, KEYS_REST, w0, n_win, b, h, C, stride_b,
-                                                      stride_h, stride_w, H, W, Hp, Wp, nWw, SH, SW, G, MH, MW,
-                                                      HEAD_DIM, BLOCK_D, PAD_FIRST, HAS_PAD)
             dk_rest = tl.zeros([KEYS_REST, BLOCK_D], dtype=tl.float32)
             dv_rest = tl.zeros([KEYS_REST, BLOCK_D], dtype=tl.float32)
 
