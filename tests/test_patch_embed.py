@@ -483,3 +483,30 @@ def test_gpu_opcheck(backend):
     torch.library.opcheck(torch.ops.vtkernels.patch_embed_bwd.default,
                           (torch.randn_like(out), images, inputs["weight"].detach(), scale, shift,
                            False, True, True, True, 7, backend))
+
+
+@pytest.mark.parametrize("variant, size", [("vit", None), ("clip_no_bias", (80, 96)), ("no_embed_class", (80, 96)),
+                                           ("float_normalized", None), ("patch32", None)])
+def test_triton_image_through_tma(variant, size, monkeypatch):
+    """The forward with the image read through a 5-D tensor descriptor (patch_embed_image_tma.py;
+    emulated on the CPU): blocks of patches of one image, ragged at the map's edges (80 x 96:
+    5 x 6 patches in 4 x 8 blocks), normalization in the loaded tile. Layouts it cannot read
+    (NHWC: patch32) keep the pointer gather."""
+    from vtkernels.triton import patch_embed as triton_patch_embed
+    from vtkernels.triton import patch_embed_image_tma
+
+    config, launches = triton_patch_embed.launch_config, []
+    original_forward = patch_embed_image_tma.forward
+
+    def image_tma_config(kind, *args):
+        return {**config(kind, *args), **({"TMA": True, "IMAGE_TMA": True} if kind == "fwd" else {})}
+
+    def recording_forward(*args):
+        launches.append(args[0].shape)
+        return original_forward(*args)
+    monkeypatch.setattr(triton_patch_embed, "launch_config", image_tma_config)
+    monkeypatch.setattr(patch_embed_image_tma, "forward", recording_forward)
+    check_against_reference(variant, torch.float16, torch.device("cpu"), "triton", size=size)
+    patch = VARIANTS[variant][0]
+    height, width = size or image_size(patch)
+    assert launches == ([] if variant == "patch32" else [(2 * 3, height // patch, width // patch, patch, patch)])

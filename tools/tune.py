@@ -246,8 +246,9 @@ def _patch_embed_target() -> Target:
         modules=(triton_patch_embed,),
         shapes=SHAPES,
         candidates={
-            "fwd": {"BLOCK_M": (128,), "BLOCK_N": (128, 256), "BLOCK_K": (32, 64), "num_warps": (4, 8),
-                    "num_stages": (3, 4), "TMA": (True, False)},  # TMA: the weight tiles by descriptor
+            # TMA: the weight tiles by descriptor; IMAGE_TMA: the image too (patch_embed_image_tma.py)
+            "fwd": {"BLOCK_M": (64, 128), "BLOCK_N": (128, 256), "BLOCK_K": (64,), "num_warps": (4, 8),
+                    "num_stages": (3, 4), "TMA": (True,), "IMAGE_TMA": (False, True)},
             "bwd_weight": backward,
             "bwd_images": backward,
         },

@@ -107,6 +107,21 @@ def _cls_rows(CLS, POS, OUT, batch, D, row_stride, program, CLS_HAS_POS: tl.cons
 
 
 @triton.jit
+def store_tokens(acc, OUT, BIAS, POS, b, n, rows_ok, d, D, num_patches, prefix, pos_start,
+                 HAS_BIAS: tl.constexpr, HAS_POS: tl.constexpr):
+    """The forward's epilogue: acc (rows, d) + bias[d] + pos[pos_start + n, d], stored to
+    out[b, prefix + n, d] (b per row, or one image for the whole tile)."""
+    d_ok = d < D
+    if HAS_BIAS:
+        acc += tl.load(BIAS + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+    ok = rows_ok[:, None] & d_ok[None, :]
+    if HAS_POS:
+        acc += tl.load(POS + (pos_start + n)[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
+    out_row = b.to(tl.int64) * (num_patches + prefix) + prefix + n  # out[b, P + n]
+    tl.store(OUT + out_row[:, None] * D + d[None, :], acc.to(OUT.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def patch_embed_fwd_kernel(
     IMG, W, WD, BIAS, CLS, POS, SCALE, SHIFT, OUT,
     M, D, K, w_cols, num_patches, grid_w, prefix, pos_start, gemm_programs,
@@ -132,7 +147,6 @@ def patch_embed_fwd_kernel(
         m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         d = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         m_ok = m < M
-        d_ok = d < D
         b, n, row_off = _patch_rows(m, num_patches, grid_w, stride_ib, stride_ih, stride_iw, PATCH)
 
         # The weight is a plain matrix: a block pointer (no per-element pointers in registers).
@@ -150,13 +164,7 @@ def patch_embed_fwd_kernel(
                 w_block = tl.advance(w_block, (0, BLOCK_K))
             acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
 
-        if HAS_BIAS:
-            acc += tl.load(BIAS + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
-        ok = m_ok[:, None] & d_ok[None, :]
-        if HAS_POS:
-            acc += tl.load(POS + (pos_start + n)[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
-        out_row = b.to(tl.int64) * (num_patches + prefix) + prefix + n  # out[b, P + n]
-        tl.store(OUT + out_row[:, None] * D + d[None, :], acc.to(OUT.dtype.element_ty), mask=ok)
+        store_tokens(acc, OUT, BIAS, POS, b, n, m_ok, d, D, num_patches, prefix, pos_start, HAS_BIAS, HAS_POS)
 
 
 @triton.jit
@@ -284,14 +292,17 @@ def launch_config(kind: str, dtype: torch.dtype, dim: int, k_size: int) -> dict:
     interpreter (more programs, so small test shapes still cross tile edges)."""
     if triton_interpreter_enabled():
         return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1,
-                **({"TMA": False} if kind == "fwd" else {})}
+                **({"TMA": False, "IMAGE_TMA": False} if kind == "fwd" else {})}
     # Chosen from sm_90 compiles with the launch-time specializations (16-divisible sizes and
     # strides, aligned pointers): these tiles are software-pipelined (cp.async, 3 stages), use
     # wgmma and do not spill. fp32 halves the k depth (twice the bytes per element).
     wide = dtype != torch.float32
     if kind == "fwd":
         block_k = min(64 if wide else 32, max(16, next_power_of_2(k_size)))
-        return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": block_k, "num_warps": 8, "num_stages": 3, "TMA": wide}
+        # IMAGE_TMA: the image through a descriptor too (patch_embed_image_tma.py), where it
+        # applies; off until timed (tools/tune.py sweeps it).
+        return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": block_k, "num_warps": 8, "num_stages": 3, "TMA": wide,
+                "IMAGE_TMA": False}
     # bwd_images: output tile (BLOCK_M patches, BLOCK_K columns), loop over D in BLOCK_N steps;
     # bwd_weight: output tile (BLOCK_N of D, BLOCK_K columns), loop over patches in BLOCK_M steps.
     return {"BLOCK_M": 64 if wide else 32, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3}
@@ -320,11 +331,20 @@ def forward(images, weight, bias: Optional[torch.Tensor], cls_token: Optional[to
         return out
     pos_start = int(pos_embed is not None and pos_embed.shape[0] == num_patches + 1)
     tiles, launch = _launch_args(launch_config("fwd", weight.dtype, dim, k_size))
-    gemm_programs = cdiv(rows, tiles["BLOCK_M"]) * cdiv(dim, tiles["BLOCK_N"])
-    cls_programs = cdiv(batch, tiles["BLOCK_M"]) if cls_token is not None else 0
     inner = channels_inner(images)
     w = weight_matrix(weight, inner)
-    w_desc = descriptor(w, tiles["BLOCK_N"], tiles["BLOCK_K"]) if tiles.pop("TMA") and tma_usable(w) else None
+    tma = tiles.pop("TMA") and tma_usable(w)
+    if tiles.pop("IMAGE_TMA") and tma:
+        from vtkernels.triton import patch_embed_image_tma  # (it imports this module's helpers)
+
+        view = patch_embed_image_tma.image_view(images, weight)
+        if view is not None:
+            patch_embed_image_tma.forward(view, w, bias, cls_token, pos_embed, scale, shift, out,
+                                          images.shape[2] // patch, grid_w, pos_start, tiles, launch)
+            return out
+    gemm_programs = cdiv(rows, tiles["BLOCK_M"]) * cdiv(dim, tiles["BLOCK_N"])
+    cls_programs = cdiv(batch, tiles["BLOCK_M"]) if cls_token is not None else 0
+    w_desc = descriptor(w, tiles["BLOCK_N"], tiles["BLOCK_K"]) if tma else None
     patch_embed_fwd_kernel[(gemm_programs + cls_programs,)](
         images, w, w_desc, bias, cls_token, pos_embed, scale, shift, out,
         rows, dim, k_size, cdiv(k_size, 16) * 16, num_patches, grid_w, prefix, pos_start, gemm_programs,
@@ -431,6 +451,7 @@ def aot_configs():
                    **strides, **w_strides}
             flags = {"HAS_BIAS": True, "HAS_CLS": cls, "HAS_POS": cls, "CLS_HAS_POS": cls}
             tma = tiles.pop("TMA")
+            tiles.pop("IMAGE_TMA")
             constexprs = {**common, **flags, "VEC": vec, **tiles}
             yield patch_embed_fwd_kernel, sig, {**constexprs, "WD": None, "TMA": False}, launch, values
             if tma:  # the weight tiles through a descriptor instead
