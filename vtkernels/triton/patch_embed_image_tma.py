@@ -79,11 +79,11 @@ def patch_embed_fwd_image_tma_kernel(
 def image_view(images: torch.Tensor, weight: torch.Tensor) -> Optional[torch.Tensor]:
     """The (B * C, Hp, Wp, p, p) view of ``images`` the descriptor reads, or None where this path
     does not apply (see the module docstring)."""
-    batch, channels, height, width = images.shape
+    batch, channels, height, width = images.shape  # (at least one whole patch: the caller returns early otherwise)
     patch = weight.shape[2]
     sb, sc, sh, sw = images.stride()
     if (images.dtype != weight.dtype or images.dtype not in TMA_DTYPES or sw != 1 or sb != channels * sc
-            or height < patch or width < patch or patch * images.element_size() % 16):
+            or patch * images.element_size() % 16):
         return None
     view = images.as_strided((batch * channels, height // patch, width // patch, patch, patch),
                              (sc, patch * sh, patch, sh, 1))
