@@ -9,13 +9,15 @@ With ``P = softmax(S)``, ``S = scale * Q K^T`` and the saved row logsumexp ``lse
 2. ``attention_bwd_dkdv_kernel``: a program owns BLOCK_N keys and walks the queries that see
    them (causal: from the diagonal down), accumulating dK and dV in registers; it covers the
    keys from ``first_key`` on (short sequences: full tiles, then a small tile for the leftover keys).
+   Its tiles are keys x queries (``P^T = exp(K Q^T - lse)``, ``dV += P^T dO``, ``dK += dS^T Q``):
+   the program's keys are the M side of every product (_dkdv_over_queries).
 3. ``attention_bwd_dq_kernel``: a program owns BLOCK_M queries and walks their keys,
    accumulating dQ in registers; like the forward, it covers the rows from ``first_row`` on
    (short sequences: full tiles, then a small tile for the leftover rows).
 
 As in the forward, each walk splits into the blocks that need the bounds / causal mask (the
 causal diagonal, a partial last block) and those that do not; the padding mask, when present,
-applies everywhere.
+applies everywhere (the dK / dV kernel reads its keys' mask once, before its walk).
 
 Head vectors are split in two column chunks as in the forward (attention_fwd.py's docstring).
 
@@ -68,11 +70,30 @@ def _probabilities(q, q_rest, k, k_rest, lse_log2, offs_m, offs_n, n_kv, causal_
 
 
 @triton.jit
+def _probabilities_by_key(k, k_rest, q, q_rest, lse_log2, offs_n, offs_m, causal_offset, key_visible, qk_scale,
+                          CAUSAL_MASK: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_REST: tl.constexpr,
+                          PRECISION: tl.constexpr):
+    """P^T tile [BLOCK_N, BLOCK_M] (keys x queries) recomputed from the saved logsumexp: the
+    transpose of _probabilities, masked by the causal rule (CAUSAL_MASK) and ``key_visible`` (the
+    program's keys that are not padding, with HAS_PAD_MASK)."""
+    s = dot_rows(k, k_rest, q, q_rest, D_REST, PRECISION) * qk_scale
+    if CAUSAL_MASK:
+        s = tl.where(offs_n[:, None] <= offs_m[None, :] + causal_offset, s, float("-inf"))
+    if HAS_PAD_MASK:
+        s = tl.where(key_visible[:, None], s, float("-inf"))
+    return tl.math.exp2(s - lse_log2[None, :])
+
+
+@triton.jit
 def _dkdv_over_queries(dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch, head, Lse, Delta,
-                       PadMask, offs_n, lo, hi, stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale,
-                       CHECK_BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr,
-                       D_MAIN: tl.constexpr, D_REST: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
-                       TMA: tl.constexpr):
+                       key_visible, offs_n, lo, hi, stride_qn, stride_don, n_q, causal_offset, qk_scale,
+                       CAUSAL_MASK: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr,
+                       D_REST: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr):
+    # Every product is computed keys-major (S^T = K Q^T, dP^T = V dO^T): the program's BLOCK_N keys
+    # are the M side of each tensor-core product and P^T, dS^T feed the next product straight from
+    # registers. Queries-major (S = Q K^T) would put BLOCK_M = 32 rows on the M side, below
+    # wgmma's 64 (sm_90 compiles those products to mma.sync), and P, dS would have to be
+    # transposed through shared memory for dV and dK.
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         query_ok = offs_m < n_q
@@ -84,12 +105,12 @@ def _dkdv_over_queries(dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, 
             do, do_rest = load_head(DOut, offs_m, query_ok, stride_don, D_MAIN, D_REST, True)
         lse_log2 = tl.load(Lse + offs_m, mask=query_ok, other=float("inf")) * LOG2E
         delta = tl.load(Delta + offs_m, mask=query_ok, other=0.0)
-        p = _probabilities(q, q_rest, k, k_rest, lse_log2, offs_m, offs_n, n_kv, causal_offset, PadMask, qk_scale,
-                           CHECK_BOUNDS, CAUSAL, HAS_PAD_MASK, D_REST, PRECISION)
-        dv, dv_rest = dot_accumulate(tl.trans(p), do, do_rest, dv, dv_rest, D_REST, PRECISION)
-        dp = dot_rows(do, do_rest, v, v_rest, D_REST, PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk, dk_rest = dot_accumulate(tl.trans(ds), q, q_rest, dk, dk_rest, D_REST, PRECISION)
+        p_t = _probabilities_by_key(k, k_rest, q, q_rest, lse_log2, offs_n, offs_m, causal_offset, key_visible,
+                                    qk_scale, CAUSAL_MASK, HAS_PAD_MASK, D_REST, PRECISION)
+        dv, dv_rest = dot_accumulate(p_t, do, do_rest, dv, dv_rest, D_REST, PRECISION)
+        dp_t = dot_rows(v, v_rest, do, do_rest, D_REST, PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk, dk_rest = dot_accumulate(ds_t, q, q_rest, dk, dk_rest, D_REST, PRECISION)
     return dk, dk_rest, dv, dv_rest
 
 
@@ -136,17 +157,20 @@ def attention_bwd_dkdv_kernel(
         start_q = (tl.maximum(start_n - causal_offset, 0) // BLOCK_M) * BLOCK_M
         last_key_first_row = tl.maximum(start_n + BLOCK_N - 1 - causal_offset, 0)
         masked_end = tl.maximum(start_q, tl.cdiv(last_key_first_row, BLOCK_M) * BLOCK_M)
-    # A partial last key block needs no bounds mask here: its keys past n_kv are zero rows whose
-    # scores only reach their own rows of dK and dV, which are never stored.
+    # Keys past n_kv need no mask: they are zero rows whose scores only reach their own rows of dK
+    # and dV, which are never stored. Padded keys do: their gradients must be zero.
+    key_visible = key_ok
+    if HAS_PAD_MASK:
+        key_visible = tl.load(PadMask + offs_n, mask=key_ok, other=1) == 0
     masked_end = tl.minimum(masked_end, n_q)
     dk, dk_rest, dv, dv_rest = _dkdv_over_queries(
-        dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch32, head32, Lse, Delta, PadMask,
-        offs_n, start_q, masked_end, stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale, True, CAUSAL,
-        HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_M, PRECISION, TMA)
+        dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch32, head32, Lse, Delta, key_visible,
+        offs_n, start_q, masked_end, stride_qn, stride_don, n_q, causal_offset, qk_scale, CAUSAL, HAS_PAD_MASK,
+        D_MAIN, D_REST, BLOCK_M, PRECISION, TMA)
     dk, dk_rest, dv, dv_rest = _dkdv_over_queries(
-        dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch32, head32, Lse, Delta, PadMask,
-        offs_n, masked_end, n_q, stride_qn, stride_don, n_q, n_kv, causal_offset, qk_scale, False, CAUSAL,
-        HAS_PAD_MASK, D_MAIN, D_REST, BLOCK_M, PRECISION, TMA)
+        dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch32, head32, Lse, Delta, key_visible,
+        offs_n, masked_end, n_q, stride_qn, stride_don, n_q, causal_offset, qk_scale, False, HAS_PAD_MASK,
+        D_MAIN, D_REST, BLOCK_M, PRECISION, TMA)
 
     if D_REST > 0:
         dk_rest = dk_rest * scale
