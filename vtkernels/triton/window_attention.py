@@ -435,6 +435,8 @@ def aot_configs():
                 if backward:
                     constexprs.update(window_attention_bwd.aot_schedule(window * window, torch_dtype))
                     yield (*window_attention_bwd.aot_signature(dtype, ints), constexprs, options, values)
+                    if not has_pad:
+                        yield window_attention_bwd.aot_bias_table_config(window, values["heads"], dtype, values)
                 else:
                     sig = {"QKV": f"*{dtype}", "TABLE": "*fp32", "PAD": f"*{dtype}", "OUT": f"*{dtype}",
                            **{n: "i32" for n in ints}, "out_b": "i32", "out_h": "i32", "out_w": "i32",

@@ -11,8 +11,9 @@ each scattered straight to image order in dqkv: every real token belongs to exac
 so there are no atomics. The bias-table gradient is deterministic: each program first reduces
 its windows' dS into one (N, N) partial indexed by the two tokens' positions in their window
 (on chip for windows of <= 64 tokens; a larger window's dS is added into the program's own slab
-in memory, in a fixed order), torch.sum adds the partials over batch and programs, and a fixed
-gather folds (N, N) into the ((2Mt-1)^2, heads) table.
+in memory, in a fixed order), torch.sum adds the partials over batch and programs, and
+``bias_table_grad_kernel`` gathers each table row's token pairs out of the (heads, N * N) sums
+(one launch, writing the table gradient in the table's layout and dtype).
 Padding tokens' dK / dV rows are summed per program into a partial for ``pad_qkv``'s gradient.
 """
 
@@ -29,7 +30,7 @@ from vtkernels.triton.window_attention import (
     Geometry, attention_probs, common_args, common_constexprs, launch_config, load_tokens, program_bias,
     same_window, shares_bias, token_offsets, window_keys, window_tokens,
 )
-from vtkernels.triton.tiling import cdiv, sm_count
+from vtkernels.triton.tiling import cdiv, next_power_of_2, sm_count
 
 
 @triton.jit
@@ -198,7 +199,7 @@ def window_attn_bwd_kernel(
 
 @functools.lru_cache(maxsize=None)
 def _pairs_by_offset_cpu(window: int, table_window: int) -> torch.Tensor:
-    """(T, N) flat (p * N + q) positions of the token pairs at each table row; N * N pads (a zero slot)."""
+    """(T, N) flat (p * N + q) positions of the token pairs at each table row, int32; N * N pads."""
     tokens = window * window
     rel = relative_position_index(window, table_window).flatten()
     rows = (2 * table_window - 1) ** 2
@@ -208,7 +209,7 @@ def _pairs_by_offset_cpu(window: int, table_window: int) -> torch.Tensor:
     slots = torch.full((rows, tokens), tokens * tokens, dtype=torch.long)
     sorted_rows = rel[order]
     slots[sorted_rows, torch.arange(tokens * tokens) - starts[sorted_rows]] = order
-    return slots
+    return slots.to(torch.int32)
 
 
 _pairs_cache: dict = {}
@@ -220,6 +221,37 @@ def pairs_by_offset(window: int, table_window: int, device: torch.device) -> tor
     if key not in _pairs_cache:
         _pairs_cache[key] = _pairs_by_offset_cpu(window, table_window).to(device)
     return _pairs_cache[key]
+
+
+@triton.jit
+def bias_table_grad_kernel(PER_PAIR, PAIRS, DTABLE, heads, n_tokens,
+                           BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr):
+    """DTABLE[r, h] = sum over j of PER_PAIR[h, PAIRS[r, j]]: table row r's gradient is the sum of
+    the (query, key) pair gradients at its relative offset. PER_PAIR (heads, N * N) fp32; PAIRS
+    (T, N) int32, N * N where a row has fewer than N pairs; DTABLE (T, heads) in the table's dtype.
+    One program per (table row, BLOCK_H heads); a fixed-order sum (deterministic)."""
+    row = tl.program_id(0)
+    hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    j = tl.arange(0, BLOCK_P)
+    pairs = tl.load(PAIRS + row * n_tokens + j, mask=j < n_tokens, other=n_tokens * n_tokens)
+    head_ok = hs < heads
+    grads = tl.load(PER_PAIR + hs[:, None] * (n_tokens * n_tokens) + pairs[None, :],
+                    mask=head_ok[:, None] & (pairs < n_tokens * n_tokens)[None, :], other=0.0)
+    tl.store(DTABLE + row * heads + hs, tl.sum(grads, axis=1).to(DTABLE.dtype.element_ty), mask=head_ok)
+
+
+def bias_table_config(heads: int, tokens: int) -> dict:
+    return {"BLOCK_H": min(16, next_power_of_2(heads)), "BLOCK_P": next_power_of_2(tokens)}
+
+
+def bias_table_grad(per_pair: torch.Tensor, pairs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The (T, heads) table gradient in ``dtype`` from the (heads, N * N) per-pair sums."""
+    heads = per_pair.shape[0]
+    rows, tokens = pairs.shape
+    dtable = torch.empty((rows, heads), dtype=dtype, device=per_pair.device)
+    cfg = bias_table_config(heads, tokens)
+    bias_table_grad_kernel[(rows, cdiv(heads, cfg["BLOCK_H"]))](per_pair, pairs, dtable, heads, tokens, **cfg)
+    return dtable
 
 
 FOLD_MAX_TOKENS = 64
@@ -269,9 +301,7 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, pad_qkv
         )
     # Deterministic reductions: fixed-shape sums, then a fixed gather per table row.
     per_pair = bias_partial.view(batch, geo.heads, programs, n_tokens * n_tokens).sum((0, 2))
-    per_pair = torch.cat([per_pair, per_pair.new_zeros(geo.heads, 1)], dim=1)
-    dtable = per_pair[:, pairs_by_offset(geo.window, geo.table_window, qkv.device)].sum(-1).t()
-    dtable = dtable.to(table.dtype).contiguous()
+    dtable = bias_table_grad(per_pair, pairs_by_offset(geo.window, geo.table_window, qkv.device), table.dtype)
     if not has_pad:
         return dqkv, dtable, qkv.new_empty(0)
     dkv = pad_partial.view(batch, geo.heads, programs, 2, geo.head_dim).sum((0, 2)).transpose(0, 1)  # 2, heads, D
@@ -285,6 +315,13 @@ def aot_signature(dtype: str, ints: list[str]):
            "dout_b": "i32", "dout_h": "i32", "dout_w": "i32", "dqkv_b": "i32", "dqkv_h": "i32", "dqkv_w": "i32",
            "scale": "fp32", "mask_value": "fp32"}
     return window_attn_bwd_kernel, sig
+
+
+def aot_bias_table_config(window: int, heads: int, dtype: str, values: dict):
+    """(kernel, signature, constexprs, options, launch values) of the table-gradient gather."""
+    sig = {"PER_PAIR": "*fp32", "PAIRS": "*i32", "DTABLE": f"*{dtype}", "heads": "i32", "n_tokens": "i32"}
+    return (bias_table_grad_kernel, sig, bias_table_config(heads, window * window), {"num_warps": 4},
+            {**values, "heads": heads, "n_tokens": window * window})
 
 
 def aot_schedule(tokens: int, dtype: torch.dtype) -> dict:
