@@ -17,7 +17,6 @@ import pytest
 import torch
 
 import vtkernels
-from vtkernels import backend
 
 import test_activation as activation_tests
 import test_attention as attention_tests
@@ -43,25 +42,9 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs th
 def cuda_backend_on_cpu():
     """vtkernels._C is the emulated build for this module's tests, and the CUDA backend takes CPU
     tensors; both undone afterwards."""
-    module = emulator_build.load()
-    saved = sys.modules.get("vtkernels._C")
-    sys.modules["vtkernels._C"] = module
-    backend._import_failure.cache_clear()
-    original = backend.backend_unavailable
-
-    def unavailable(name, device_type):
-        if name == "cuda" and device_type == "cpu":
-            return backend.extension_failure()
-        return original(name, device_type)
-
-    backend.backend_unavailable = unavailable
+    module, undo = emulator_build.install()
     yield module
-    backend.backend_unavailable = original
-    if saved is None:
-        sys.modules.pop("vtkernels._C")
-    else:
-        sys.modules["vtkernels._C"] = saved
-    backend._import_failure.cache_clear()
+    undo()
 
 
 @pytest.fixture(params=["forward", "reverse"])
@@ -101,6 +84,32 @@ def test_norm_strided_weight_and_misaligned_rows():
     w = torch.randn(768, dtype=torch.float16)
     y = vtkernels.layer_norm(x, w, None, backend="cuda")
     norm_tests.assert_close(y, norm_tests.ref.layer_norm(x.double(), w.double(), None), torch.float16)
+
+
+def test_norm_eager_autograd_is_the_extensions_cpp_node(cuda_backend_on_cpu):
+    """In eager mode the CUDA backend's norm records csrc's C++ autograd node, not the custom op's
+    Python one; its gradients are those of the reference, including where only the residual sum
+    h is used, and a differentiated backward (create_graph) is refused with the op's name."""
+    x, r = torch.randn(3, 5, 64, requires_grad=True), torch.randn(3, 5, 64, requires_grad=True)
+    w, b = torch.randn(64, requires_grad=True), torch.randn(64, requires_grad=True)
+    y, h = vtkernels.layer_norm(x, w, b, residual=r, backend="cuda")
+    assert "NormAutograd" in y.grad_fn.next_functions[0][0].name()  # (y.grad_fn: the view to x's shape)
+    h.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x)) and torch.equal(r.grad, torch.ones_like(r))
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+    inputs = (x, r, w, b)
+    for t in inputs:
+        t.grad = None
+    y, h = vtkernels.layer_norm(x, w, b, residual=r, backend="cuda")
+    cot = torch.randn_like(y)
+    ours = torch.autograd.grad((y * cot + h).sum(), inputs)
+    ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    ref_y, ref_h = norm_tests.ref.layer_norm(ref_inputs[0], ref_inputs[2], ref_inputs[3], 1e-5, ref_inputs[1])
+    theirs = torch.autograd.grad((ref_y * cot.double() + ref_h).sum(), ref_inputs)
+    norm_tests.assert_close(list(ours), list(theirs), torch.float32)
+    y = vtkernels.rms_norm(x, w, backend="cuda")
+    with pytest.raises(RuntimeError, match="rms_norm .*not differentiable"):
+        torch.autograd.grad(y.square().sum(), x, create_graph=True)
 
 
 # --- attention ----------------------------------------------------------------------------------

@@ -16,3 +16,13 @@ def test_host_time_runs_every_case_with_tma_descriptors():
     timed = [line.split() for line in lines[1:-1]]
     assert len(timed) == 15 and all(fields[-1] == "us" and float(fields[-2]) > 0 for fields in timed)
     assert lines[-1].startswith("TMA descriptors built:") and int(lines[-1].split()[-1]) > 0  # --tma took effect
+
+
+def test_host_time_runs_every_case_on_the_emulated_cuda_backend():
+    done = subprocess.run([sys.executable, TOOL, "--calls", "2", "--backend", "cuda"], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "CUDA backend emulated" in lines[0]
+    timed = [line.split() for line in lines[1:]]
+    assert len(timed) == 15 and all(fields[-1] == "us" and float(fields[-2]) > 0 for fields in timed)

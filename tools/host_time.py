@@ -12,6 +12,8 @@ bottleneck), launcher and allocations included.
     python tools/host_time.py            # every case, microseconds per call (best of 5 rounds)
     python tools/host_time.py --profile attention_detr_cross   # plus cProfile of one case
     python tools/host_time.py --gpu --profile layer_norm       # on a GPU: real launches
+    python tools/host_time.py --backend cuda   # the CUDA backend: csrc built for the CPU emulator
+                                               # (tools/cuda_emulator), its launches no-ops
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 ON_GPU = "--gpu" in sys.argv
 if not ON_GPU:
     os.environ["TRITON_INTERPRET"] = "1"  # CPU tensors reach the Triton backend (set before triton loads)
+    os.environ["VTK_EMU_NO_LAUNCH"] = "1"  # the emulated CUDA backend's launches do nothing (--backend cuda)
 
 import torch  # noqa: E402
 
@@ -72,7 +75,15 @@ def force_tma() -> list:
     return built
 
 
-def _cases() -> dict:
+def use_emulated_extension() -> None:
+    """The CUDA backend on CPU tensors: csrc's bindings and kernels built for the CPU emulator."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emulator"))
+    import build
+
+    build.install()
+
+
+def _cases(backend: str) -> dict:
     """name -> (callable, tensors whose .grad is reset per call). Small shapes: the host work does
     not depend on them, and CPU allocations of real sizes would dominate."""
     half = torch.float16
@@ -86,19 +97,20 @@ def _cases() -> dict:
     mask = torch.zeros(2, 850, dtype=torch.bool, device=device)
     qkv = leaf(2, 77, 3, 8, 64)
     tokens, fc1_w, fc1_b, fc2_w, fc2_b = leaf(16, 64), leaf(256, 64), leaf(256), leaf(64, 256), leaf(64)
-    tri = dict(backend="triton")
+    tri = dict(backend=backend)
     from vtkernels.models.blocks import Block
 
-    block = Block(64, 2, 256, backend="triton").to(device, half)  # a ViT block: 2 norms, qkv, attention, proj, MLP
+    block = Block(64, 2, 256, backend=backend).to(device, half)  # a ViT block: 2 norms, qkv, attention, proj, MLP
     tokens_in = leaf(2, 8, 64)
     window_qkv, table = leaf(1, 14, 14, 3 * 96), leaf(13 * 13, 3)  # Swin-T stage 1's window 7, 3 heads
     # Whole models at batch 1: Swin-T and ViT-B/16 (on the CPU 1/4 of the width, in fp32: the same
-    # calls, with less CPU matmul time in the way).
+    # calls, with less CPU matmul time in the way; fp16 on the CUDA backend, whose GEMMs are 16-bit).
     from vtkernels.models import Swin, ViT
 
-    narrow, model_dtype = (1, half) if ON_GPU else (4, torch.float32)
-    swin_t = Swin.from_size("T", embed_dim=96 // narrow, backend="triton").to(device, model_dtype).eval()
-    vit_b = ViT("B/16", embed_dim=768 // narrow, mlp_dim=3072 // narrow, num_heads=12 // narrow, backend="triton").to(device, model_dtype).eval()
+    narrow, model_dtype = (1, half) if ON_GPU else (4, torch.float32 if backend == "triton" else half)
+    swin_t = Swin.from_size("T", embed_dim=96 // narrow, backend=backend).to(device, model_dtype).eval()
+    vit_b = ViT("B/16", embed_dim=768 // narrow, mlp_dim=3072 // narrow, num_heads=12 // narrow,
+                backend=backend).to(device, model_dtype).eval()
     image = torch.randn(1, 3, 224, 224, dtype=model_dtype, device=device)
 
     def backward(fn, *leaves):
@@ -165,14 +177,19 @@ def main() -> None:
     parser.add_argument("--profile", help="a case to run under cProfile after timing")
     parser.add_argument("--tma", action="store_true", help="attention builds TMA descriptors, as on sm_90")
     parser.add_argument("--gpu", action="store_true", help="real launches on CUDA tensors (no stubs)")
+    parser.add_argument("--backend", choices=("triton", "cuda"), default="triton",
+                        help="the kernel backend of every case (default triton)")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.gpu:
         print(f"real launches on {torch.cuda.get_device_name()}; torch {torch.__version__}, {os.cpu_count()} CPUs")
+    elif args.backend == "cuda":
+        use_emulated_extension()
+        print(f"CUDA backend emulated, launches no-ops; torch {torch.__version__}, {os.cpu_count()} CPUs")
     else:
         print(f"{stub_triton_kernels()} Triton kernels stubbed; torch {torch.__version__}, {os.cpu_count()} CPUs")
     built = force_tma() if args.tma and not args.gpu else None
-    cases = _cases()
+    cases = _cases(args.backend)
     for name in (args.only.split(",") if args.only else cases):
         fn, grads = cases[name]
         print(f"{name:28s} {time_us(fn, grads, args.calls):7.1f} us")

@@ -1,5 +1,7 @@
 #include "bindings/norm.h"
 
+#include <torch/csrc/autograd/custom_function.h>
+
 #include "cuda_context.h"
 #include "norm/norm.h"
 #include "torch_checks.h"
@@ -104,9 +106,59 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const OptTensor& dh, cons
   return {dx, dweight, dbias};
 }
 
+// Eager-mode autograd in C++: the forward and its backward node without a Python frame in either
+// (vtkernels/ops/norm.py calls it in plain eager mode; torch.compile and tracing get the custom
+// ops). Python's autograd.Function with its backward in Python cost ~60% of a LayerNorm forward +
+// backward's host time, which at ViT shapes exceeds the kernels' GPU time.
+class NormAutograd : public torch::autograd::Function<NormAutograd> {
+ public:
+  // x, residual: (rows, cols). Returns [y, h] (h empty without residual).
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const OptTensor& residual, const OptTensor& weight,
+                                                const OptTensor& bias, double eps, bool rms) {
+    std::vector<at::Tensor> out = norm_fwd(x, residual, weight, bias, eps, rms);  // y, h, mean, rstd
+    ctx->save_for_backward({residual ? out[1] : x, weight.value_or(at::Tensor()), out[2], out[3]});
+    ctx->saved_data["rms"] = rms;
+    ctx->saved_data["has_residual"] = residual.has_value();
+    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->set_materialize_grads(false);  // an unused output's gradient stays undefined, not zeros
+    return {out[0], out[1]};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "vtkernels layer_norm / rms_norm (CUDA backend): the backward is not differentiable "
+                "(create_graph=True)");
+    const bool has_residual = ctx->saved_data["has_residual"].toBool();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    at::Tensor dy = grads[0], dh = has_residual ? grads[1] : at::Tensor();
+    if (!dy.defined() && !dh.defined()) return torch::autograd::variable_list(6);  // no gradient at all
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& h = saved[0];
+    const at::Tensor& weight = saved[1];
+    dy = dy.defined() ? dy.contiguous() : at::zeros_like(h);  // undefined: only the residual sum h was used
+    const OptTensor dh_opt = dh.defined() ? OptTensor(dh.contiguous()) : std::nullopt;
+    const OptTensor weight_opt = weight.defined() ? OptTensor(weight) : std::nullopt;
+    std::vector<at::Tensor> g = norm_bwd(dy, dh_opt, h, weight_opt, saved[2], saved[3],
+                                         ctx->saved_data["rms"].toBool(), has_bias);  // dx, dweight, dbias
+    return {g[0], has_residual ? g[0] : at::Tensor(), weight.defined() ? g[1] : at::Tensor(),
+            has_bias ? g[2] : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::vector<at::Tensor> norm_autograd(const at::Tensor& x, const OptTensor& residual, const OptTensor& weight,
+                                      const OptTensor& bias, double eps, bool rms) {
+  return NormAutograd::apply(x, residual, weight, bias, eps, rms);
+}
+
 }  // namespace
 
 void bind_norm(pybind11::module_& m) {
+  m.def("norm_autograd", &norm_autograd,
+        "LayerNorm/RMSNorm forward recording its backward (C++ autograd, eager mode): returns [y, h]",
+        pybind11::arg("x"), pybind11::arg("residual"), pybind11::arg("weight"), pybind11::arg("bias"),
+        pybind11::arg("eps"), pybind11::arg("rms"));
   m.def("norm_fwd", &norm_fwd, "LayerNorm/RMSNorm forward with optional residual: returns [y, h, mean, rstd]",
         pybind11::arg("x"), pybind11::arg("residual"), pybind11::arg("weight"), pybind11::arg("bias"),
         pybind11::arg("eps"), pybind11::arg("rms"));

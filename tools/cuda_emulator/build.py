@@ -13,6 +13,10 @@ include/ stand-ins for the CUDA headers first), the bindings against CPU torch, 
 cuda_context.cpp replaced by this folder's.
 
     module = build.load()        # cached in build/cuda_emulator; a rebuild only when csrc/ changed
+    module, undo = build.install()  # vtkernels' CUDA backend is now this module, on CPU tensors
+
+VTK_EMU_NO_LAUNCH=1 in the environment makes every launch a no-op after its configuration checks
+(tools/host_time.py --backend cuda: the host time of the CUDA backend's calls).
 """
 
 from __future__ import annotations
@@ -135,6 +139,36 @@ def load(verbose: bool = False):
         extra_include_paths=[os.path.join(HERE, "include"), HERE, source],
         extra_cflags=["-O1", "-std=c++20", "-DVTK_CUDA_EMULATOR", "-Wno-unknown-pragmas"],
     )
+
+
+def install():
+    """Makes the emulated module vtkernels' extension and lets the CUDA backend take CPU tensors;
+    returns a function that undoes both."""
+    import vtkernels  # noqa: F401 - the extension module is installed under its package
+    from vtkernels import backend
+
+    module = load()
+    saved = sys.modules.get("vtkernels._C")
+    sys.modules["vtkernels._C"] = module
+    backend._import_failure.cache_clear()
+    original = backend.backend_unavailable
+
+    def unavailable(name, device_type):
+        if name == "cuda" and device_type == "cpu":
+            return backend.extension_failure()
+        return original(name, device_type)
+
+    backend.backend_unavailable = unavailable
+
+    def undo():
+        backend.backend_unavailable = original
+        if saved is None:
+            sys.modules.pop("vtkernels._C")
+        else:
+            sys.modules["vtkernels._C"] = saved
+        backend._import_failure.cache_clear()
+
+    return module, undo
 
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ void launch(Body body, dim3 grid, dim3 threads, size_t dynamic_shared = 0, cudaS
     last_error = cudaErrorInvalidConfiguration;
     return;
   }
+  if (std::getenv("VTK_EMU_NO_LAUNCH")) return;  // host-time measurement (tools/host_time.py --backend cuda)
   const char* schedule = std::getenv("VTK_EMU_SCHEDULE");
   const bool reverse = schedule && std::strcmp(schedule, "reverse") == 0;
   const std::function<void()> call = body;

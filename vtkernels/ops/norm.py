@@ -2,8 +2,10 @@
 
 The kernel backends run behind two ``torch.library`` custom ops, ``vtkernels::norm_fwd`` and
 ``vtkernels::norm_bwd``, tied together by ``register_autograd``; their fake implementations let
-``torch.compile(fullgraph=True)`` trace a call without a graph break. The reference backend is
-plain PyTorch and gets its gradients from autograd directly.
+``torch.compile(fullgraph=True)`` trace a call without a graph break. In plain eager mode the CUDA
+backend skips them: the extension's ``norm_autograd`` runs the same kernels and records its backward
+as a C++ autograd node, with no Python in the backward (host time: the norm's kernels are short). The
+reference backend is plain PyTorch and gets its gradients from autograd directly.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vtkernels._extension import kernel_functions
+from vtkernels._extension import extension_has, kernel_functions, load_extension
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
-from vtkernels.ops.registration import backward_call, forward_call
+from vtkernels.ops.registration import backward_call, forward_call, plain_eager
 from vtkernels.reference import norm as reference_norm
 
 MAX_COLS = 8192
@@ -125,8 +127,12 @@ def _norm(x, weight, bias, eps, residual, rms, backend):
             return reference_norm.rms_norm(x, weight, eps, residual)
         return reference_norm.layer_norm(x, weight, bias, eps, residual)
     cols = x.shape[-1]
-    y, h, _, _ = call_norm_fwd(_rows(x, cols), _rows(residual, cols), checks.unit_stride(weight), checks.unit_stride(bias),
-                               float(eps), rms, chosen)
+    args = (_rows(x, cols), _rows(residual, cols), checks.unit_stride(weight), checks.unit_stride(bias), float(eps),
+            rms)
+    if chosen == "cuda" and plain_eager(args) and extension_has("norm_autograd"):
+        y, h = load_extension().norm_autograd(*args)  # forward and backward node in C++ (csrc/bindings/norm.cpp)
+    else:
+        y, h, _, _ = call_norm_fwd(*args, chosen)
     y = y.view(x.shape)
     return y if residual is None else (y, h.view(x.shape))
 

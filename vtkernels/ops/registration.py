@@ -64,6 +64,13 @@ def _plain_needs_grad(args) -> Optional[bool]:
     return needs_grad and torch.is_grad_enabled()
 
 
+def plain_eager(args) -> bool:
+    """Whether a call with these arguments runs in plain eager mode (real tensors, no tracer,
+    dispatch mode or transform, not compiling): where an op may call an extension function that
+    records its own C++ autograd node instead of the custom op."""
+    return not torch.compiler.is_compiling() and _plain_needs_grad(args) is not None
+
+
 def forward_call(op, backward: Optional[Callable] = None, setup_context: Optional[Callable] = None) -> Callable:
     """The callable for ``op`` (positional arguments only); with ``backward``, registers it (and
     ``setup_context``) as the op's autograd formula and uses the same pair in eager mode."""
