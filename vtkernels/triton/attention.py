@@ -13,8 +13,7 @@ from typing import Optional
 
 import torch
 
-from vtkernels.triton.attention_bwd import (attention_bwd_delta_kernel, attention_bwd_dkdv_kernel,
-                                            attention_bwd_dq_kernel)
+from vtkernels.triton.attention_bwd import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 from vtkernels.backend import triton_interpreter_enabled
 from vtkernels.triton.attention_fwd import attention_combine_kernel, attention_fwd_kernel
 from vtkernels.triton.tiling import cdiv, next_power_of_2, sm_count, two_tiles
@@ -43,12 +42,12 @@ PROGRAM_TILE = {"fwd": "BLOCK_M", "dq": "BLOCK_M", "dkdv": "BLOCK_N"}
 
 
 def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n: Optional[int] = None) -> dict:
-    """Tile sizes, warps and pipeline stages for ``kernel`` in ("fwd", "dkdv", "dq", "delta", "combine");
+    """Tile sizes, warps and pipeline stages for ``kernel`` in ("fwd", "dkdv", "dq", "combine");
     with ``n``, the program tile (PROGRAM_TILE: queries for fwd / dq, keys for dkdv) shrinks to
     the smallest that holds n rows."""
     wide = head_dim > 64
-    if kernel in ("delta", "combine"):  # row-wise passes
-        return {"BLOCK_M": 64 if kernel == "delta" else 16, "num_warps": 4}
+    if kernel == "combine":  # a row-wise pass
+        return {"BLOCK_M": 16, "num_warps": 4}
     if dtype == torch.float32:  # ieee dots run on FMA units: small tiles, correctness first
         block_m, block_n, warps, stages = 32, 32, 8, 2
     elif kernel == "fwd":
@@ -240,27 +239,24 @@ def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool
     mask, stride_mb = _pad_mask_args(key_padding_mask)
     constexprs = _common_constexprs(q, causal, key_padding_mask)
 
+    # The dQ launches store delta = rowsum(dO * O) for the dK / dV launches, which come after them.
     delta = torch.empty((batch, heads, n_q), device=q.device, dtype=torch.float32)
-    cfg = launch_config(head_dim, q.dtype, "delta")
-    attention_bwd_delta_kernel[(cdiv(n_q, cfg["BLOCK_M"]), batch * heads)](
-        out, dout, delta, *_bhn_strides(out), *_bhn_strides(dout), heads, n_q,
-        D_MAIN=constexprs["D_MAIN"], D_REST=constexprs["D_REST"], **cfg,
-    )
-    operands = (*_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout))
-
-    for first_key, keys, cfg in program_launches(head_dim, q.dtype, "dkdv", n_kv):
-        cfg = dict(cfg)
-        descriptors, tma = _descriptors("dkdv", cfg, head_dim, q=q, dout=dout)
-        attention_bwd_dkdv_kernel[(cdiv(keys, cfg["BLOCK_N"]), batch * heads)](
-            q, k, v, *descriptors, mask, dout, lse, delta, dk, dv, *operands, *_bhn_strides(dk), *_bhn_strides(dv),
-            stride_mb, heads, n_q, n_kv, first_key, scale, scale * LOG2E, **constexprs, TMA=tma, **cfg,
-        )
+    operands = (*_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v))
     for first_row, rows, cfg in program_launches(head_dim, q.dtype, "dq", n_q):
         cfg = dict(cfg)
         descriptors, tma = _descriptors("dq", cfg, head_dim, k=k, v=v)
         attention_bwd_dq_kernel[(cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
-            q, k, v, *descriptors, mask, dout, lse, delta, dq, *operands, *_bhn_strides(dq),
-            stride_mb, heads, n_q, n_kv, first_row, scale, scale * LOG2E, **constexprs, TMA=tma, **cfg,
+            q, k, v, *descriptors, mask, out, dout, lse, delta, dq, *operands, *_bhn_strides(out),
+            *_bhn_strides(dout), *_bhn_strides(dq), stride_mb, heads, n_q, n_kv, first_row, scale, scale * LOG2E,
+            **constexprs, TMA=tma, **cfg,
+        )
+    for first_key, keys, cfg in program_launches(head_dim, q.dtype, "dkdv", n_kv):
+        cfg = dict(cfg)
+        descriptors, tma = _descriptors("dkdv", cfg, head_dim, q=q, dout=dout)
+        attention_bwd_dkdv_kernel[(cdiv(keys, cfg["BLOCK_N"]), batch * heads)](
+            q, k, v, *descriptors, mask, dout, lse, delta, dk, dv, *operands, *_bhn_strides(dout), *_bhn_strides(dk),
+            *_bhn_strides(dv), stride_mb, heads, n_q, n_kv, first_key, scale, scale * LOG2E, **constexprs, TMA=tma,
+            **cfg,
         )
 
 
@@ -283,9 +279,8 @@ _FWD_ARGS = (f"Q K V QD KD VD PadMask Out Lse {_STRIDES} stride_ob stride_oh str
 _DKDV_ARGS = (f"Q K V QD DOD PadMask DOut Lse Delta DK DV {_STRIDES} stride_dob stride_doh stride_don stride_dkb "
               "stride_dkh stride_dkn stride_dvb stride_dvh stride_dvn stride_mb n_heads n_q n_kv first_key scale "
               "qk_scale")
-_DQ_ARGS = (f"Q K V KD VD PadMask DOut Lse Delta DQ {_STRIDES} stride_dob stride_doh stride_don stride_dqb stride_dqh "
-            "stride_dqn stride_mb n_heads n_q n_kv first_row scale qk_scale")
-_DELTA_ARGS = "Out DOut Delta stride_ob stride_oh stride_on stride_db stride_dh stride_dn n_heads n_q"
+_DQ_ARGS = (f"Q K V KD VD PadMask Out DOut Lse Delta DQ {_STRIDES} stride_ob stride_oh stride_on stride_dob stride_doh "
+            "stride_don stride_dqb stride_dqh stride_dqn stride_mb n_heads n_q n_kv first_row scale qk_scale")
 _COMBINE_ARGS = ("Part PartLse Out Lse stride_ps stride_pb stride_ph stride_pn stride_ob stride_oh stride_on "
                  "stride_lse_split n_heads n_q first_row row_end n_splits")
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -348,10 +343,6 @@ def aot_configs():
                             yield fn, sig, {**base, **constexprs}, options, launch
             if dtype == torch.bfloat16:
                 yield from _aot_decode(head_dim, name, base, ptrs, values)
-            cfg = launch_config(head_dim, dtype, "delta")
-            options = {"num_warps": cfg.pop("num_warps")}
-            yield (attention_bwd_delta_kernel, _signature(_DELTA_ARGS, ptrs),
-                   {"D_MAIN": base["D_MAIN"], "D_REST": base["D_REST"], **cfg}, options, values)
 
 
 def _aot_decode(head_dim: int, name: str, base: dict, ptrs: dict, values: dict):

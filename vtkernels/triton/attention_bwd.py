@@ -5,15 +5,16 @@ With ``P = softmax(S)``, ``S = scale * Q K^T`` and the saved row logsumexp ``lse
 ``dQ = scale * dS K``, ``dK = scale * dS^T Q``. P is recomputed tile by tile from ``lse``
 (``P = exp2(S * log2e - lse * log2e)``), so no N x N matrix ever exists in memory.
 
-1. ``attention_bwd_delta_kernel``: ``delta`` per query row (fp32).
+1. ``attention_bwd_dq_kernel``: a program owns BLOCK_M queries and walks their keys,
+   accumulating dQ in registers; it computes its rows' ``delta`` first (from the O and dO tiles
+   it loads once) and stores it for the dK / dV kernel, launched after it. Like the forward, it
+   covers the rows from ``first_row`` on (short sequences: full tiles, then a small tile for the
+   leftover rows).
 2. ``attention_bwd_dkdv_kernel``: a program owns BLOCK_N keys and walks the queries that see
    them (causal: from the diagonal down), accumulating dK and dV in registers; it covers the
    keys from ``first_key`` on (short sequences: full tiles, then a small tile for the leftover keys).
    Its tiles are keys x queries (``P^T = exp(K Q^T - lse)``, ``dV += P^T dO``, ``dK += dS^T Q``):
    the program's keys are the M side of every product (_dkdv_over_queries).
-3. ``attention_bwd_dq_kernel``: a program owns BLOCK_M queries and walks their keys,
-   accumulating dQ in registers; like the forward, it covers the rows from ``first_row`` on
-   (short sequences: full tiles, then a small tile for the leftover rows).
 
 As in the forward, each walk splits into the blocks that need the bounds / causal mask (the
 causal diagonal, a partial last block) and those that do not; the padding mask, when present,
@@ -39,24 +40,6 @@ from vtkernels.triton.attention_fwd import (dot_accumulate, dot_rows, heavy_firs
                                             mask_scores, store_head)
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr global: readable inside @triton.jit
-
-
-@triton.jit
-def attention_bwd_delta_kernel(
-    Out, DOut, Delta, stride_ob, stride_oh, stride_on, stride_db, stride_dh, stride_dn, n_heads, n_q,
-    D_MAIN: tl.constexpr, D_REST: tl.constexpr, BLOCK_M: tl.constexpr,
-):
-    bh = tl.program_id(1)
-    batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    query_ok = offs_m < n_q
-    o, o_rest = load_head(Out + batch * stride_ob + head * stride_oh, offs_m, query_ok, stride_on, D_MAIN, D_REST, True)
-    do, do_rest = load_head(DOut + batch * stride_db + head * stride_dh, offs_m, query_ok, stride_dn, D_MAIN, D_REST,
-                            True)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    if D_REST > 0:
-        delta += tl.sum(o_rest.to(tl.float32) * do_rest.to(tl.float32), axis=1)
-    tl.store(Delta + bh.to(tl.int64) * n_q + offs_m, delta, mask=query_ok)
 
 
 @triton.jit
@@ -204,9 +187,9 @@ def _dq_over_keys(dq, dq_rest, q, q_rest, do, do_rest, lse_log2, delta, K, V, KD
 
 @triton.jit
 def attention_bwd_dq_kernel(
-    Q, K, V, KD, VD, PadMask, DOut, Lse, Delta, DQ,
+    Q, K, V, KD, VD, PadMask, Out, DOut, Lse, Delta, DQ,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
+    stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
     stride_mb, n_heads, n_q, n_kv, first_row, scale, qk_scale,
     CAUSAL: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr, D_REST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
@@ -227,7 +210,11 @@ def attention_bwd_dq_kernel(
     do, do_rest = load_head(DOut + batch * stride_dob + head * stride_doh, offs_m, query_ok, stride_don,
                             D_MAIN, D_REST, True)
     lse_log2 = tl.load(Lse + bh.to(tl.int64) * n_q + offs_m, mask=query_ok, other=float("inf")) * LOG2E
-    delta = tl.load(Delta + bh.to(tl.int64) * n_q + offs_m, mask=query_ok, other=0.0)
+    o, o_rest = load_head(Out + batch * stride_ob + head * stride_oh, offs_m, query_ok, stride_on, D_MAIN, D_REST, True)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    if D_REST > 0:
+        delta += tl.sum(o_rest.to(tl.float32) * do_rest.to(tl.float32), axis=1)
+    tl.store(Delta + bh.to(tl.int64) * n_q + offs_m, delta, mask=query_ok)  # for the dK / dV kernel
     dq = tl.zeros([BLOCK_M, D_MAIN], dtype=tl.float32)
     dq_rest = 0.0
     if D_REST > 0:
