@@ -58,11 +58,12 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
 # graph: a compiled function keeps the backend it was compiled with.
 @torch.compiler.assume_constant_result
 def requested_backend(per_call: Optional[str] = None) -> Optional[str]:
-    """The backend the user asked for, or ``None`` for automatic choice."""
-    for choice in (per_call, _context_backend.get(), os.environ.get(ENV_VAR) or None):
-        if choice is not None:
-            return _validate_name(choice)
-    return None
+    """The backend the user asked for, or ``None`` for automatic choice (each source read only
+    when the ones before it are silent: this runs on every op call)."""
+    choice = per_call if per_call is not None else _context_backend.get()
+    if choice is None:
+        choice = os.environ.get(ENV_VAR) or None
+    return None if choice is None else _validate_name(choice)
 
 
 def triton_interpreter_enabled() -> bool:
