@@ -143,6 +143,8 @@ def layer_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor
 
     With ``residual``: computes ``h = x + residual`` and returns ``(layer_norm(h), h)`` in one pass.
     Gradients flow to x, residual, weight and bias. A tensor with zero rows gives an empty result.
+    The kernel backends have no second-order gradient: with ``create_graph=True`` the CUDA
+    backend's backward raises, the Triton backend's gradient raises when it is differentiated.
     """
     return _norm(x, weight, bias, eps, residual, False, backend)
 
