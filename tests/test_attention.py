@@ -280,6 +280,25 @@ def test_key_splits_fill_the_gpu_only_when_a_launch_does_not():
     assert key_splits(8, 0, 64, slots=264) == (1, 64)
 
 
+def test_small_gpu_calls_run_each_kernel_as_one_launch():
+    """Leftover rows get a launch of their own, except in calls small enough to be host-bound on a
+    GPU (CLIP text, DETR), where a second launch costs more host time than the rows it saves."""
+    from types import SimpleNamespace
+
+    from vtkernels.triton.attention import one_launch, program_launches
+
+    def gpu_query(*shape):
+        return SimpleNamespace(shape=shape, device=torch.device("cuda"))
+
+    assert [rows for _, rows, _ in program_launches(64, torch.bfloat16, "fwd", 77)] == [64, 13]
+    assert [rows for _, rows, _ in program_launches(64, torch.bfloat16, "fwd", 77, single=True)] == [77]
+    assert [rows for _, rows, _ in program_launches(64, torch.bfloat16, "dkdv", 197, single=True)] == [197]
+    assert one_launch(gpu_query(512, 8, 77, 64), 77)  # CLIP text: 6 GFLOP
+    assert one_launch(gpu_query(8, 8, 850, 32), 850)  # DETR encoder: 6 GFLOP
+    assert not one_launch(gpu_query(256, 12, 197, 64), 197)  # ViT-B/16: 30 GFLOP
+    assert not one_launch(SimpleNamespace(shape=(1, 1, 77, 64), device=torch.device("cpu")), 77)  # interpreter
+
+
 def test_triton_batch_of_one_and_empty_batch(device):
     check_against_reference(1, 1, 17, 17, 32, False, False, "bhnd", torch.float32, device, "triton")
     q, k, v = make_qkv(0, 2, 5, 5, 32, torch.float32, device)

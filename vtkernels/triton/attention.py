@@ -104,22 +104,40 @@ def key_tail_block(n_kv: int, block_n: int, causal: bool) -> int:
     return min(block_n, max(16, next_power_of_2(leftover)))
 
 
-def program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int) -> tuple[tuple[int, int, dict], ...]:
+# Attention calls below this many FLOPs (4 * batch * heads * n_q * n_kv * head_dim) run each
+# kernel as one launch (see program_launches): their kernels take less GPU time than the host
+# spends on a second launch. On the H200 machine (session 23) a Triton launch cost 30-40 us of host
+# time; CLIP text at batch 512 (6 GFLOP) and DETR at batch 8 (6 GFLOP) were host-bound there,
+# ViT-B/16 (30 GFLOP) and ViT-H/14 (22 GFLOP) at their benchmark batches were not.
+ONE_LAUNCH_FLOPS = 10e9
+
+
+def one_launch(q: torch.Tensor, n_kv: int) -> bool:
+    """Whether a call on the (B, H, Nq, d) query view ``q`` is small enough for one launch per
+    kernel (ONE_LAUNCH_FLOPS); on a GPU only: the interpreter keeps splitting, which the tests check."""
+    batch, heads, n_q, head_dim = q.shape
+    return q.device.type == "cuda" and 4 * batch * heads * n_q * n_kv * head_dim < ONE_LAUNCH_FLOPS
+
+
+def program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int,
+                     single: bool = False) -> tuple[tuple[int, int, dict], ...]:
     """How the rows of ``kernel``'s program axis (queries of "fwd" / "dq", keys of "dkdv"; n of
     them) split into launches: [(first row, rows, launch config)]. Tiles of T rows waste up to
     T - 1 rows per (batch, head), a large share at ViT's 197 tokens (256 computed with 128-row
     tiles). The rows that fill whole tiles run in one launch and the leftover rows in a second one
     with the smallest tile that holds them; the tile (the default or 64 rows) that computes the
     fewest rows wins, ties to one launch: 197 -> 3 x 64 + 16, 257 -> 2 x 128 + 16,
-    577 -> 9 x 64 + 16, 1024 -> 8 x 128.
+    577 -> 9 x 64 + 16, 1024 -> 8 x 128. ``single`` (a small call, :func:`one_launch`): one
+    launch, of the tile that computes the fewest rows that way.
 
     Cached (these heuristics took ~10 us of host time per call), so the configs are shared: copy
     one before changing it."""
-    return _program_launches(head_dim, dtype, kernel, n, launch_config, triton_interpreter_enabled())
+    return _program_launches(head_dim, dtype, kernel, n, single, launch_config, triton_interpreter_enabled())
 
 
 @functools.lru_cache(maxsize=4096)
-def _program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int, config, _interpreted: bool):
+def _program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int, single: bool, config,
+                      _interpreted: bool):
     # Keyed on ``config``, the module's launch_config when called (tests replace it), and on the
     # interpreter setting, which launch_config's TMA default reads.
     tile = PROGRAM_TILE[kernel]
@@ -131,7 +149,7 @@ def _program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int, co
     for cfg in candidates:
         size = cfg[tile]
         full_rows, leftover = n // size * size, n % size
-        tail = config(head_dim, dtype, kernel, leftover) if leftover else None
+        tail = config(head_dim, dtype, kernel, leftover) if leftover and not single else None
         if tail is None or tail[tile] >= size or full_rows == 0:  # one launch covers it
             launches, rows = ((0, n, cfg),), cdiv(n, size) * size
         else:
@@ -196,7 +214,7 @@ def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> 
         return
     mask, stride_mb = _pad_mask_args(key_padding_mask)
     constexprs = _common_constexprs(q, causal, key_padding_mask)
-    for first_row, rows, cfg in program_launches(head_dim, q.dtype, "fwd", n_q):
+    for first_row, rows, cfg in program_launches(head_dim, q.dtype, "fwd", n_q, one_launch(q, n_kv)):
         cfg = dict(cfg)
         tail_n = key_tail_block(n_kv, cfg["BLOCK_N"], causal)
         descriptors, tma = _descriptors("fwd", cfg, head_dim, q=q, k=k, v=v)
@@ -242,7 +260,8 @@ def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool
     # The dQ launches store delta = rowsum(dO * O) for the dK / dV launches, which come after them.
     delta = torch.empty((batch, heads, n_q), device=q.device, dtype=torch.float32)
     operands = (*_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v))
-    for first_row, rows, cfg in program_launches(head_dim, q.dtype, "dq", n_q):
+    single = one_launch(q, n_kv)
+    for first_row, rows, cfg in program_launches(head_dim, q.dtype, "dq", n_q, single):
         cfg = dict(cfg)
         descriptors, tma = _descriptors("dq", cfg, head_dim, k=k, v=v)
         attention_bwd_dq_kernel[(cdiv(rows, cfg["BLOCK_M"]), batch * heads)](
@@ -250,7 +269,7 @@ def backward(dout, q, k, v, key_padding_mask, out, lse, dq, dk, dv, causal: bool
             *_bhn_strides(dout), *_bhn_strides(dq), stride_mb, heads, n_q, n_kv, first_row, scale, scale * LOG2E,
             **constexprs, TMA=tma, **cfg,
         )
-    for first_key, keys, cfg in program_launches(head_dim, q.dtype, "dkdv", n_kv):
+    for first_key, keys, cfg in program_launches(head_dim, q.dtype, "dkdv", n_kv, single):
         cfg = dict(cfg)
         descriptors, tma = _descriptors("dkdv", cfg, head_dim, q=q, dout=dout)
         attention_bwd_dkdv_kernel[(cdiv(keys, cfg["BLOCK_N"]), batch * heads)](
@@ -318,6 +337,8 @@ def aot_configs():
     (sm_90 check)."""
     for head_dim in HEAD_DIMS:
         values = _aot_launch_values(head_dim)
+        batch, heads, n = _AOT_SHAPES[head_dim]
+        single = 4 * batch * heads * n * n * head_dim < ONE_LAUNCH_FLOPS  # (as one_launch on a GPU)
         for name, dtype in _TORCH_DTYPES.items():
             if dtype == torch.float32 and head_dim not in (64, 80):
                 continue  # fp32 tiles do not depend on head_dim beyond padding; two suffice
@@ -331,7 +352,7 @@ def aot_configs():
                 for kernel, fn, args in (("fwd", attention_fwd_kernel, _FWD_ARGS),
                                          ("dkdv", attention_bwd_dkdv_kernel, _DKDV_ARGS),
                                          ("dq", attention_bwd_dq_kernel, _DQ_ARGS)):
-                    for first, _, cfg in program_launches(head_dim, dtype, kernel, values["n_q"]):
+                    for first, _, cfg in program_launches(head_dim, dtype, kernel, values["n_q"], single):
                         cfg = dict(cfg)
                         options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
                         first_name = "first_key" if kernel == "dkdv" else "first_row"
