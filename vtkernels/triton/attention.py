@@ -314,7 +314,7 @@ def _aot_launch_values(head_dim: int) -> dict:
     batch, heads, n = _AOT_SHAPES[head_dim]
     values = {"n_heads": heads, "n_q": n, "n_kv": n, "stride_mb": n, "stride_out_split": heads * n * head_dim,
               "stride_lse_split": heads * n, "out_first_row": 0, "out_rows": n}
-    for t in ("q", "k", "v", "o", "do", "dk", "dv", "dq", "d"):
+    for t in ("q", "k", "v", "o", "do", "dk", "dv", "dq"):
         values.update({f"stride_{t}b": heads * n * head_dim, f"stride_{t}h": n * head_dim, f"stride_{t}n": head_dim})
     return values
 

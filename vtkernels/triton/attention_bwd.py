@@ -1,4 +1,4 @@
-"""Triton attention backward, FlashAttention-2 style, atomic-free (three kernels).
+"""Triton attention backward, FlashAttention-2 style, atomic-free (two kernels).
 
 With ``P = softmax(S)``, ``S = scale * Q K^T`` and the saved row logsumexp ``lse``:
 ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - delta)`` with ``delta = rowsum(dO * O)``,
