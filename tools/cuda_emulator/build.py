@@ -144,7 +144,6 @@ def load(verbose: bool = False):
 def install():
     """Makes the emulated module vtkernels' extension and lets the CUDA backend take CPU tensors;
     returns a function that undoes both."""
-    import vtkernels  # noqa: F401 - the extension module is installed under its package
     from vtkernels import backend
 
     module = load()

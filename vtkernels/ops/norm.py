@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vtkernels._extension import extension_has, kernel_functions, load_extension
+from vtkernels._extension import kernel_functions, load_extension
 from vtkernels.backend import OpDispatcher
 from vtkernels.ops import checks
 from vtkernels.ops.registration import backward_call, forward_call, plain_eager
@@ -129,8 +129,11 @@ def _norm(x, weight, bias, eps, residual, rms, backend):
     cols = x.shape[-1]
     args = (_rows(x, cols), _rows(residual, cols), checks.unit_stride(weight), checks.unit_stride(bias), float(eps),
             rms)
-    if chosen == "cuda" and plain_eager(args) and extension_has("norm_autograd"):
-        y, h = load_extension().norm_autograd(*args)  # forward and backward node in C++ (csrc/bindings/norm.cpp)
+    # Plain eager on the CUDA backend: forward and backward node in C++ (csrc/bindings/norm.cpp); None
+    # from an extension built before norm_autograd existed.
+    cpp_autograd = getattr(load_extension(), "norm_autograd", None) if chosen == "cuda" and plain_eager(args) else None
+    if cpp_autograd is not None:
+        y, h = cpp_autograd(*args)
     else:
         y, h, _, _ = call_norm_fwd(*args, chosen)
     y = y.view(x.shape)

@@ -112,11 +112,14 @@ def key_tail_block(n_kv: int, block_n: int, causal: bool) -> int:
 ONE_LAUNCH_FLOPS = 10e9
 
 
+def _small(batch: int, heads: int, n_q: int, n_kv: int, head_dim: int) -> bool:
+    return 4 * batch * heads * n_q * n_kv * head_dim < ONE_LAUNCH_FLOPS
+
+
 def one_launch(q: torch.Tensor, n_kv: int) -> bool:
     """Whether a call on the (B, H, Nq, d) query view ``q`` is small enough for one launch per
     kernel (ONE_LAUNCH_FLOPS); on a GPU only: the interpreter keeps splitting, which the tests check."""
-    batch, heads, n_q, head_dim = q.shape
-    return q.device.type == "cuda" and 4 * batch * heads * n_q * n_kv * head_dim < ONE_LAUNCH_FLOPS
+    return q.device.type == "cuda" and _small(*q.shape[:3], n_kv, q.shape[3])
 
 
 def program_launches(head_dim: int, dtype: torch.dtype, kernel: str, n: int,
@@ -338,7 +341,7 @@ def aot_configs():
     for head_dim in HEAD_DIMS:
         values = _aot_launch_values(head_dim)
         batch, heads, n = _AOT_SHAPES[head_dim]
-        single = 4 * batch * heads * n * n * head_dim < ONE_LAUNCH_FLOPS  # (as one_launch on a GPU)
+        single = _small(batch, heads, n, n, head_dim)  # (as one_launch on a GPU)
         for name, dtype in _TORCH_DTYPES.items():
             if dtype == torch.float32 and head_dim not in (64, 80):
                 continue  # fp32 tiles do not depend on head_dim beyond padding; two suffice
