@@ -132,17 +132,21 @@ def launch_config(dtype: torch.dtype = torch.bfloat16, backward: bool = False,
     tile in its epilogue). 128 x 128 tiles at 8 warps hold 64 fp32 accumulators per thread,
     leaving room for the activation's temporaries without spilling (sm_90 compile check).
     ``TMA``: run the persistent tensor-descriptor kernel where the GPU and the tensors allow it
-    (vtkernels/triton/tma.py); fp32 keeps the pointer kernel (exact "ieee" products on FMA units)."""
+    (vtkernels/triton/tma.py); fp32 keeps the pointer kernel (exact "ieee" products on FMA units).
+    ``PROGRAMS_PER_SM``: the persistent kernel's programs per SM. At 2 (where two fit: 128 x 128
+    tiles with 2 stages take 96 KB of shared memory) one program's epilogue overlaps the other's
+    tensor-core work; not measured yet (tools/tune.py sweeps it)."""
     if triton_interpreter_enabled() if interpret is None else interpret:
-        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "num_warps": 4, "TMA": False}
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "num_warps": 4, "TMA": False,
+                "PROGRAMS_PER_SM": 1}
     wide = dtype != torch.float32
     return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64 if wide else 32, "GROUP_M": 8, "num_warps": 8,
-            "num_stages": 4 if wide else 3, "TMA": wide}
+            "num_stages": 4 if wide else 3, "TMA": wide, "PROGRAMS_PER_SM": 1}
 
 
-def _program_count(device: torch.device, tiles: int) -> int:
-    """Persistent programs: one per SM (a few on the interpreter, so each walks several tiles)."""
-    slots = sm_count(device) if device.type == "cuda" else 3
+def _program_count(device: torch.device, tiles: int, per_sm: int) -> int:
+    """Persistent programs: ``per_sm`` per SM (a few on the interpreter, so each walks several tiles)."""
+    slots = per_sm * sm_count(device) if device.type == "cuda" else 3
     return min(slots, tiles)
 
 
@@ -155,6 +159,7 @@ def _launch(a, b_matrix, b_k_major, bias, pre, c, activation, backward, save_pre
         return
     cfg = dict(launch_config(a.dtype, backward))
     use_tma = cfg.pop("TMA") and tma_usable(*(t for t in (a, b_matrix, pre, c) if t is not None))
+    per_sm = cfg.pop("PROGRAMS_PER_SM")
     constexprs = dict(ACT=ACTIVATION_CODE[activation], BACKWARD=backward, HAS_BIAS=bias is not None,
                       SAVE_PRE=save_pre)
     bias = bias if bias is not None else c
@@ -162,7 +167,7 @@ def _launch(a, b_matrix, b_k_major, bias, pre, c, activation, backward, save_pre
     if use_tma:
         bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
         out_desc = descriptor(c, bm, bn)
-        gemm_act_tma_kernel[(_program_count(a.device, tiles),)](
+        gemm_act_tma_kernel[(_program_count(a.device, tiles, per_sm),)](
             descriptor(a, bm, bk), descriptor(b_matrix, bn, bk) if b_k_major else descriptor(b_matrix, bk, bn), bias,
             descriptor(pre, bm, bn) if pre is not None else out_desc, out_desc, m, n, k,
             B_K_MAJOR=b_k_major, **constexprs, **cfg)
@@ -212,6 +217,7 @@ def aot_configs():
                 cfg = launch_config(dtype, backward, interpret=False)
                 options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
                 tma = cfg.pop("TMA")
+                cfg.pop("PROGRAMS_PER_SM")  # (the grid, not the compile)
                 common = {"ACT": ACTIVATION_CODE[activation], "BACKWARD": backward, "HAS_BIAS": not backward,
                           "SAVE_PRE": save_pre, **cfg}
                 # Both GEMMs reduce over dim: x @ W1^T (W1 (hidden, dim)) and d out @ W2 (W2 (dim, hidden)).
