@@ -4,6 +4,7 @@ clamp, awkward shapes, custom-op registration, torch.compile, the module, dispat
 
 import math
 import os
+import types
 
 import pytest
 import torch
@@ -29,17 +30,19 @@ def make_inputs(n, d, dtype, device, logit_scale=math.log(1 / 0.07), paired=None
     return image, text, scale
 
 
-def loss_and_grads(image, text, scale, backend, **kwargs):
-    out = vtkernels.clip_loss(image, text, scale, backend=backend, return_stats=True, **kwargs)
+def loss_and_grads(image, text, scale, backend, return_stats=True, **kwargs):
+    out = vtkernels.clip_loss(image, text, scale, backend=backend, return_stats=return_stats, **kwargs)
+    if not return_stats:  # (the loss alone)
+        out = types.SimpleNamespace(loss=out)
     wanted = [t for t in (image, text, scale) if t.requires_grad]
     g = torch.autograd.grad(out.loss, wanted)
     return out, list(g)
 
 
 def check_against_reference(n, d, dtype, device, backend, logit_scale=math.log(1 / 0.07), normalize=True,
-                            max_scale=100.0, grad_tol=None):
+                            max_scale=100.0, grad_tol=None, return_stats=True):
     image, text, scale = make_inputs(n, d, dtype, device, logit_scale)
-    out, ours = loss_and_grads(image, text, scale, backend, normalize=normalize, max_scale=max_scale)
+    out, ours = loss_and_grads(image, text, scale, backend, return_stats, normalize=normalize, max_scale=max_scale)
     inputs64 = upcast(image, text, scale)
     out64, ref_grads = loss_and_grads(*inputs64, "reference", normalize=normalize, max_scale=max_scale)
     peer_inputs = [t.detach().requires_grad_() for t in (image, text, scale)]
@@ -51,6 +54,8 @@ def check_against_reference(n, d, dtype, device, backend, logit_scale=math.log(1
     assert_close([out.loss, ours[2]], [out64.loss, ref_grads[2]], dtype, names=["loss", "d logit_scale"])
     assert_close(ours[:2], ref_grads[:2], dtype, names=["d image", "d text"], tol=grad_tol,
                  same_dtype_ref=peer_grads[:2])
+    if not return_stats:
+        return out, ours
     assert_close([out.image_logsumexp, out.text_logsumexp], [out64.image_logsumexp, out64.text_logsumexp], dtype,
                  names=["image lse", "text lse"], tol=1e-5 if dtype == torch.float32 else 2e-3)
     if n:
@@ -85,6 +90,14 @@ CPU_DTYPES = [torch.float32, torch.float16]
 @pytest.mark.parametrize("d", [32, 48, 256])
 def test_triton_matches_reference(n, d, dtype, device):
     check_against_reference(n, d, dtype, device, "triton")
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("n", [1, 70])
+def test_triton_without_stats(n, dtype, device):
+    """Without return_stats the kernels skip the maxima and take the positive logits from a
+    row-wise dot product instead of the logit tiles."""
+    check_against_reference(n, 48, dtype, device, "triton", return_stats=False)
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)

@@ -198,8 +198,9 @@ def _clip_target() -> Target:
         modules=(triton_clip, triton_strip),
         shapes=CLIP_SHAPES,
         candidates={
+            # (maxnreg 128: two 8-warp programs per SM; None: the compiler's choice, 140+ registers)
             "tile": {"BLOCK_M": (128,), "BLOCK_N": (64, 128), "BLOCK_K": (64,), "num_warps": (4, 8),
-                     "num_stages": (3, 4), "TMA": (True, False)},
+                     "num_stages": (3, 4), "TMA": (True, False), "maxnreg": (128, None)},
             "strip": {"BLOCK_M": (128,), "BLOCK_N": (128, 256), "BLOCK_K": (64,), "num_warps": (8,),
                       "num_stages": (3, 4), "TMA": (True, False)},
         },

@@ -5,12 +5,13 @@ S = s * I @ T^T the logits. Text ``j`` is the positive of image ``i`` when
 ``j == i + diag_offset`` (0 on one process; the rank's first global row under data parallelism).
 
 Forward, :func:`logit_stats` (1 GEMM-equivalent): programs own a group of BLOCK_M row blocks
-and a group of column blocks, and walk each row block across the column group; each S tile (K
+and a group of column blocks, and walk each column block down the row group; each S tile (K
 loop over d, masked) gives
-  - the column logsumexp over the tile's rows, merged into the program's own partial over its
-    row group (read-modify-write, no other program touches it) -> ``col_part[row_group, col]``,
-  - an online (max, sumexp) per row over the column group -> ``row_part[col_group, row]``,
-  - the diagonal S_{i, i + diag_offset} where the tile holds it.
+  - an online (max, sumexp) per column over the row group -> ``col_part[row_group, col]``,
+  - the row logsumexp over the tile's columns, merged into the program's own partial over its
+    column group (read-modify-write, no other program touches it) -> ``row_part[col_group, row]``,
+  - with the maxima (``return_stats``), the positive logits S_{i, i + diag_offset} where the
+    tile holds it; otherwise a row-wise dot product computes those.
 Both partials hold at most MAX_ROW_GROUPS (resp. the column groups) rows of length n: O(n), not
 O(n^2 / BLOCK_M). A merge kernel folds them into ``row_lse`` and ``col_lse`` (and maxima for
 accuracy).
@@ -77,66 +78,85 @@ def _logit_tile(I, T, first_row, first_col, row_ok, col_ok, d, stride_i, stride_
 
 
 @triton.jit
+def _exp(x):
+    return tl.math.exp2(x * LOG2E)  # (tl.exp adds range fix-ups around the same exp2 on sm_90)
+
+
+@triton.jit
+def _log_add_exp(a, b):
+    """log(exp(a) + exp(b)), -inf when both are."""
+    top = tl.maximum(a, b)
+    top = tl.where(top == float("-inf"), 0.0, top)
+    return top + tl.log(_exp(a - top) + _exp(b - top))
+
+
+@triton.jit
 def clip_stats_kernel(
     I, T, Scale, RowPart, RowPartMax, ColPart, ColPartMax, Diag,
     n_rows, n_cols, d, stride_i, stride_t, diag_offset, blocks_per_group, row_blocks_per_group,
     WITH_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
-    """I and T: pointers, or tensor descriptors when TMA (see _logit_tile)."""
+    """I and T: pointers, or tensor descriptors when TMA (see _logit_tile).
+
+    A program walks its column group block by block and, for each column block, its row group's
+    blocks: the columns' (max, sum of exp) stay in registers, updated online tile by tile, and the
+    rows' logsumexp over each tile is merged into the program's own partial in RowPart
+    (read-modify-write of 2 values per thread per tile; the other way round, merging the columns
+    into memory, costs 16 per thread, each replicated over the 64 threads that share a column)."""
     row_group = tl.program_id(0)
     group = tl.program_id(1)
     scale = tl.load(Scale)
     first_block = row_group * row_blocks_per_group
     # The last row group may hold fewer blocks: every block walked has >= 1 valid row.
-    for row_block in range(first_block, tl.minimum(first_block + row_blocks_per_group, tl.cdiv(n_rows, BLOCK_M))):
-        rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = rows < n_rows
-        m_row = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        sum_row = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for jb in range(blocks_per_group):
-            first_col = (group * blocks_per_group + jb) * BLOCK_N
-            cols = first_col + tl.arange(0, BLOCK_N)
-            col_ok = cols < n_cols  # the last group may run past the end: fully masked tiles
+    end_block = tl.minimum(first_block + row_blocks_per_group, tl.cdiv(n_rows, BLOCK_M))
+    for jb in range(blocks_per_group):
+        first_col = (group * blocks_per_group + jb) * BLOCK_N
+        cols = first_col + tl.arange(0, BLOCK_N)
+        col_ok = cols < n_cols  # the last group may run past the end: fully masked tiles
+        m_col = tl.full([BLOCK_N], float("-inf"), tl.float32)
+        sum_col = tl.zeros([BLOCK_N], dtype=tl.float32)
+        shift = tl.zeros([BLOCK_N], dtype=tl.float32)  # m_col, 0 where -inf
+        for row_block in range(first_block, end_block):
+            rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+            row_ok = rows < n_rows
             acc = _logit_tile(I, T, row_block * BLOCK_M, first_col, row_ok, col_ok, d, stride_i, stride_t,
                               BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, TMA)
             ok = row_ok[:, None] & col_ok[None, :]
             s = tl.where(ok, acc * scale, float("-inf"))
 
-            # Column logsumexp over this tile's rows (every valid column has >= 1 valid row here),
-            # merged with the row group's earlier blocks (-inf before the first).
-            m_col = tl.max(s, axis=0)
-            m_col_safe = tl.where(col_ok, m_col, 0.0)
-            sum_col = tl.where(col_ok, tl.sum(tl.exp(s - m_col_safe[None, :]), axis=0), 1.0)
-            lse_col = m_col_safe + tl.log(sum_col)
-            col_part = ColPart + row_group.to(tl.int64) * n_cols + cols
-            merged = col_ok & (row_block > first_block)
-            earlier = tl.load(col_part, mask=merged, other=float("-inf"))
-            top = tl.maximum(earlier, lse_col)
-            tl.store(col_part, top + tl.log(tl.exp(earlier - top) + tl.exp(lse_col - top)), mask=col_ok)
+            # Columns: online over the row group (every valid column has >= 1 valid row in a tile);
+            # columns past the end keep m = -inf and shift by 0.
+            m_new = tl.maximum(m_col, tl.max(s, axis=0))
+            shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+            sum_col = sum_col * _exp(m_col - shift) + tl.sum(_exp(s - shift[None, :]), axis=0)
+            m_col = m_new
+
+            # Rows: the tile's logsumexp, merged with the column group's earlier blocks.
+            m_row = tl.max(s, axis=1)
+            shift_row = tl.where(m_row == float("-inf"), 0.0, m_row)
+            lse_row = shift_row + tl.log(tl.sum(_exp(s - shift_row[:, None]), axis=1))
+            row_part = group.to(tl.int64) * n_rows + rows
+            merged = row_ok & (jb > 0)
+            lse_row = _log_add_exp(tl.load(RowPart + row_part, mask=merged, other=float("-inf")), lse_row)
+            tl.store(RowPart + row_part, lse_row, mask=row_ok)
             if WITH_MAX:
-                col_max = ColPartMax + row_group.to(tl.int64) * n_cols + cols
-                earlier_max = tl.load(col_max, mask=merged, other=float("-inf"))
-                tl.store(col_max, tl.maximum(earlier_max, m_col), mask=col_ok)
+                earlier_max = tl.load(RowPartMax + row_part, mask=merged, other=float("-inf"))
+                tl.store(RowPartMax + row_part, tl.maximum(earlier_max, m_row), mask=row_ok)
+                # The positive pair S[i, i + diag_offset] from the tile that holds it: the very fp32
+                # value the maxima saw, so that "S[i, i] is its row's maximum" is exact. (Without the
+                # maxima positive_logits_kernel computes them: this branch costs ~50 registers.)
+                first_pos = row_block * BLOCK_M + diag_offset
+                if (first_col < first_pos + BLOCK_M) & (first_pos < first_col + BLOCK_N):
+                    diag = tl.sum(tl.where(cols[None, :] == rows[:, None] + diag_offset, s, 0.0), axis=1)
+                    pos_col = rows + diag_offset
+                    tl.store(Diag + rows, diag, mask=row_ok & (pos_col >= first_col) & (pos_col < first_col + BLOCK_N)
+                             & (pos_col < n_cols))
 
-            # Online row statistics across the group's column blocks.
-            m_new = tl.maximum(m_row, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            sum_row = sum_row * tl.exp(m_row - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), axis=1)
-            m_row = m_new
-
-            # The positive pair S[i, i + diag_offset], from the tile that holds it.
-            first_pos = row_block * BLOCK_M + diag_offset
-            if (first_col < first_pos + BLOCK_M) & (first_pos < first_col + BLOCK_N):
-                is_diag = (cols[None, :] == rows[:, None] + diag_offset) & ok
-                diag = tl.sum(tl.where(is_diag, s, 0.0), axis=1)
-                tl.store(Diag + rows, diag, mask=tl.max(is_diag.to(tl.int32), axis=1) > 0)
-
-        m_safe = tl.where(m_row == float("-inf"), 0.0, m_row)
-        row_part = group.to(tl.int64) * n_rows + rows
-        tl.store(RowPart + row_part, m_safe + tl.log(tl.where(row_ok, sum_row, 1.0)), mask=row_ok)
+        col_part = row_group.to(tl.int64) * n_cols + cols
+        tl.store(ColPart + col_part, shift + tl.log(tl.where(col_ok, sum_col, 1.0)), mask=col_ok)
         if WITH_MAX:
-            tl.store(RowPartMax + row_part, m_row, mask=row_ok)
+            tl.store(ColPartMax + col_part, m_col, mask=col_ok)
 
 
 @triton.jit
@@ -210,6 +230,24 @@ def clip_dlogits_kernel(
 
 
 @triton.jit
+def positive_logits_kernel(I, T, Scale, Diag, n_rows, n_cols, d, stride_i, stride_t, diag_offset,
+                           BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Diag[i] = scale * <I[i], T[i + diag_offset]> (fp32 products and sums), where that text exists."""
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_ok = (rows < n_rows) & (rows + diag_offset < n_cols)
+    image = I + rows.to(tl.int64)[:, None] * stride_i
+    text = T + (rows + diag_offset).to(tl.int64)[:, None] * stride_t
+    dot = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+    for k in range(0, d, BLOCK_D):
+        ks = k + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (ks < d)[None, :]
+        a = tl.load(image + ks[None, :], mask=ok, other=0.0).to(tl.float32)
+        b = tl.load(text + ks[None, :], mask=ok, other=0.0).to(tl.float32)
+        dot += tl.sum(a * b, axis=1)
+    tl.store(Diag + rows, dot * tl.load(Scale), mask=row_ok)
+
+
+@triton.jit
 def normalize_rows_kernel(X, Y, Rnorm, n, d, stride_x, stride_y, eps,
                           BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     """Y = X / max(||X||, eps) row-wise; Rnorm = 1 / max(||X||, eps). Any d (two sweeps)."""
@@ -280,10 +318,12 @@ def launch_config(kind: str, dtype: torch.dtype = torch.bfloat16, interpret: boo
     if interpret:
         return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "TMA": False}
     wide = dtype != torch.float32
-    # 128 x 64 keeps the softmax epilogue (two exps per logit) within 255 registers, no spills.
     # TMA: feature tiles through tensor descriptors where the features allow (vtkernels/triton/tma.py).
+    # maxnreg 128: two 8-warp programs per SM, so that one's epilogue overlaps the other's tensor-core
+    # work; 128 x 64 tiles compile to 140 registers without the cap (stats) and spill nothing with
+    # it (sm_90), except the stats kernel with the maxima, which logit_stats runs uncapped.
     return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64 if wide else 32, "num_warps": 8, "num_stages": 3,
-            "TMA": wide}
+            "TMA": wide, "maxnreg": 128 if wide else None}
 
 
 def _interpret(t: torch.Tensor) -> bool:
@@ -337,6 +377,8 @@ def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, di
                 empty if not with_max else torch.full((n_rows,), float("-inf"), **f32),
                 empty if not with_max else torch.full((n_cols,), float("-inf"), **f32))
     cfg = dict(launch_config("tile", image.dtype, _interpret(image)))
+    if with_max:
+        cfg.pop("maxnreg", None)  # (see launch_config)
     image_op, text_op, tma = _tile_operands(image, text, cfg)
     row_blocks = cdiv(n_rows, cfg["BLOCK_M"])
     col_blocks = cdiv(n_cols, cfg["BLOCK_N"])
@@ -350,6 +392,10 @@ def logit_stats(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, di
         image_op, text_op, scale, row_part, row_part_max, col_part, col_part_max, diag,
         n_rows, n_cols, d, image.stride(0), text.stride(0), diag_offset, blocks_per_group, row_blocks_per_group,
         WITH_MAX=with_max, PRECISION=_precision(image.dtype), TMA=tma, **cfg)
+    if not with_max:
+        rows_cfg = launch_config("rows", interpret=_interpret(image))
+        positive_logits_kernel[(cdiv(n_rows, rows_cfg["BLOCK_ROWS"]),)](
+            image, text, scale, diag, n_rows, n_cols, d, image.stride(0), text.stride(0), diag_offset, **rows_cfg)
     row_lse, row_max = _merge(row_part, row_part_max, n_rows, with_max)
     del row_part, row_part_max
     col_lse, col_max = _merge(col_part, col_part_max, n_cols, with_max)
@@ -456,7 +502,7 @@ def aot_configs():
     for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
         values = _aot_launch_values(dtype)
         tile = launch_config("tile", dtype)
-        opts = {"num_warps": tile.pop("num_warps"), "num_stages": tile.pop("num_stages")}
+        opts = {key: tile.pop(key) for key in ("num_warps", "num_stages", "maxnreg")}
         prec = {"PRECISION": _precision(dtype)}
         stats_sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "RowPart": "*fp32",
                      "RowPartMax": "*fp32", "ColPart": "*fp32", "ColPartMax": "*fp32", "Diag": "*fp32",
@@ -478,6 +524,9 @@ def aot_configs():
         sig = {"X": f"*{name}", "Y": f"*{name}", "Rnorm": "*fp32", "n": "i32", "d": "i32",
                "stride_x": "i32", "stride_y": "i32", "eps": "fp32"}
         yield normalize_rows_kernel, sig, rows, opts, values
+        sig = {"I": f"*{name}", "T": f"*{name}", "Scale": "*fp32", "Diag": "*fp32", "n_rows": "i32", "n_cols": "i32",
+               "d": "i32", "stride_i": "i32", "stride_t": "i32", "diag_offset": "i32"}
+        yield positive_logits_kernel, sig, rows, opts, values
         sig = {"Acc": "*fp32", "X": f"*{name}", "Coef": "*fp32", "DX": f"*{name}", "n": "i32", "d": "i32",
                "stride_x": "i32", "stride_dx": "i32", "eps": "fp32"}
         yield finish_grad_kernel, sig, {"NORMALIZE": True, **rows}, opts, values
