@@ -189,6 +189,28 @@ def test_triton_fp32_is_fp32_accurate_with_gpu_dot_rounding(case, device, gpu_do
         assert gpu_dot_precision == {"INPUT_PRECISION.IEEE"}  # the fixture saw the kernels' dots
 
 
+def test_triton_dense_bias_tiles_follow_the_table(device):
+    """The forward reuses its bias tiles (one window per tile) while the table is unchanged; an
+    in-place update, a new storage or another mask value rebuilds them."""
+    b, h, w, heads, head_dim, window, shift, _, _ = CASES[0]
+    qkv, table, _ = make_inputs(b, h, w, heads, head_dim, window, False, torch.float32, device)
+    qkv, table = qkv.detach(), table.detach()
+
+    def check(mask_value=-100.0):
+        out = vtkernels.window_attention(qkv, table, heads, window, shift, None, mask_value, "triton")
+        expected = vtkernels.window_attention(qkv.double(), table.double(), heads, window, shift, None, mask_value,
+                                              "reference")
+        assert_close(out, expected, torch.float32)
+
+    check()
+    check()  # (reused)
+    table.mul_(3.0)  # in place: a new version
+    check()
+    table.data = torch.randn_like(table)  # a new storage, same version counter
+    check()
+    check(mask_value=-7.0)
+
+
 def test_triton_hard_mask(device):
     check_against_reference(CASES[0], torch.float32, device, "triton", mask_value=float("-inf"))
 

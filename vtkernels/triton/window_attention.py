@@ -39,6 +39,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch.utils.weak import WeakIdKeyDictionary
 
 from vtkernels.triton.tiling import cdiv, next_power_of_2, two_tiles
 
@@ -151,10 +152,14 @@ def relative_bias(TABLE, h, heads, q_tokens, k_tokens, mask, MHT: tl.constexpr, 
 
 @triton.jit
 def window_scores(q, k, TABLE, h, heads, shared_bias, scale, mask_value, q_tokens, k_tokens, MHT: tl.constexpr,
-                  MWT: tl.constexpr, SHARED_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                  MWT: tl.constexpr, SHARED_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  DENSE_BIAS: tl.constexpr):
     """q k^T * scale + relative bias + shift mask against one key chunk, in log2 units; -inf outside
-    each row's own window. The bias is ``shared_bias`` (program_bias) when SHARED_BIAS, else gathered
-    here, after the dot (fewer registers live across it)."""
+    each row's own window. DENSE_BIAS: ``shared_bias`` is all of that but the product, precomputed
+    (dense_bias). Otherwise the bias is ``shared_bias`` (program_bias) when SHARED_BIAS, else
+    gathered here, after the dot (fewer registers live across it)."""
+    if DENSE_BIAS:
+        return tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * (scale * 1.4426950408889634) + shared_bias
     _, _, _, _, _, _, _, q_region = q_tokens
     _, _, _, _, _, _, _, k_region = k_tokens
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
@@ -169,18 +174,20 @@ def window_scores(q, k, TABLE, h, heads, shared_bias, scale, mask_value, q_token
 
 
 @triton.jit
-def attention_probs(q, k, k_rest, TABLE, h, heads, shared_bias, scale, mask_value, q_tokens, k_tokens, k_rest_tokens,
-                    MHT: tl.constexpr, MWT: tl.constexpr, SHARED_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                    KEYS_REST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def attention_probs(q, k, k_rest, TABLE, h, heads, shared_bias, rest_bias, scale, mask_value, q_tokens, k_tokens,
+                    k_rest_tokens, MHT: tl.constexpr, MWT: tl.constexpr, SHARED_BIAS: tl.constexpr,
+                    HAS_SHIFT: tl.constexpr, KEYS_REST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    DENSE_BIAS: tl.constexpr):
     """Softmax over the keys of each row's own window, which span the key chunk and (KEYS_REST > 0)
-    the rest chunk; exact (every key is on chip), fp32. Returns (P, P of the rest chunk)."""
+    the rest chunk; exact (every key is on chip), fp32. Returns (P, P of the rest chunk).
+    DENSE_BIAS: ``shared_bias`` and ``rest_bias`` are the chunks' dense_bias tiles."""
     s = window_scores(q, k, TABLE, h, heads, shared_bias, scale, mask_value, q_tokens, k_tokens, MHT, MWT,
-                      SHARED_BIAS, HAS_SHIFT, DOT_PRECISION)
+                      SHARED_BIAS, HAS_SHIFT, DOT_PRECISION, DENSE_BIAS)
     row_max = tl.max(s, axis=1)
     s_rest = 0.0
     if KEYS_REST > 0:  # (never with a shared bias: a program shares one only where there is no rest chunk)
-        s_rest = window_scores(q, k_rest, TABLE, h, heads, 0.0, scale, mask_value, q_tokens, k_rest_tokens, MHT,
-                               MWT, False, HAS_SHIFT, DOT_PRECISION)
+        s_rest = window_scores(q, k_rest, TABLE, h, heads, rest_bias, scale, mask_value, q_tokens, k_rest_tokens,
+                               MHT, MWT, False, HAS_SHIFT, DOT_PRECISION, DENSE_BIAS)
         row_max = tl.maximum(row_max, tl.max(s_rest, axis=1))
     row_max = tl.where(row_max == float("-inf"), 0.0, row_max)  # rows outside any window
     p = tl.math.exp2(s - row_max[:, None])
@@ -195,13 +202,52 @@ def attention_probs(q, k, k_rest, TABLE, h, heads, shared_bias, scale, mask_valu
     return p / denom[:, None], p_rest
 
 
+@triton.jit
+def dense_bias_kernel(TABLE, TILES, heads, mask_value, nWw, n_win, Hp, Wp, SH, SW, MH: tl.constexpr,
+                      MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr, TILE_ROWS: tl.constexpr,
+                      TILE_KEYS: tl.constexpr, BLOCK_R: tl.constexpr, KEYS_POW2: tl.constexpr):
+    """TILES[v, h, i, j] = (table[t(i, j), h] + mask_value where regions differ) * log2(e) for
+    tokens i, j of one window (one window per tile), -inf past its tokens; window_scores adds it
+    to the product. The shift mask depends on the window only through whether it is in the last
+    window row and in the last window column (the module docstring's regions): tile variant
+    v = 2 * [last row] + [last column], built from one window of that kind."""
+    v = tl.program_id(0) // heads
+    h = tl.program_id(0) % heads
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    keys = tl.arange(0, KEYS_POW2)
+    # A window of variant v: the first of the last row / column where v asks for them.
+    win = (v // 2) * (n_win - nWw) + (v % 2) * (nWw - 1)
+    q_tokens = window_tokens(rows, win, n_win, 1, MH, MW, nWw, Hp, Wp, Hp, Wp, SH, SW, False)
+    k_tokens = window_tokens(keys, win, n_win, 1, MH, MW, nWw, Hp, Wp, Hp, Wp, SH, SW, False)
+    same = same_window(q_tokens, k_tokens)
+    _, _, _, _, _, _, _, q_region = q_tokens
+    _, _, _, _, _, _, _, k_region = k_tokens
+    bias = relative_bias(TABLE, h, heads, q_tokens, k_tokens, same, MHT, MWT)
+    bias = tl.where(q_region[:, None] != k_region[None, :], bias + mask_value, bias)
+    tile = tl.where(same, bias * 1.4426950408889634, float("-inf"))
+    offs = (tl.program_id(0) * TILE_ROWS + rows)[:, None] * TILE_KEYS + keys[None, :]
+    tl.store(TILES + offs, tile, mask=(rows < TILE_ROWS)[:, None] & (keys < TILE_KEYS)[None, :])
+
+
+@triton.jit
+def dense_bias(TILES, w0, nWw, n_win, h, heads, first_row, ROWS: tl.constexpr, first_key, KEYS: tl.constexpr,
+               TILE_ROWS: tl.constexpr, TILE_KEYS: tl.constexpr, HAS_SHIFT: tl.constexpr):
+    """Rows [first_row, + ROWS) x keys [first_key, + KEYS) of window w0's dense_bias_kernel tile."""
+    variant = 0
+    if HAS_SHIFT:
+        variant = ((w0 // nWw) == (n_win // nWw - 1)).to(tl.int32) * 2 + ((w0 % nWw) == (nWw - 1)).to(tl.int32)
+    rows = first_row + tl.arange(0, ROWS)
+    keys = first_key + tl.arange(0, KEYS)
+    return tl.load(TILES + ((variant * heads + h) * TILE_ROWS + rows)[:, None] * TILE_KEYS + keys[None, :])
+
+
 @triton.constexpr_function
-def shares_bias(rows: int, block_m: int, keys_rest: int, groups: int) -> bool:
+def shares_bias(rows: int, block_m: int, keys_rest: int, groups: int, dense: bool = False) -> bool:
     """Whether a program gathers its bias tile once for all its GROUPS window groups: where every
     row of a group fits one query chunk (Swin's 49-token windows) the tile is the same for every
     group. With one group it is gathered where it is used instead (fewer registers live across the
     dot: 92 against 108 for the forward on sm_90)."""
-    return keys_rest == 0 and rows <= block_m and groups > 1
+    return keys_rest == 0 and rows <= block_m and groups > 1 and not dense
 
 
 @triton.jit
@@ -219,15 +265,17 @@ def program_bias(TABLE, h, heads, w0, n_win, nWw, H, W, Hp, Wp, SH, SW, G: tl.co
 
 
 @triton.jit
-def _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, shared_bias, b, h, heads, k, v, k_tokens, k_rest, v_rest,
+def _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, shared_bias, rest_bias, b, h, heads, k, v, k_tokens, k_rest, v_rest,
                  k_rest_tokens, C, stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
                  MHT: tl.constexpr, MWT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                  KEYS_REST: tl.constexpr, SHARED_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr):
-    """Output rows ``q_tokens`` (packed) from their whole windows' keys, scattered to image order."""
+                 DOT_PRECISION: tl.constexpr, DENSE_BIAS: tl.constexpr):
+    """Output rows ``q_tokens`` (packed) from their whole windows' keys, scattered to image order.
+    DENSE_BIAS: ``shared_bias`` / ``rest_bias`` are the chunk's dense_bias tiles."""
     q = load_tokens(QKV, PAD, b, q_tokens, 0, h, C, stride_b, stride_h, stride_w, HEAD_DIM, BLOCK_D, False)
-    p, p_rest = attention_probs(q, k, k_rest, TABLE, h, heads, shared_bias, scale, mask_value, q_tokens, k_tokens,
-                                k_rest_tokens, MHT, MWT, SHARED_BIAS, HAS_SHIFT, KEYS_REST, DOT_PRECISION)
+    p, p_rest = attention_probs(q, k, k_rest, TABLE, h, heads, shared_bias, rest_bias, scale, mask_value, q_tokens,
+                                k_tokens, k_rest_tokens, MHT, MWT, SHARED_BIAS, HAS_SHIFT, KEYS_REST, DOT_PRECISION,
+                                DENSE_BIAS)
     o = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     if KEYS_REST > 0:
         o = tl.dot(p_rest.to(v.dtype), v_rest, o, input_precision=DOT_PRECISION)
@@ -238,21 +286,40 @@ def _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, shared_bias, b, h, heads, k, v,
 
 
 @triton.jit
+def chunk_bias(TILES, shared_bias, w0, nWw, n_win, h, heads, first_row, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+                KEYS_REST: tl.constexpr, TILE_ROWS: tl.constexpr, TILE_KEYS: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                DENSE_BIAS: tl.constexpr):
+    """(bias of the key chunk, of the rest chunk) for query rows [first_row, + ROWS): dense_bias
+    tiles when DENSE_BIAS, else (shared_bias, 0.0) (window_scores gathers what is not shared)."""
+    bias, rest = shared_bias, 0.0
+    if DENSE_BIAS:
+        bias = dense_bias(TILES, w0, nWw, n_win, h, heads, first_row, ROWS, 0, BLOCK_N, TILE_ROWS, TILE_KEYS,
+                          HAS_SHIFT)
+        if KEYS_REST > 0:
+            rest = dense_bias(TILES, w0, nWw, n_win, h, heads, first_row, ROWS, BLOCK_N, KEYS_REST, TILE_ROWS,
+                              TILE_KEYS, HAS_SHIFT)
+    return bias, rest
+
+
+@triton.jit
 def window_attn_fwd_kernel(
-    QKV, TABLE, PAD, OUT,
+    QKV, TABLE, TILES, PAD, OUT,
     H, W, Hp, Wp, nWw, n_win, heads, C, SH, SW,
     stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
     MH: tl.constexpr, MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr, G: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     KEYS_REST: tl.constexpr, ROWS_REST: tl.constexpr, GROUPS: tl.constexpr,
     PAD_FIRST: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DENSE_BIAS: tl.constexpr, TILE_ROWS: tl.constexpr, TILE_KEYS: tl.constexpr,
 ):
-    """Program (b * heads + h, i) owns window groups [i * GROUPS, (i + 1) * GROUPS) of (b, h)."""
+    """Program (b * heads + h, i) owns window groups [i * GROUPS, (i + 1) * GROUPS) of (b, h).
+    DENSE_BIAS (one window per tile): scores take bias, shift mask and window mask from TILES
+    (dense_bias_kernel), else from the table and the index math per score."""
     # Axis 0 runs over (batch, head) fastest, so programs launched together read the same
     # tokens' qkv rows (other heads' channels) and share them in L2; axis 1 over window groups.
     b = tl.program_id(0) // heads
     h = tl.program_id(0) % heads
-    SHARED_BIAS: tl.constexpr = shares_bias(G * MH * MW, BLOCK_M, KEYS_REST, GROUPS)
+    SHARED_BIAS: tl.constexpr = shares_bias(G * MH * MW, BLOCK_M, KEYS_REST, GROUPS, DENSE_BIAS)
     first = tl.program_id(1) * GROUPS
     shared_bias = program_bias(TABLE, h, heads, first, n_win, nWw, H, W, Hp, Wp, SH, SW, G, MH, MW, MHT, MWT,
                                BLOCK_M, BLOCK_N, PAD_FIRST, SHARED_BIAS)
@@ -269,15 +336,19 @@ def window_attn_fwd_kernel(
         for start in range(0, rows_end, BLOCK_M):
             q_tokens = window_tokens(start + tl.arange(0, BLOCK_M), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW,
                                      PAD_FIRST)
-            _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, shared_bias, b, h, heads, k, v, k_tokens, k_rest, v_rest,
+            bias, rest_bias = chunk_bias(TILES, shared_bias, w0, nWw, n_win, h, heads, start, BLOCK_M, BLOCK_N,
+                                          KEYS_REST, TILE_ROWS, TILE_KEYS, HAS_SHIFT, DENSE_BIAS)
+            _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, bias, rest_bias, b, h, heads, k, v, k_tokens, k_rest, v_rest,
                          k_rest_tokens, C, stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
-                         MHT, MWT, HEAD_DIM, BLOCK_D, KEYS_REST, SHARED_BIAS, HAS_SHIFT, DOT_PRECISION)
+                         MHT, MWT, HEAD_DIM, BLOCK_D, KEYS_REST, SHARED_BIAS, HAS_SHIFT, DOT_PRECISION, DENSE_BIAS)
         if ROWS_REST > 0:
             q_tokens = window_tokens(rows_end + tl.arange(0, ROWS_REST), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp,
                                      SH, SW, PAD_FIRST)
-            _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, 0.0, b, h, heads, k, v, k_tokens, k_rest, v_rest,
+            bias, rest_bias = chunk_bias(TILES, 0.0, w0, nWw, n_win, h, heads, rows_end, ROWS_REST, BLOCK_N,
+                                          KEYS_REST, TILE_ROWS, TILE_KEYS, HAS_SHIFT, DENSE_BIAS)
+            _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, bias, rest_bias, b, h, heads, k, v, k_tokens, k_rest, v_rest,
                          k_rest_tokens, C, stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
-                         MHT, MWT, HEAD_DIM, BLOCK_D, KEYS_REST, False, HAS_SHIFT, DOT_PRECISION)
+                         MHT, MWT, HEAD_DIM, BLOCK_D, KEYS_REST, False, HAS_SHIFT, DOT_PRECISION, DENSE_BIAS)
 
 
 @dataclass(frozen=True)
@@ -381,19 +452,63 @@ def common_constexprs(qkv: torch.Tensor, geo: Geometry, pad_first: bool, has_pad
             "DOT_PRECISION": dot_precision(qkv.dtype)}
 
 
+DENSE_ROW_CHUNK = 128  # dense tiles hold the window's rows rounded up to this: any query chunking up to it
+
+
+def dense_tile_shape(cfg: dict, tokens: int) -> tuple[int, int]:
+    """(rows, keys) of a dense_bias_kernel tile: rows for query chunks of up to DENSE_ROW_CHUNK
+    rows, forward or backward (-inf past the window's tokens), and the key chunks (BLOCK_N +
+    KEYS_REST, the same both ways)."""
+    if cfg["BLOCK_M"] > DENSE_ROW_CHUNK:
+        raise ValueError(f"BLOCK_M {cfg['BLOCK_M']} > {DENSE_ROW_CHUNK}: the dense bias tiles would not cover it")
+    return cdiv(tokens, DENSE_ROW_CHUNK) * DENSE_ROW_CHUNK, cfg["BLOCK_N"] + cfg["KEYS_REST"]
+
+
+# table -> (the call's key, its tiles): a forward reuses the tiles while the table, its version
+# (in-place updates), storage, geometry and mask value stay the same, so inference builds them once
+# per layer and training once per step.
+_DENSE_TILES = WeakIdKeyDictionary()
+
+
+def dense_bias_tiles(table: torch.Tensor, geo: Geometry, cfg: dict, mask_value: float) -> torch.Tensor:
+    """(variants, heads, rows, keys) fp32 tiles of dense_bias_kernel, built or reused (the backward
+    reuses the forward's)."""
+    rows, keys = dense_tile_shape(cfg, geo.tokens)
+    key = (table._version, table.data_ptr(), geo, rows, keys, float(mask_value))
+    cached = _DENSE_TILES.get(table)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    variants = 4 if geo.shift else 1
+    tiles = torch.empty((variants, geo.heads, rows, keys), dtype=torch.float32, device=table.device)
+    block_r = 16
+    dense_bias_kernel[(variants * geo.heads, cdiv(rows, block_r))](
+        table, tiles, geo.heads, mask_value, geo.windows_per_row, geo.n_windows, geo.height_pad, geo.width_pad,
+        geo.shift, geo.shift, MH=geo.window, MW=geo.window, MHT=geo.table_window, MWT=geo.table_window,
+        TILE_ROWS=rows, TILE_KEYS=keys, BLOCK_R=block_r, KEYS_POW2=next_power_of_2(keys), num_warps=4)
+    _DENSE_TILES[table] = (key, tiles)
+    return tiles
+
+
 def forward(qkv: torch.Tensor, table: torch.Tensor, pad_qkv, geo: Geometry, scale: float, mask_value: float,
             pad_first: bool) -> torch.Tensor:
-    """qkv (B, H, W, 3C) with unit channel stride, table ((2Mt-1)^2, heads) contiguous -> (B, H, W, C)."""
+    """qkv (B, H, W, 3C) with unit channel stride, table ((2Mt-1)^2, heads) contiguous -> (B, H, W, C).
+    One window per tile (Swin's 7 x 7 and 12 x 12): the scores' bias and masks come from
+    dense_bias_tiles (about half the forward's instructions per program were their index math and
+    gathers, sm_90 SASS at Swin-T stage 1)."""
     batch = qkv.shape[0]
     out = qkv.new_empty(batch, geo.height, geo.width, geo.heads * geo.head_dim)
     if out.numel() == 0:
         return out
     cfg = launch_config(geo.tokens, geo.head_dim)
     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+    dense = cfg["G"] == 1
+    tiles = dense_bias_tiles(table, geo, cfg, mask_value) if dense else table
+    tile_rows, tile_keys = dense_tile_shape(cfg, geo.tokens) if dense else (1, 1)
     grid = (batch * geo.heads, cdiv(cdiv(geo.n_windows, cfg["G"]), cfg["GROUPS"]))
     window_attn_fwd_kernel[grid](
-        qkv, table, pad_qkv, out, *common_args(qkv, geo), out.stride(0), out.stride(1), out.stride(2),
+        qkv, table, tiles, pad_qkv, out, *common_args(qkv, geo), out.stride(0), out.stride(1), out.stride(2),
         scale, mask_value, **common_constexprs(qkv, geo, pad_first, pad_qkv is not None), **cfg, **options,
+        DENSE_BIAS=dense, TILE_ROWS=tile_rows, TILE_KEYS=tile_keys,
     )
     return out
 
@@ -411,6 +526,15 @@ def _aot_launch_values(window: int, head_dim: int) -> dict:
     for prefix, width in (("stride", 3 * channels), ("dqkv", 3 * channels), ("out", channels), ("dout", channels)):
         values.update({f"{prefix}_b": side * side * width, f"{prefix}_h": side * width, f"{prefix}_w": width})
     return values
+
+
+def _aot_dense_bias_config(window: int, cfg: dict, values: dict):
+    rows, keys = dense_tile_shape(cfg, window * window)
+    sig = {"TABLE": "*fp32", "TILES": "*fp32", "heads": "i32", "mask_value": "fp32", "nWw": "i32", "n_win": "i32",
+           "Hp": "i32", "Wp": "i32", "SH": "i32", "SW": "i32"}
+    constexprs = {"MH": window, "MW": window, "MHT": window, "MWT": window, "TILE_ROWS": rows, "TILE_KEYS": keys,
+                  "BLOCK_R": 16, "KEYS_POW2": next_power_of_2(keys)}
+    return dense_bias_kernel, sig, constexprs, {"num_warps": 4}, values
 
 
 def aot_configs():
@@ -432,13 +556,18 @@ def aot_configs():
                 constexprs = {"MH": window, "MW": window, "MHT": window, "MWT": window, "HEAD_DIM": head_dim,
                               "PAD_FIRST": pad_first, "HAS_SHIFT": True, "HAS_PAD": has_pad,
                               "DOT_PRECISION": dot_precision(torch_dtype), **cfg}
+                dense = cfg["G"] == 1
+                rows, keys = dense_tile_shape(cfg, window * window) if dense else (1, 1)
+                constexprs.update(DENSE_BIAS=dense, TILE_ROWS=rows, TILE_KEYS=keys)
                 if backward:
                     constexprs.update(window_attention_bwd.aot_schedule(window * window, torch_dtype))
                     yield (*window_attention_bwd.aot_signature(dtype, ints), constexprs, options, values)
                     if not has_pad:
                         yield window_attention_bwd.aot_bias_table_config(window, values["heads"], dtype, values)
                 else:
-                    sig = {"QKV": f"*{dtype}", "TABLE": "*fp32", "PAD": f"*{dtype}", "OUT": f"*{dtype}",
-                           **{n: "i32" for n in ints}, "out_b": "i32", "out_h": "i32", "out_w": "i32",
-                           "scale": "fp32", "mask_value": "fp32"}
+                    sig = {"QKV": f"*{dtype}", "TABLE": "*fp32", "TILES": "*fp32", "PAD": f"*{dtype}",
+                           "OUT": f"*{dtype}", **{n: "i32" for n in ints}, "out_b": "i32", "out_h": "i32",
+                           "out_w": "i32", "scale": "fp32", "mask_value": "fp32"}
                     yield window_attn_fwd_kernel, sig, constexprs, options, values
+                    if dense and dtype == "bf16" and not has_pad:
+                        yield _aot_dense_bias_config(window, cfg, values)

@@ -27,8 +27,8 @@ import triton.language as tl
 
 from vtkernels.reference.window_attention import relative_position_index
 from vtkernels.triton.window_attention import (
-    Geometry, attention_probs, common_args, common_constexprs, launch_config, load_tokens, program_bias,
-    same_window, shares_bias, token_offsets, window_keys, window_tokens,
+    Geometry, chunk_bias, attention_probs, common_args, common_constexprs, dense_bias_tiles, dense_tile_shape,
+    launch_config, load_tokens, program_bias, same_window, shares_bias, token_offsets, window_keys, window_tokens,
 )
 from vtkernels.triton.tiling import cdiv, next_power_of_2, sm_count
 
@@ -80,7 +80,7 @@ def fold_dot(x, onehot):
 
 @triton.jit
 def window_attn_bwd_kernel(
-    QKV, TABLE, PAD, DOUT, DQKV, DBIAS_PARTIAL, DPAD_PARTIAL,
+    QKV, TABLE, TILES, PAD, DOUT, DQKV, DBIAS_PARTIAL, DPAD_PARTIAL,
     H, W, Hp, Wp, nWw, n_win, heads, C, SH, SW, stride_b, stride_h, stride_w,
     dout_b, dout_h, dout_w, dqkv_b, dqkv_h, dqkv_w, scale, mask_value,
     MH: tl.constexpr, MW: tl.constexpr, MHT: tl.constexpr, MWT: tl.constexpr, G: tl.constexpr,
@@ -88,6 +88,7 @@ def window_attn_bwd_kernel(
     KEYS_REST: tl.constexpr,
     PAD_FIRST: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
     GROUPS: tl.constexpr, FOLD: tl.constexpr, NP: tl.constexpr, FOLD_DTYPE: tl.constexpr,
+    DENSE_BIAS: tl.constexpr, TILE_ROWS: tl.constexpr, TILE_KEYS: tl.constexpr,
 ):
     """Program (b * heads + h, i) owns window groups [i * GROUPS, (i + 1) * GROUPS) of (b, h).
 
@@ -95,7 +96,8 @@ def window_attn_bwd_kernel(
     index, acc[p_i, p_j] += sum over rows/cols with those indices (two one-hot dots), over all
     its windows. Otherwise (one window per tile) each window's dS is added to the program's slab
     in memory, tile by tile. Either way one (N, N) partial per program.
-    Keys as in the forward: BLOCK_N, then (KEYS_REST > 0) a rest chunk, each with its own dK, dV.
+    Keys as in the forward: BLOCK_N, then (KEYS_REST > 0) a rest chunk, each with its own dK, dV,
+    and P recomputed as in the forward (DENSE_BIAS: from its dense bias tiles).
     """
     N: tl.constexpr = MH * MW
     # One window per tile, all its rows in one query chunk: packed row i is token i of the window,
@@ -112,7 +114,7 @@ def window_attn_bwd_kernel(
     pad_dk = tl.zeros([BLOCK_D], dtype=tl.float32)
     pad_dv = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    SHARED_BIAS: tl.constexpr = shares_bias(G * N, BLOCK_M, KEYS_REST, GROUPS)
+    SHARED_BIAS: tl.constexpr = shares_bias(G * N, BLOCK_M, KEYS_REST, GROUPS, DENSE_BIAS)
     first = tl.program_id(1) * GROUPS
     shared_bias = program_bias(TABLE, h, heads, first, n_win, nWw, H, W, Hp, Wp, SH, SW, G, MH, MW, MHT, MWT,
                                BLOCK_M, BLOCK_N, PAD_FIRST, SHARED_BIAS)
@@ -136,9 +138,11 @@ def window_attn_bwd_kernel(
             _, q_real, _, _, _, _, _, _ = q_tokens
             do_offs = token_offsets(b, q_tokens, dout_b, dout_h, dout_w, h * HEAD_DIM + d)
             do = tl.load(DOUT + do_offs, mask=q_real[:, None] & d_ok[None, :], other=0.0).to(v.dtype)
-            p, p_rest = attention_probs(q, k, k_rest, TABLE, h, heads, shared_bias, scale, mask_value, q_tokens,
+            bias, rest_bias = chunk_bias(TILES, shared_bias, w0, nWw, n_win, h, heads, start, BLOCK_M, BLOCK_N,
+                                          KEYS_REST, TILE_ROWS, TILE_KEYS, HAS_SHIFT, DENSE_BIAS)
+            p, p_rest = attention_probs(q, k, k_rest, TABLE, h, heads, bias, rest_bias, scale, mask_value, q_tokens,
                                         k_tokens, k_rest_tokens, MHT, MWT, SHARED_BIAS, HAS_SHIFT, KEYS_REST,
-                                        DOT_PRECISION)
+                                        DOT_PRECISION, DENSE_BIAS)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
             row_dot = tl.sum(p * dp, axis=1)
             dp_rest = 0.0
@@ -294,10 +298,14 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, pad_qkv
     pad_partial = torch.empty((batch * geo.heads * programs, 2, geo.head_dim) if has_pad else (0,), dtype=torch.float32,
                               device=qkv.device)
     if dqkv.numel() > 0:
+        dense = cfg["G"] == 1
+        tiles = dense_bias_tiles(table, geo, cfg, mask_value) if dense else table
+        tile_rows, tile_keys = dense_tile_shape(cfg, geo.tokens) if dense else (1, 1)
         window_attn_bwd_kernel[(batch * geo.heads, programs)](
-            qkv, table, pad_qkv, dout, dqkv, bias_partial, pad_partial, *common_args(qkv, geo),
+            qkv, table, tiles, pad_qkv, dout, dqkv, bias_partial, pad_partial, *common_args(qkv, geo),
             dout.stride(0), dout.stride(1), dout.stride(2), dqkv.stride(0), dqkv.stride(1), dqkv.stride(2),
             scale, mask_value, **common_constexprs(qkv, geo, pad_first, has_pad), **cfg, **schedule, **options,
+            DENSE_BIAS=dense, TILE_ROWS=tile_rows, TILE_KEYS=tile_keys,
         )
     # Deterministic reductions: fixed-shape sums, then a fixed gather per table row.
     per_pair = bias_partial.view(batch, geo.heads, programs, n_tokens * n_tokens).sum((0, 2))
@@ -310,7 +318,8 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, pad_qkv
 
 
 def aot_signature(dtype: str, ints: list[str]):
-    sig = {"QKV": f"*{dtype}", "TABLE": "*fp32", "PAD": f"*{dtype}", "DOUT": f"*{dtype}", "DQKV": f"*{dtype}",
+    sig = {"QKV": f"*{dtype}", "TABLE": "*fp32", "TILES": "*fp32", "PAD": f"*{dtype}", "DOUT": f"*{dtype}",
+           "DQKV": f"*{dtype}",
            "DBIAS_PARTIAL": "*fp32", "DPAD_PARTIAL": "*fp32", **{n: "i32" for n in ints},
            "dout_b": "i32", "dout_h": "i32", "dout_w": "i32", "dqkv_b": "i32", "dqkv_h": "i32", "dqkv_w": "i32",
            "scale": "fp32", "mask_value": "fp32"}
