@@ -29,6 +29,12 @@ The three regions per axis are the strips the roll brought together; a window ne
 the first boundary (Hp - MH is a window edge), so only the shifted strips ever differ. Scores
 between rows of different windows of the tile are -inf. Softmax is exact and single pass (the
 whole window sits on chip), in fp32.
+
+With one window per tile (G = 1: Swin's 7 x 7 and 12 x 12 windows) everything in the scores but
+q . k is the same for every window of a head, up to the shift mask, which only differs for the
+last window row and column: dense_bias_kernel writes it once per table version as 4 dense tiles
+per head (dense_bias_tiles caches them), and both directions add a tile instead of computing the
+index math, table gather and masks per score (G > 1 keeps the per-score path).
 """
 
 from __future__ import annotations
@@ -287,8 +293,8 @@ def _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, shared_bias, rest_bias, b, h, h
 
 @triton.jit
 def chunk_bias(TILES, shared_bias, w0, nWw, n_win, h, heads, first_row, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                KEYS_REST: tl.constexpr, TILE_ROWS: tl.constexpr, TILE_KEYS: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                DENSE_BIAS: tl.constexpr):
+               KEYS_REST: tl.constexpr, TILE_ROWS: tl.constexpr, TILE_KEYS: tl.constexpr, HAS_SHIFT: tl.constexpr,
+               DENSE_BIAS: tl.constexpr):
     """(bias of the key chunk, of the rest chunk) for query rows [first_row, + ROWS): dense_bias
     tiles when DENSE_BIAS, else (shared_bias, 0.0) (window_scores gathers what is not shared)."""
     bias, rest = shared_bias, 0.0
@@ -337,7 +343,7 @@ def window_attn_fwd_kernel(
             q_tokens = window_tokens(start + tl.arange(0, BLOCK_M), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp, SH, SW,
                                      PAD_FIRST)
             bias, rest_bias = chunk_bias(TILES, shared_bias, w0, nWw, n_win, h, heads, start, BLOCK_M, BLOCK_N,
-                                          KEYS_REST, TILE_ROWS, TILE_KEYS, HAS_SHIFT, DENSE_BIAS)
+                                         KEYS_REST, TILE_ROWS, TILE_KEYS, HAS_SHIFT, DENSE_BIAS)
             _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, bias, rest_bias, b, h, heads, k, v, k_tokens, k_rest, v_rest,
                          k_rest_tokens, C, stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
                          MHT, MWT, HEAD_DIM, BLOCK_D, KEYS_REST, SHARED_BIAS, HAS_SHIFT, DOT_PRECISION, DENSE_BIAS)
@@ -345,7 +351,7 @@ def window_attn_fwd_kernel(
             q_tokens = window_tokens(rows_end + tl.arange(0, ROWS_REST), w0, n_win, G, MH, MW, nWw, H, W, Hp, Wp,
                                      SH, SW, PAD_FIRST)
             bias, rest_bias = chunk_bias(TILES, 0.0, w0, nWw, n_win, h, heads, rows_end, ROWS_REST, BLOCK_N,
-                                          KEYS_REST, TILE_ROWS, TILE_KEYS, HAS_SHIFT, DENSE_BIAS)
+                                         KEYS_REST, TILE_ROWS, TILE_KEYS, HAS_SHIFT, DENSE_BIAS)
             _query_chunk(QKV, TABLE, PAD, OUT, q_tokens, bias, rest_bias, b, h, heads, k, v, k_tokens, k_rest, v_rest,
                          k_rest_tokens, C, stride_b, stride_h, stride_w, out_b, out_h, out_w, scale, mask_value,
                          MHT, MWT, HEAD_DIM, BLOCK_D, KEYS_REST, False, HAS_SHIFT, DOT_PRECISION, DENSE_BIAS)

@@ -139,7 +139,7 @@ def window_attn_bwd_kernel(
             do_offs = token_offsets(b, q_tokens, dout_b, dout_h, dout_w, h * HEAD_DIM + d)
             do = tl.load(DOUT + do_offs, mask=q_real[:, None] & d_ok[None, :], other=0.0).to(v.dtype)
             bias, rest_bias = chunk_bias(TILES, shared_bias, w0, nWw, n_win, h, heads, start, BLOCK_M, BLOCK_N,
-                                          KEYS_REST, TILE_ROWS, TILE_KEYS, HAS_SHIFT, DENSE_BIAS)
+                                         KEYS_REST, TILE_ROWS, TILE_KEYS, HAS_SHIFT, DENSE_BIAS)
             p, p_rest = attention_probs(q, k, k_rest, TABLE, h, heads, bias, rest_bias, scale, mask_value, q_tokens,
                                         k_tokens, k_rest_tokens, MHT, MWT, SHARED_BIAS, HAS_SHIFT, KEYS_REST,
                                         DOT_PRECISION, DENSE_BIAS)
