@@ -62,8 +62,13 @@ def launch_config(head_dim: int, dtype: torch.dtype, kernel: str, n: Optional[in
     if n is not None:  # decode (n_q = 1), short sequences: no empty rows
         tile = PROGRAM_TILE[kernel]
         cfg[tile] = min(cfg[tile], max(16, next_power_of_2(n)))
-        if cfg[tile] < 64 and not wide and dtype != torch.float32:
-            cfg["num_warps"] = 4  # (8 keep d = 128 and fp32 tiles off the stack)
+        if dtype != torch.float32 and (cfg[tile] == 64 or (cfg[tile] < 64 and not wide)):
+            # One warpgroup per 64-row tile: 8 warps would split each product's N between two
+            # warpgroups (wgmma N = 16 for the backward's 32-wide products at ViT-B's 64-row
+            # tiles), each reading the whole A operand. sm_90: no spills at 4 warps for any head_dim
+            # (fwd 128-177 registers, dkdv 156-221, dq 95-158). Smaller (mma.sync) tiles keep 8
+            # warps for d > 64 (dK / dV off the stack), fp32 everywhere (FMA tiles).
+            cfg["num_warps"] = 4
     return cfg
 
 
