@@ -316,8 +316,9 @@ def _geometry(images: torch.Tensor, weight: torch.Tensor):
 
 
 def _launch_args(cfg: dict) -> tuple[dict, dict]:
+    """(constexprs, launch options) of a launch config (tools/tune.py may add maxnreg)."""
     cfg = dict(cfg)
-    return cfg, {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+    return cfg, {key: cfg.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in cfg}
 
 
 def forward(images, weight, bias: Optional[torch.Tensor], cls_token: Optional[torch.Tensor],
