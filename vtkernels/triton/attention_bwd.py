@@ -70,13 +70,17 @@ def _probabilities_by_key(k, k_rest, q, q_rest, lse_log2, offs_n, offs_m, causal
 @triton.jit
 def _dkdv_over_queries(dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch, head, Lse, Delta,
                        key_visible, offs_n, lo, hi, stride_qn, stride_don, n_q, causal_offset, qk_scale,
-                       CAUSAL_MASK: tl.constexpr, HAS_PAD_MASK: tl.constexpr, D_MAIN: tl.constexpr,
-                       D_REST: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr):
+                       CAUSAL_MASK: tl.constexpr, HAS_PAD_MASK: tl.constexpr, CHECK_QUERIES: tl.constexpr,
+                       D_MAIN: tl.constexpr, D_REST: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
+                       TMA: tl.constexpr):
     # Every product is computed keys-major (S^T = K Q^T, dP^T = V dO^T): the program's BLOCK_N keys
     # are the M side of each tensor-core product and P^T, dS^T feed the next product straight from
     # registers. Queries-major (S = Q K^T) would put BLOCK_M = 32 rows on the M side, below
     # wgmma's 64 (sm_90 compiles those products to mma.sync), and P, dS would have to be
     # transposed through shared memory for dV and dK.
+    # CHECK_QUERIES: the range may end inside a query block (rows past n_q: lse +inf, so P = 0).
+    # Without it the loads need no predicates (sm_90: the per-query lse / delta loads were ~90 of
+    # the loop's 340 instructions at ViT-B's 64-key tiles).
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         query_ok = offs_m < n_q
@@ -84,10 +88,14 @@ def _dkdv_over_queries(dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, 
             q, q_rest = load_tile(QD, batch, head, start_m, BLOCK_M, D_MAIN), 0.0
             do, do_rest = load_tile(DOD, batch, head, start_m, BLOCK_M, D_MAIN), 0.0
         else:
-            q, q_rest = load_head(Q, offs_m, query_ok, stride_qn, D_MAIN, D_REST, True)
-            do, do_rest = load_head(DOut, offs_m, query_ok, stride_don, D_MAIN, D_REST, True)
-        lse_log2 = tl.load(Lse + offs_m, mask=query_ok, other=float("inf")) * LOG2E
-        delta = tl.load(Delta + offs_m, mask=query_ok, other=0.0)
+            q, q_rest = load_head(Q, offs_m, query_ok, stride_qn, D_MAIN, D_REST, CHECK_QUERIES)
+            do, do_rest = load_head(DOut, offs_m, query_ok, stride_don, D_MAIN, D_REST, CHECK_QUERIES)
+        if CHECK_QUERIES:
+            lse_log2 = tl.load(Lse + offs_m, mask=query_ok, other=float("inf")) * LOG2E
+            delta = tl.load(Delta + offs_m, mask=query_ok, other=0.0)
+        else:
+            lse_log2 = tl.load(Lse + offs_m) * LOG2E
+            delta = tl.load(Delta + offs_m)
         p_t = _probabilities_by_key(k, k_rest, q, q_rest, lse_log2, offs_n, offs_m, causal_offset, key_visible,
                                     qk_scale, CAUSAL_MASK, HAS_PAD_MASK, D_REST, PRECISION)
         dv, dv_rest = dot_accumulate(p_t, do, do_rest, dv, dv_rest, D_REST, PRECISION)
@@ -146,14 +154,20 @@ def attention_bwd_dkdv_kernel(
     if HAS_PAD_MASK:
         key_visible = tl.load(PadMask + offs_n, mask=key_ok, other=1) == 0
     masked_end = tl.minimum(masked_end, n_q)
+    # The unmasked queries: whole blocks, then the rows of the last partial block (bounds-checked).
+    full_end = masked_end + (n_q - masked_end) // BLOCK_M * BLOCK_M
     dk, dk_rest, dv, dv_rest = _dkdv_over_queries(
         dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch32, head32, Lse, Delta, key_visible,
         offs_n, start_q, masked_end, stride_qn, stride_don, n_q, causal_offset, qk_scale, CAUSAL, HAS_PAD_MASK,
-        D_MAIN, D_REST, BLOCK_M, PRECISION, TMA)
+        True, D_MAIN, D_REST, BLOCK_M, PRECISION, TMA)
     dk, dk_rest, dv, dv_rest = _dkdv_over_queries(
         dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch32, head32, Lse, Delta, key_visible,
-        offs_n, masked_end, n_q, stride_qn, stride_don, n_q, causal_offset, qk_scale, False, HAS_PAD_MASK,
-        D_MAIN, D_REST, BLOCK_M, PRECISION, TMA)
+        offs_n, masked_end, full_end, stride_qn, stride_don, n_q, causal_offset, qk_scale, False, HAS_PAD_MASK,
+        False, D_MAIN, D_REST, BLOCK_M, PRECISION, TMA)
+    dk, dk_rest, dv, dv_rest = _dkdv_over_queries(
+        dk, dk_rest, dv, dv_rest, k, k_rest, v, v_rest, Q, DOut, QD, DOD, batch32, head32, Lse, Delta, key_visible,
+        offs_n, full_end, n_q, stride_qn, stride_don, n_q, causal_offset, qk_scale, False, HAS_PAD_MASK,
+        True, D_MAIN, D_REST, BLOCK_M, PRECISION, TMA)
 
     if D_REST > 0:
         dk_rest = dk_rest * scale
