@@ -47,11 +47,13 @@ def same_dtype_peer(q, k, v, causal, mask, scale, layout):
 
 
 def check_against_reference(batch, heads, n_q, n_kv, head_dim, causal, padded, layout, dtype, device, backend,
-                            with_grad=True):
+                            with_grad=True, scale=None):
     q, k, v = make_qkv(batch, heads, n_q, n_kv, head_dim, dtype, device, layout, requires_grad=with_grad)
     mask = make_padding(batch, n_kv, device) if padded else None
-    scale = head_dim ** -0.5
-    out = vtkernels.attention(q, k, v, causal=causal, key_padding_mask=mask, backend=backend, layout=layout)
+    given = scale
+    scale = head_dim ** -0.5 if scale is None else scale
+    out = vtkernels.attention(q, k, v, causal=causal, key_padding_mask=mask, backend=backend, layout=layout,
+                              scale=given)
     assert out.shape == q.shape and out.is_contiguous()
     q64, k64, v64 = upcast(q, k, v)
     out64 = reference(q64, k64, v64, causal, mask, scale, layout)
@@ -153,6 +155,14 @@ CPU_CASES = [
 @pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "x".join(map(str, c)))
 def test_triton_matches_reference(case, dtype, device):
     check_against_reference(*case, dtype=dtype, device=device, backend="triton")
+
+
+@pytest.mark.parametrize("scale", [0.3, 0.0, -0.2])
+def test_triton_any_scale(scale, device):
+    """A positive scale takes the kernels' fast path (max of the raw products, one FFMA per
+    exponent), zero and negative ones the general one; padding and causal masks in both."""
+    check_against_reference(2, 2, 37, 45, 32, False, True, "bhnd", torch.float32, device, "triton", scale=scale)
+    check_against_reference(1, 2, 45, 45, 32, True, False, "bhnd", torch.float32, device, "triton", scale=scale)
 
 
 def test_triton_non_contiguous_inputs(device):

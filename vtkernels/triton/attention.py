@@ -239,7 +239,7 @@ def forward(q, k, v, key_padding_mask, out, lse, causal: bool, scale: float) -> 
         attention_fwd_kernel[(*grid, splits)](
             q, k, v, *descriptors, mask, target, target_lse, *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v),
             *target_strides, stride_mb, heads, n_q, n_kv, first_row, scale * LOG2E, split_keys, *split_strides,
-            out_first_row, out_rows, **constexprs, TAIL_N=tail_n, TMA=tma, **cfg,
+            out_first_row, out_rows, **constexprs, TAIL_N=tail_n, TMA=tma, POSITIVE_SCALE=scale > 0, **cfg,
         )
         if splits > 1:
             _combine(target, target_lse, out, lse, first_row, rows)
@@ -367,6 +367,7 @@ def aot_configs():
                         launch = {**values, first_name: first}
                         if kernel == "fwd":
                             cfg["TAIL_N"] = key_tail_block(values["n_kv"], cfg["BLOCK_N"], causal)
+                            cfg["POSITIVE_SCALE"] = True
                             launch["split_keys"] = key_splits(1, values["n_kv"], cfg["BLOCK_N"], 0)[1]
                         for sig, constexprs in _tma_variants(kernel, args, cfg, name, head_dim, ptrs):
                             yield fn, sig, {**base, **constexprs}, options, launch
@@ -387,7 +388,7 @@ def _aot_decode(head_dim: int, name: str, base: dict, ptrs: dict, values: dict):
     rows = {"stride_ob": heads * head_dim, "stride_oh": head_dim, "stride_on": head_dim}  # (B, H, 1, d)
     decode = {**values, **rows, "n_q": 1, "n_kv": n_kv, "stride_mb": 0, "first_row": 0, "split_keys": split_keys,
               "stride_out_split": pairs * head_dim, "stride_lse_split": pairs, "out_rows": 1}
-    flags = {**base, "CAUSAL": False, "HAS_PAD_MASK": True}
+    flags = {**base, "CAUSAL": False, "HAS_PAD_MASK": True, "POSITIVE_SCALE": True}
     for sig, constexprs in _tma_variants("fwd", _FWD_ARGS, cfg, name, head_dim, {**ptrs, "Out": "*fp32"}):
         yield attention_fwd_kernel, sig, {**flags, **constexprs}, options, decode
     cfg = launch_config(head_dim, torch.bfloat16, "combine")
