@@ -150,19 +150,15 @@ def _attend_key_blocks(acc, acc_rest, l_i, m_i, q, q_rest, K, V, KD, VD, batch, 
         else:
             k, k_rest = load_head(K, offs_n, key_ok, stride_kn, D_MAIN, D_REST, CHECK_BOUNDS)
         s = dot_rows(q, q_rest, k, k_rest, D_REST, PRECISION)
-        if POSITIVE_SCALE:  # (masked scores stay -inf through the scaling)
-            s = mask_scores(s, offs_m, offs_n, n_kv, causal_offset, PadMask, CHECK_BOUNDS, CAUSAL, HAS_PAD_MASK)
-            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        else:
-            s = mask_scores(s * qk_scale, offs_m, offs_n, n_kv, causal_offset, PadMask, CHECK_BOUNDS, CAUSAL,
-                            HAS_PAD_MASK)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
+        later_scale = qk_scale  # positive: applied after the max, masked scores stay -inf through it
+        if not POSITIVE_SCALE:
+            s = s * qk_scale
+            later_scale = 1.0
+        s = mask_scores(s, offs_m, offs_n, n_kv, causal_offset, PadMask, CHECK_BOUNDS, CAUSAL, HAS_PAD_MASK)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * later_scale)
         # A row that has seen only masked keys keeps m = -inf; shift it by 0 so exp2 gives 0, not NaN.
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        if POSITIVE_SCALE:
-            p = tl.math.exp2(s * qk_scale - m_shift[:, None])
-        else:
-            p = tl.math.exp2(s - m_shift[:, None])
+        p = tl.math.exp2(s * later_scale - m_shift[:, None])
         alpha = tl.math.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]

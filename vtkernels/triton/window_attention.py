@@ -248,11 +248,11 @@ def dense_bias(TILES, w0, nWw, n_win, h, heads, first_row, ROWS: tl.constexpr, f
 
 
 @triton.constexpr_function
-def shares_bias(rows: int, block_m: int, keys_rest: int, groups: int, dense: bool = False) -> bool:
+def shares_bias(rows: int, block_m: int, keys_rest: int, groups: int, dense: bool) -> bool:
     """Whether a program gathers its bias tile once for all its GROUPS window groups: where every
     row of a group fits one query chunk (Swin's 49-token windows) the tile is the same for every
     group. With one group it is gathered where it is used instead (fewer registers live across the
-    dot: 92 against 108 for the forward on sm_90)."""
+    dot: 92 against 108 for the forward on sm_90). Never with ``dense`` bias tiles (dense_bias)."""
     return keys_rest == 0 and rows <= block_m and groups > 1 and not dense
 
 
