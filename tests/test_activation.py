@@ -79,6 +79,24 @@ def test_triton_formulas_pointwise(name, device):
         torch.testing.assert_close(ours.cpu().double(), ref, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
+def test_cuda_gelu_uses_the_triton_polynomial():
+    """The CUDA GELU (csrc/common/activation.cuh) evaluates the polynomial the pointwise test above
+    checks in Triton: the same coefficients and cut-off, as float32."""
+    import pathlib
+    import re
+
+    from vtkernels.triton import activation as triton_activation
+
+    header = (pathlib.Path(__file__).parents[1] / "csrc/common/activation.cuh").read_text()
+    table = re.search(r"kTailP\[10\] = \{([^}]*)\}", header).group(1)
+    cuda = torch.tensor([float(c.strip().rstrip("f")) for c in table.split(",")])
+    names = [f"TAIL_P{k}" for k in range(10)]
+    ours = torch.tensor([getattr(triton_activation, name).value for name in names])
+    torch.testing.assert_close(cuda, ours, rtol=0, atol=0)
+    limit = float(re.search(r"kTailLimit = ([0-9.]+)f;", header).group(1))
+    assert limit == triton_activation.TAIL_LIMIT.value
+
+
 def test_empty_input(device):
     x = torch.empty(0, 8, device=device, requires_grad=True)
     out = vtkernels.quick_gelu(x, "triton")
