@@ -8,6 +8,12 @@ launches per call, their share, and who wrote them: vtkernels' Triton or CUDA ke
 cuDNN / CUTLASS, PyTorch's own, or other) and profile.json. It answers what a timing alone
 cannot: which kernel a slow model spends its time in. A CUDA-graph replay shows up as one graph
 launch (the kernels inside it are not listed): profile iGPT sampling through its eager provider.
+
+``--plain`` runs the same calls without torch.profiler and writes nothing, for a profiler from
+outside that cannot share the GPU's counters with it, Nsight Compute (tools/gpu_check.sh's ncu step):
+
+    ncu --clock-control none --kernel-name regex:attention_bwd --launch-count 4 --section SpeedOfLight \
+        python benchmarks/kernel_profile.py --plain --ops attention --match 'ViT-B.*fwd\+bwd vtkernels-triton'
 """
 
 from __future__ import annotations
@@ -102,6 +108,15 @@ def profile(fn: Callable[[], object], calls: int = 5, device: str = "cuda") -> l
     return kernel_table(prof.key_averages(), calls, device_type)
 
 
+def run_plain(fn: Callable[[], object], calls: int) -> None:
+    """``calls`` runs of ``fn`` and no warm-up: an outside profiler picks launches by their count,
+    and a first call's compiling launches nothing of its own."""
+    for _ in range(calls):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def by_kind(rows: list[dict]) -> dict[str, float]:
     """Share of the device time per kernel kind."""
     shares: dict[str, float] = {}
@@ -139,6 +154,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--top", type=int, default=15, help="kernels listed per case")
     parser.add_argument("--calls", type=int, default=5, help="profiled calls per case")
     parser.add_argument("--out", help="output folder (default benchmarks/results/<date>_<gpu>)")
+    parser.add_argument("--plain", action="store_true",
+                        help="run the calls without torch.profiler, write nothing (for ncu from outside)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("profiling needs a CUDA GPU; none found")
@@ -151,7 +168,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         harness.progress(i, len(cases), label)
         result = {"case": label}
         try:
-            result["kernels"] = profile(case.make(), args.calls)
+            if args.plain:
+                run_plain(case.make(), args.calls)
+            else:
+                result["kernels"] = profile(case.make(), args.calls)
         except Exception as exc:  # noqa: BLE001 - a failing case is a line in the report, not a crash
             result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         results.append(result)
@@ -159,6 +179,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"\nthe GPU is unusable after {label}: the remaining cases are not profiled")
             break
     harness.progress(len(cases), len(cases), "done")
+    if args.plain:
+        failed = [f"{result['case']}: {result['error']}" for result in results if result.get("error")]
+        print("\n".join(failed))
+        return 1 if failed else 0
     out = args.out or harness.default_out_dir(env)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "profile.json"), "w") as f:

@@ -192,6 +192,16 @@ def test_kernel_profile_tables_and_kinds():
     assert "## op S fwd p" in text and text.count("| `") == 2 and "failed: E: no" in text
 
 
+def test_kernel_profile_plain_runs_each_call_once():
+    """--plain (for ncu from outside, which picks launches by their count): exactly ``calls`` runs,
+    no warm-up."""
+    from benchmarks import kernel_profile
+
+    runs = []
+    kernel_profile.run_plain(lambda: runs.append(1), calls=3)
+    assert len(runs) == 3
+
+
 @pytest.mark.parametrize("shift", [0, 3])
 def test_window_attention_peers_compute_the_reference(shift):
     """The timm-style and SDPA peers (given timm's buffers, on CPU tensors) compute what the op

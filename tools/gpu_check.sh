@@ -12,11 +12,17 @@
 # 6. (only when named in STEPS) tools/tune.py, TUNE_ARGS passed on -> tuning.json, tune.log
 # 7. (only when named in STEPS) benchmarks/kernel_profile.py, PROFILE_ARGS passed on (default: our
 #    models, one shape each, eager) -> bench/profile.md: the kernels each case spends its time in
-# 8. (only when named in STEPS) tools/host_time.py --gpu, with TMA and with VTKERNELS_TMA=0 -> host.log:
+# 8. (only when named in STEPS) Nsight Compute over benchmark cases run by benchmarks/kernel_profile.py
+#    --plain --calls 1, NCU_ARGS passed on to it (default: our attention fwd+bwd at ViT-B and CLIP-L)
+#    -> ncu.log: for the first NCU_LAUNCHES (default 12: both cases' forward, dQ and dK / dV
+#    launches, two of each) whose kernel name matches NCU_KERNELS (a regex, default our attention
+#    kernels), the speed-of-light, occupancy, launch, scheduler, warp-stall and compute sections.
+#    The clocks are left alone (--clock-control none, as the device notes ask).
+# 9. (only when named in STEPS) tools/host_time.py --gpu, with TMA and with VTKERNELS_TMA=0 -> host.log:
 #    host microseconds per call with the real launches (on the H200 machine: 105 us per LayerNorm
 #    forward; attention's were 0.3-0.44 ms by the benchmarks' host column)
 # and prints a summary table last. Pure-Python peers (Liger-Kernel, Inf-CL) are installed from
-# .whl/ when carried there. Steps: STEPS="build,info,tests,sanitizer,bench" (the default; "tune", "profile", "host" are extra);
+# .whl/ when carried there. Steps: STEPS="build,info,tests,sanitizer,bench" (the default; "tune", "profile", "ncu", "host" are extra);
 # BENCH_ARGS is passed to benchmarks/run.py (e.g. "--ops norm --quick --budget-s 400": with a
 # budget the suite stops starting cases in time and still writes its results). The tests run in
 # TEST_WORKERS processes (default: one per core) when pytest-xdist is installed: most of their
@@ -78,6 +84,7 @@ python3 -c "import xdist" 2>/dev/null && TEST_PARALLEL=(-n "${TEST_WORKERS:-$(np
 # (eval: a quoted argument such as -k 'not cuda' or --match 'a (b|c)' stays one argument)
 eval "TEST_EXTRA=(${TEST_ARGS:-})" "BENCH_EXTRA=(${BENCH_ARGS:-})" "TUNE_EXTRA=(${TUNE_ARGS:-})"
 eval "PROFILE_EXTRA=(${PROFILE_ARGS:---ops vit_clip,swin_igpt_detr --quick --match 'vtkernels\$'})"
+eval "NCU_EXTRA=(${NCU_ARGS:---ops attention --match '(ViT-B|CLIP-L).* fwd\+bwd vtkernels-triton\$'})"
 # -v: every result is logged as it comes, so a run killed at its cap still says what failed.
 step tests tests.log python3 -m pytest tests -v -rfE --maxfail="${MAX_FAIL:-30}" --durations=15 "${TEST_PARALLEL[@]}" \
   --junitxml="$OUT_DIR/tests.xml" -p no:cacheprovider "${TEST_EXTRA[@]}"
@@ -103,12 +110,13 @@ sanitize() {
 }
 export -f sanitize  # run through bash -c: timeout runs programs, not shell functions
 step sanitizer sanitizer.log bash -c sanitize
-# The tune, profile and host steps, when named, keep their time (MAX_S_TUNE, default 150 s;
-# MAX_S_PROFILE, default 120 s; MAX_S_HOST, default 90 s) from the benchmarks before them. Unless BENCH_ARGS sets one, the suite's budget is
+# The tune, profile, ncu and host steps, when named, keep their time (MAX_S_TUNE, default 150 s;
+# MAX_S_PROFILE, default 120 s; MAX_S_NCU, default 120 s; MAX_S_HOST, default 90 s) from the benchmarks before them. Unless BENCH_ARGS sets one, the suite's budget is
 # what the deadline leaves after that, less a minute for the case in flight and the results.
 RESERVED=0
 [[ ",$STEPS," == *",tune,"* ]] && : "${MAX_S_TUNE:=150}" && RESERVED=$((RESERVED + MAX_S_TUNE))
 [[ ",$STEPS," == *",profile,"* ]] && : "${MAX_S_PROFILE:=120}" && RESERVED=$((RESERVED + MAX_S_PROFILE))
+[[ ",$STEPS," == *",ncu,"* ]] && : "${MAX_S_NCU:=120}" && RESERVED=$((RESERVED + MAX_S_NCU))
 [[ ",$STEPS," == *",host,"* ]] && : "${MAX_S_HOST:=90}" && RESERVED=$((RESERVED + MAX_S_HOST))
 (( RESERVED > 0 )) && : "${MAX_S_BENCH:=$((DEADLINE_S - SECONDS - 15 - RESERVED))}"
 BENCH_BUDGET=()
@@ -119,13 +127,17 @@ cp vtkernels/preferences.json "$OUT_DIR/bench/" 2>/dev/null  # commit it back: t
 # The sweep writes tuning.json as it goes: killed at the deadline, it still returns what it measured.
 step tune tune.log python3 tools/tune.py --out "$OUT_DIR/tuning.json" "${TUNE_EXTRA[@]}"
 step profile profile.log python3 benchmarks/kernel_profile.py --out "$OUT_DIR/bench" "${PROFILE_EXTRA[@]}"
+step ncu ncu.log ncu --clock-control none --target-processes all --kernel-name "regex:${NCU_KERNELS:-attention_}" \
+  --launch-count "${NCU_LAUNCHES:-12}" --section SpeedOfLight --section Occupancy --section LaunchStats \
+  --section SchedulerStats --section WarpStateStats --section ComputeWorkloadAnalysis \
+  python3 benchmarks/kernel_profile.py --plain --calls 1 "${NCU_EXTRA[@]}"
 step host host.log bash -c 'python3 tools/host_time.py --gpu --calls 200 && echo "-- VTKERNELS_TMA=0" &&
   VTKERNELS_TMA=0 python3 tools/host_time.py --gpu --calls 200'
 
 summary() {
   echo "| step | status | seconds |"
   echo "|---|---|---|"
-  for name in build info tests sanitizer bench tune profile host; do
+  for name in build info tests sanitizer bench tune profile ncu host; do
     echo "| $name | ${STATUS[$name]} | ${SECONDS_TAKEN[$name]:-} |"
   done
   grep -E "passed|failed" "$OUT_DIR/tests.log" 2>/dev/null | tail -n 1
@@ -141,7 +153,7 @@ summary >"$OUT_DIR/summary.md"
 tar czf "$FINAL_DIR/gpu_check.tgz" -C "$OUT_DIR" .
 cp "$OUT_DIR/summary.md" "$FINAL_DIR/"
 cp "$OUT_DIR"/bench/results.md "$OUT_DIR"/bench/results.json "$OUT_DIR"/bench/profile.md "$OUT_DIR"/tuning.json \
-  "$FINAL_DIR/" 2>/dev/null
+  "$OUT_DIR"/ncu.log "$FINAL_DIR/" 2>/dev/null
 echo
 cat "$OUT_DIR/summary.md"
 [[ -f "$OUT_DIR/bench/results.md" ]] && head -n 80 "$OUT_DIR/bench/results.md"
