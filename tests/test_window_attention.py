@@ -211,6 +211,20 @@ def test_triton_dense_bias_tiles_follow_the_table(device):
     check(mask_value=-7.0)
 
 
+def test_triton_dense_bias_tiles_from_inference_tensors(device):
+    """Inference tensors have no version counter: tiles built from such a table are not reused,
+    so an in-place update (allowed under inference_mode) still shows."""
+    b, h, w, heads, head_dim, window, shift, _, _ = CASES[0]
+    with torch.inference_mode():
+        qkv, table, _ = make_inputs(b, h, w, heads, head_dim, window, False, torch.float32, device)
+        for _ in range(2):
+            out = vtkernels.window_attention(qkv, table, heads, window, shift, backend="triton")
+            expected = vtkernels.window_attention(qkv.double(), table.double(), heads, window, shift,
+                                                  backend="reference")
+            assert_close(out, expected, torch.float32)
+            table.mul_(3.0)
+
+
 def test_triton_hard_mask(device):
     check_against_reference(CASES[0], torch.float32, device, "triton", mask_value=float("-inf"))
 
@@ -360,6 +374,9 @@ def test_gpu_table_grad_is_deterministic(backend, window):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_gpu_cuda_graph_capture(backend):
+    """Captured after a warm-up call (as usual: the Triton forward has cached its bias tiles by
+    then), replayed after in-place updates of both the input and the table (an optimizer step):
+    the replay sees the new table."""
     qkv, table, _ = make_inputs(2, 28, 28, 6, 32, 7, False, torch.bfloat16, torch.device("cuda"))
     qkv, table = qkv.detach(), table.detach()
     expected = vtkernels.window_attention(qkv, table, 6, 7, 3, backend=backend)
@@ -367,8 +384,10 @@ def test_gpu_cuda_graph_capture(backend):
     with torch.cuda.graph(graph):
         out = vtkernels.window_attention(qkv, table, 6, 7, 3, backend=backend)
     qkv.copy_(torch.randn_like(qkv))
+    table.copy_(torch.randn_like(table))
     graph.replay()
-    assert_close(out, vtkernels.window_attention(qkv, table, 6, 7, 3, backend="reference").double(), torch.bfloat16)
+    reference = vtkernels.window_attention(qkv.double(), table.double(), 6, 7, 3, backend="reference")
+    assert_close(out, reference, torch.bfloat16)
     assert not torch.equal(out, expected)
 
 

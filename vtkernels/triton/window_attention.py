@@ -476,14 +476,25 @@ def dense_tile_shape(cfg: dict, tokens: int) -> tuple[int, int]:
 _DENSE_TILES = WeakIdKeyDictionary()
 
 
+def _reusable(table: torch.Tensor) -> bool:
+    """Whether tiles built from ``table`` may be cached and reused. Not while a CUDA graph is being
+    captured: a replay runs no Python, so it must rebuild the tiles from the table's contents then
+    (an optimizer step between replays updates the table in place), and the captured tiles hold
+    nothing until a replay. Not from an inference tensor: it has no version counter to reveal
+    in-place updates."""
+    return not table.is_inference() and not (table.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def dense_bias_tiles(table: torch.Tensor, geo: Geometry, cfg: dict, mask_value: float) -> torch.Tensor:
     """(variants, heads, rows, keys) fp32 tiles of dense_bias_kernel, built or reused (the backward
-    reuses the forward's)."""
+    reuses the forward's; see _reusable)."""
     rows, keys = dense_tile_shape(cfg, geo.tokens)
-    key = (table._version, table.data_ptr(), geo, rows, keys, float(mask_value))
-    cached = _DENSE_TILES.get(table)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    reusable = _reusable(table)
+    if reusable:
+        key = (table._version, table.data_ptr(), geo, rows, keys, float(mask_value))
+        cached = _DENSE_TILES.get(table)
+        if cached is not None and cached[0] == key:
+            return cached[1]
     variants = 4 if geo.shift else 1
     tiles = torch.empty((variants, geo.heads, rows, keys), dtype=torch.float32, device=table.device)
     block_r = 16
@@ -491,7 +502,8 @@ def dense_bias_tiles(table: torch.Tensor, geo: Geometry, cfg: dict, mask_value: 
         table, tiles, geo.heads, mask_value, geo.windows_per_row, geo.n_windows, geo.height_pad, geo.width_pad,
         geo.shift, geo.shift, MH=geo.window, MW=geo.window, MHT=geo.table_window, MWT=geo.table_window,
         TILE_ROWS=rows, TILE_KEYS=keys, BLOCK_R=block_r, KEYS_POW2=next_power_of_2(keys), num_warps=4)
-    _DENSE_TILES[table] = (key, tiles)
+    if reusable:
+        _DENSE_TILES[table] = (key, tiles)
     return tiles
 
 
